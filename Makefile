@@ -1,0 +1,31 @@
+# Every target creates (or reuses) the virtual environment in $(VENV) first, so on a fresh
+# machine with only Python 3.10+ and pip, `make demo` and `make test` do all the set-up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-relic_jax
+WORKDIR ?= runs/tiny
+
+.PHONY: demo test test-all venv clean
+
+$(STAMP): setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job on its embedded default: train the tiny teacher on synthetic latents.
+demo: $(STAMP)
+	$(VENV)/bin/relic train_teacher --config=experiments/tiny.py --workdir=$(WORKDIR)
+
+# The default test suite (CPU, ~10 minutes on 2 cores).
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q tests
+
+# Also the tests marked slow.
+test-all: $(STAMP)
+	$(PY) -m pytest -n 2 -q --runslow tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: sources of training clips and the Grain loaders that batch them for the mesh."""

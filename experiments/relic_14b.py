@@ -1,0 +1,29 @@
+"""relic_14b: the Wan 2.1 T2V 14B backbone RELIC fine-tunes (dim 5120, FFN 13824, 40 heads,
+40 layers), bf16, full remat, FSDP x tensor parallel.
+
+Clip: 21 latent frames of 60x104 (5 s at 480x832). RELIC's horizon curriculum extends this to
+20 s (80 latent frames, YaRN). Hardware: the paper trains on 32 H100s; plan a v5p-64 / 32+
+H100s. Only abstract shapes (model_stats benchmark, AOT compile) run on a small machine.
+"""
+
+from relic_jax.config import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.name = "relic_14b"
+  m = c.model
+  m.dim, m.ffn_dim, m.num_heads, m.num_layers = 5120, 13824, 40, 40
+  m.text_dim = 4096
+  m.dtype = "bfloat16"
+  m.remat_policy = "full"
+  c.mesh.shape = {"data": 1, "fsdp": -1, "context": 1, "tensor": 8}
+  c.data.latent_frames, c.data.latent_height, c.data.latent_width = 21, 60, 104
+  c.data.text_len = 512
+  c.train.batch_size = 32
+  c.train.lr = 1e-5
+  c.train.warmup_steps = 100
+  c.train.steps = 10000
+  c.train.checkpoint_every = 250
+  c.train.log_every = 10
+  return c

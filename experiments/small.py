@@ -1,0 +1,27 @@
+"""small: a real (if small) model: minutes on a CPU, a proper training run on one GPU.
+
+8 layers, dim 384, 6 heads of 64, FFN 1536 (~22M params); clips of 8 latent frames of 16x16
+(= 512 tokens after (1,2,2) patching), text embeddings of 64 tokens x 256.
+Hardware/wall-clock: one H100, bf16: ~1-2 min for the default 2,000 steps; 2 CPU cores:
+~2-4 s/step (use --config.train.steps=50 for a smoke run).
+"""
+
+from relic_jax.config import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.name = "small"
+  m = c.model
+  m.dim, m.ffn_dim, m.num_heads, m.num_layers = 384, 1536, 6, 8
+  m.text_dim = 256
+  c.data.latent_frames, c.data.latent_height, c.data.latent_width = 8, 16, 16
+  c.data.text_len = 64
+  c.data.num_examples = 4096
+  c.train.steps = 2000
+  c.train.batch_size = 16
+  c.train.lr = 5e-4
+  c.train.warmup_steps = 100
+  c.train.checkpoint_every = 500
+  c.train.log_every = 50
+  return c

@@ -1,0 +1,7 @@
+"""Configuration: the shared base config, logical-axis rules and validation."""
+
+from relic_jax.config.base import DEFAULT_RULES, MESH_AXES, get_base_config
+from relic_jax.config.validation import ConfigError, head_dim_split, validate
+
+__all__ = ["DEFAULT_RULES", "MESH_AXES", "ConfigError", "get_base_config", "head_dim_split",
+           "validate"]

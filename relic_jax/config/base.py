@@ -1,0 +1,133 @@
+"""The shared base configuration every experiment in `experiments/` starts from.
+
+One `ml_collections.ConfigDict` with these groups:
+  model   the video DiT (Wan 2.1 architecture) and how it is computed (dtype, scan, remat, attention)
+  mesh    device-mesh shape and the logical-axis rules mapping model axes to mesh axes
+  data    where latents come from (only the synthetic source exists so far) and the clip shape
+  train   optimizer, schedule, flow matching, checkpointing, logging, profiling
+  distributed  multi-host initialisation
+
+Experiments override fields; `relic_jax.config.validate` checks the result.
+"""
+
+import ml_collections
+
+# Mesh axes, outermost first. `data` is pure data parallelism, `fsdp` shards params and batch,
+# `context` shards the token sequence, `tensor` shards heads and the FFN hidden dimension.
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+
+# Logical axis -> mesh axes. Model code names only logical axes (see models/layers.py).
+# A logical axis may map to a tuple of mesh axes, or None (replicated).
+DEFAULT_RULES = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("act_len", "context"),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_text_len", None),
+    # params
+    ("embed", "fsdp"),
+    ("embed_out", None),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("patch", None),
+    ("text_embed", None),
+    ("freq", None),
+    ("modulation", None),
+    ("modulation_out", "tensor"),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "base"
+  c.seed = 0
+
+  # ---------------------------------------------------------------- model
+  m = c.model = ml_collections.ConfigDict()
+  m.dim = 64
+  m.ffn_dim = 128
+  m.num_heads = 2
+  m.num_layers = 2
+  m.in_channels = 16
+  m.out_channels = 16
+  m.patch_size = (1, 2, 2)
+  m.text_dim = 32          # umT5 gives 4096; tiny configs use a small random embedding
+  m.freq_dim = 256         # sinusoidal timestep embedding width
+  m.eps = 1e-6
+  m.qk_norm = True         # RMS norm across heads on q and k (Wan: "rms_norm_across_heads")
+  m.cross_attn_norm = True # affine LayerNorm before text cross-attention
+  m.rope_theta = 10000.0
+  # YaRN extension of the temporal RoPE axis (1.0 = off). Positions up to
+  # yarn_original_frames are what the pretrained model saw (21 latent frames = 5 s for Wan).
+  m.yarn_factor = 1.0
+  m.yarn_original_frames = 21
+  m.yarn_beta_fast = 32.0
+  m.yarn_beta_slow = 1.0
+  # "bidirectional" (teacher) or "block_causal" (student: a block of block_frames latent
+  # frames sees itself and every earlier block).
+  m.attention_mode = "bidirectional"
+  m.block_frames = 3
+  # Implementation of the attention kernel: "xla" (any backend), "cudnn" (NVIDIA flash
+  # attention through cuDNN; bf16/fp16 only).
+  m.attention_impl = "xla"
+  m.dtype = "float32"        # compute dtype of matmuls
+  m.param_dtype = "float32"  # storage dtype of params
+  m.scan_layers = True
+  # "none", "full", "dots_saveable", "dots_no_batch_saveable", "offload_block_input"
+  m.remat_policy = "none"
+
+  # ---------------------------------------------------------------- mesh
+  mesh = c.mesh = ml_collections.ConfigDict()
+  mesh.shape = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "context": 1, "tensor": 1})
+  mesh.rules = DEFAULT_RULES
+
+  # ---------------------------------------------------------------- data
+  d = c.data = ml_collections.ConfigDict()
+  d.source = "synthetic"
+  d.latent_frames = 4       # T latent frames per clip (the first is the clean image latent)
+  d.latent_height = 8
+  d.latent_width = 8
+  d.text_len = 8
+  d.num_examples = 256      # size of the synthetic dataset
+  d.shuffle = True
+
+  # ---------------------------------------------------------------- train
+  t = c.train = ml_collections.ConfigDict()
+  t.steps = 100
+  t.batch_size = 4          # global batch
+  t.lr = 1e-3
+  t.warmup_steps = 10
+  t.schedule = "cosine"     # "cosine" or "constant" (both after linear warm-up)
+  t.min_lr_ratio = 0.1
+  t.b1 = 0.9
+  t.b2 = 0.999
+  t.weight_decay = 0.01
+  t.grad_clip = 1.0         # global-norm clipping; 0 disables
+  t.ema_decay = 0.999       # 0 disables EMA
+  # flow matching
+  t.timestep_shift = 5.0
+  t.timestep_sampling = "uniform"  # "uniform" or "logit_normal"
+  t.clean_first_frame = True       # image conditioning: frame 0 is the clean latent, t=0
+  t.per_frame_noise = False        # diffusion forcing: an independent timestep per frame
+  # checkpointing and logging
+  t.checkpoint_every = 50
+  t.keep_checkpoints = 3
+  t.async_checkpointing = True
+  t.log_every = 10
+  t.profile_start_step = -1        # >= 0: trace profile_num_steps steps from this step
+  t.profile_num_steps = 3
+  t.peak_flops_per_device = 0.0    # 0: look the device kind up in a table (None on CPU)
+  t.progress_bar = True
+
+  # ---------------------------------------------------------------- distributed
+  dist = c.distributed = ml_collections.ConfigDict()
+  dist.initialize = False          # call jax.distributed.initialize (multi-host)
+  dist.coordinator_address = ""
+  dist.num_processes = 0           # 0: let JAX detect (TPU pods, SLURM)
+  dist.process_id = -1
+  return c

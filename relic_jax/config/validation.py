@@ -1,0 +1,150 @@
+"""Config validation: every wrong value gets one error naming the field and the fix."""
+
+import ml_collections
+
+from relic_jax.config.base import MESH_AXES
+
+ATTENTION_MODES = ("bidirectional", "block_causal")
+ATTENTION_IMPLS = ("xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_no_batch_saveable", "offload_block_input")
+DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("cosine", "constant")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+DATA_SOURCES = ("synthetic",)
+
+
+class ConfigError(ValueError):
+  """A config value is wrong. The message names the field and how to fix it."""
+
+
+def _fail(field, value, why, fix):
+  raise ConfigError(f"config.{field}={value!r}: {why}. Fix: {fix}.")
+
+
+def _choice(cfg, field, choices):
+  value = _get(cfg, field)
+  if value not in choices:
+    _fail(field, value, "unknown value", f"use one of {', '.join(map(repr, choices))}")
+
+
+def _positive(cfg, field, allow_zero=False):
+  value = _get(cfg, field)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  if not ok:
+    _fail(field, value, "must be a " + ("non-negative" if allow_zero else "positive") + " number",
+          "set a value " + (">= 0" if allow_zero else "> 0"))
+
+
+def _get(cfg, dotted):
+  node = cfg
+  for part in dotted.split("."):
+    if part not in node:
+      raise ConfigError(
+          f"config.{dotted} is missing. Fix: start the experiment config from "
+          "relic_jax.config.get_base_config() so every field exists.")
+    node = node[part]
+  return node
+
+
+def head_dim_split(head_dim: int) -> tuple[int, int, int]:
+  """Wan 2.1's split of the head dim into (temporal, height, width) RoPE parts: 128 -> 44/42/42."""
+  hw = 2 * (head_dim // 6)
+  return head_dim - 2 * hw, hw, hw
+
+
+def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
+  for f in ("dim", "ffn_dim", "num_heads", "num_layers", "in_channels", "out_channels",
+            "text_dim", "freq_dim", "block_frames"):
+    v = m[f]
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+      _fail(f"{prefix}.{f}", v, "must be a positive integer", "set a positive integer")
+  if m.dim % m.num_heads:
+    _fail(f"{prefix}.num_heads", m.num_heads, f"does not divide model.dim={m.dim}",
+          "choose num_heads so that dim % num_heads == 0")
+  head_dim = m.dim // m.num_heads
+  t, h, _ = head_dim_split(head_dim)
+  if head_dim % 2 or t <= 0 or h <= 0 or t % 2:
+    _fail(f"{prefix}.dim", m.dim, f"head dim {head_dim} cannot be split into even temporal/"
+          "height/width RoPE parts", "use a head dim that is even and at least 6 (Wan uses 128)")
+  if m.freq_dim % 2:
+    _fail(f"{prefix}.freq_dim", m.freq_dim, "must be even", "use an even width such as 256")
+  ps = tuple(m.patch_size)
+  if len(ps) != 3 or any((not isinstance(p, int)) or p <= 0 for p in ps):
+    _fail(f"{prefix}.patch_size", m.patch_size, "must be three positive integers (t, h, w)",
+          "use (1, 2, 2) as Wan does")
+  _choice(m, "attention_mode", ATTENTION_MODES)
+  _choice(m, "attention_impl", ATTENTION_IMPLS)
+  _choice(m, "remat_policy", REMAT_POLICIES)
+  _choice(m, "dtype", DTYPES)
+  _choice(m, "param_dtype", DTYPES)
+  if m.attention_impl == "cudnn" and m.dtype == "float32":
+    _fail(f"{prefix}.attention_impl", "cudnn", "cuDNN flash attention needs bf16/fp16 inputs",
+          "set model.dtype='bfloat16' or model.attention_impl='xla'")
+  if m.yarn_factor < 1.0:
+    _fail(f"{prefix}.yarn_factor", m.yarn_factor, "YaRN can only extend the context",
+          "use 1.0 (off) or a factor > 1")
+  _positive(m, "yarn_original_frames")
+  _positive(m, "rope_theta")
+  _positive(m, "eps")
+
+
+def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+  shape = dict(mesh.shape)
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    _fail("mesh.shape", shape, f"unknown mesh axes {sorted(unknown)}",
+          f"use only the axes {MESH_AXES}")
+  for axis, v in shape.items():
+    if not isinstance(v, int) or (v <= 0 and v != -1):
+      _fail(f"mesh.shape.{axis}", v, "must be a positive integer or -1 (fill the rest)",
+            "use a positive size, or -1 on one axis")
+  if sum(v == -1 for v in shape.values()) > 1:
+    _fail("mesh.shape", shape, "more than one axis is -1", "let at most one axis fill the rest")
+  mesh_axes = set(MESH_AXES)
+  for entry in mesh.rules:
+    if len(entry) != 2:
+      _fail("mesh.rules", entry, "each rule is (logical_axis, mesh_axes)", "fix the rule")
+    targets = entry[1] if isinstance(entry[1], (tuple, list)) else (entry[1],)
+    for t in targets:
+      if t is not None and t not in mesh_axes:
+        _fail("mesh.rules", entry, f"mesh axis {t!r} does not exist",
+              f"map to one of {MESH_AXES} or None")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks a full experiment config; returns it unchanged or raises ConfigError."""
+  for group in ("model", "mesh", "data", "train", "distributed"):
+    _get(cfg, group)
+  validate_model(cfg.model)
+  validate_mesh(cfg.mesh)
+  _choice(cfg, "data.source", DATA_SOURCES)
+  for f in ("latent_frames", "latent_height", "latent_width", "text_len", "num_examples"):
+    _positive(cfg, f"data.{f}")
+  pt, ph, pw = cfg.model.patch_size
+  for f, p in (("latent_frames", pt), ("latent_height", ph), ("latent_width", pw)):
+    if cfg.data[f] % p:
+      _fail(f"data.{f}", cfg.data[f], f"not divisible by the patch size {p}",
+            "make the latent size a multiple of model.patch_size")
+  if cfg.model.attention_mode == "block_causal" and (cfg.data.latent_frames // pt) % cfg.model.block_frames:
+    _fail("model.block_frames", cfg.model.block_frames,
+          f"does not divide the {cfg.data.latent_frames // pt} patched latent frames",
+          "choose latent_frames as a multiple of block_frames")
+  t = cfg.train
+  for f in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+    _positive(cfg, f"train.{f}")
+  for f in ("lr", "warmup_steps", "weight_decay", "grad_clip", "peak_flops_per_device",
+            "min_lr_ratio"):
+    _positive(cfg, f"train.{f}", allow_zero=True)
+  if not 0.0 <= t.ema_decay < 1.0:
+    _fail("train.ema_decay", t.ema_decay, "must be in [0, 1)", "use 0 (off) or e.g. 0.999")
+  if not (0.0 <= t.b1 < 1.0 and 0.0 <= t.b2 < 1.0):
+    _fail("train.b1/b2", (t.b1, t.b2), "Adam betas must be in [0, 1)", "use e.g. 0.9, 0.999")
+  _choice(cfg, "train.schedule", SCHEDULES)
+  _choice(cfg, "train.timestep_sampling", TIMESTEP_SAMPLINGS)
+  _positive(cfg, "train.timestep_shift")
+  if cfg.train.clean_first_frame and cfg.data.latent_frames < 2:
+    _fail("data.latent_frames", cfg.data.latent_frames,
+          "with train.clean_first_frame there is no frame left to denoise",
+          "use at least 2 latent frames or set train.clean_first_frame=False")
+  return cfg

@@ -1,0 +1,278 @@
+"""The video DiT: the Wan 2.1 text-to-video transformer as pure-functional Flax linen modules.
+
+Layout follows diffusers' `WanTransformer3DModel` so real weights map one to one (see the
+`weights` package): (1,2,2) patch embedding, 3D RoPE, RMS QK-norm across heads, self-attention,
+text cross-attention, GELU-tanh FFN, a timestep MLP with a shared 6*D modulation projection plus
+a learned per-block table, and an output head with its own 2*D modulation.
+
+Differences from diffusers, all layout-only:
+  * channels-last video: x [B, T, H, W, C] (diffusers: [B, C, T, H, W]);
+  * timesteps are per latent frame, t [B, T], so frame 0 can be a clean image (t=0) and
+    diffusion forcing can noise frames independently; a [B] timestep is broadcast;
+  * the patch embedding is a Dense over flattened (pt, ph, pw, C) patches, which equals the
+    strided Conv3d.
+
+Axes: B batch, T (patched) latent frames, P tokens per frame, S = T*P tokens, D dim, N heads,
+H head dim, L text tokens.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.ad_checkpoint import checkpoint_name
+
+from relic_jax.models import attention as attn_lib
+from relic_jax.models import rope as rope_lib
+from relic_jax.models.layers import (AffineLayerNorm, RMSNorm, dense, gate, layer_norm_fp32,
+                                     modulate)
+
+REMAT_POLICIES = {
+    "full": lambda: jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": lambda: jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch_saveable": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "offload_block_input": lambda: jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["block_input"],
+        offload_src="device", offload_dst="pinned_host"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Static (hashable) model hyper-parameters; built from `config.model` by `from_config`."""
+  dim: int = 64
+  ffn_dim: int = 128
+  num_heads: int = 2
+  num_layers: int = 2
+  in_channels: int = 16
+  out_channels: int = 16
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  text_dim: int = 32
+  freq_dim: int = 256
+  eps: float = 1e-6
+  qk_norm: bool = True
+  cross_attn_norm: bool = True
+  rope_theta: float = 10000.0
+  yarn_factor: float = 1.0
+  yarn_original_frames: int = 21
+  yarn_beta_fast: float = 32.0
+  yarn_beta_slow: float = 1.0
+  attention_mode: str = "bidirectional"
+  block_frames: int = 3
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @classmethod
+  def from_config(cls, m: ml_collections.ConfigDict) -> "DiTConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: m[k] for k in m.keys() if k in fields}
+    values["patch_size"] = tuple(values.get("patch_size", cls.patch_size))
+    return cls(**values)
+
+
+def sinusoidal_embedding(t, dim: int):
+  """Timestep features as diffusers' Timesteps(flip_sin_to_cos=True, shift=0): [cos | sin]."""
+  half = dim // 2
+  freqs = jnp.exp(-jnp.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class SelfAttention(nn.Module):
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x_BSD, angles, q_blocks, kv_blocks):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    b, s, _ = x_BSD.shape
+    x = x_BSD.astype(dt)
+    q = dense(c.dim, ("embed", "heads"), "q", dt, pdt)(x)
+    k = dense(c.dim, ("embed", "heads"), "k", dt, pdt)(x)
+    v = dense(c.dim, ("embed", "heads"), "v", dt, pdt)(x)
+    if c.qk_norm:
+      q = RMSNorm(c.eps, param_dtype=pdt, name="norm_q")(q)
+      k = RMSNorm(c.eps, param_dtype=pdt, name="norm_k")(k)
+    q, k, v = (y.reshape(b, s, c.num_heads, c.head_dim) for y in (q, k, v))
+    q = rope_lib.apply_rope(q, angles)
+    k = rope_lib.apply_rope(k, angles)
+    q = nn.with_logical_constraint(q, ("batch", "act_len", "act_heads", None))
+    # Keys/values are gathered over the context axis: every query shard sees all keys.
+    k = nn.with_logical_constraint(k, ("batch", None, "act_kv_heads", None))
+    v = nn.with_logical_constraint(v, ("batch", None, "act_kv_heads", None))
+    out = attn_lib.dot_product_attention(
+        q, k, v, impl=c.attention_impl, scale=rope_lib.yarn_attention_scale(c.yarn_factor) / (c.head_dim ** 0.5),
+        q_blocks=q_blocks, kv_blocks=kv_blocks)
+    out = nn.with_logical_constraint(out, ("batch", "act_len", "act_heads", None))
+    return dense(c.dim, ("heads", "embed"), "o", dt, pdt)(out.reshape(b, s, c.dim))
+
+
+class CrossAttention(nn.Module):
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x_BSD, ctx_BLD):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    b, s, _ = x_BSD.shape
+    x, ctx = x_BSD.astype(dt), ctx_BLD.astype(dt)
+    q = dense(c.dim, ("embed", "heads"), "q", dt, pdt)(x)
+    k = dense(c.dim, ("embed", "heads"), "k", dt, pdt)(ctx)
+    v = dense(c.dim, ("embed", "heads"), "v", dt, pdt)(ctx)
+    if c.qk_norm:
+      q = RMSNorm(c.eps, param_dtype=pdt, name="norm_q")(q)
+      k = RMSNorm(c.eps, param_dtype=pdt, name="norm_k")(k)
+    q = q.reshape(b, s, c.num_heads, c.head_dim)
+    k = k.reshape(b, -1, c.num_heads, c.head_dim)
+    v = v.reshape(b, -1, c.num_heads, c.head_dim)
+    q = nn.with_logical_constraint(q, ("batch", "act_len", "act_heads", None))
+    out = attn_lib.dot_product_attention(q, k, v, impl=c.attention_impl)
+    return dense(c.dim, ("heads", "embed"), "o", dt, pdt)(out.reshape(b, s, c.dim))
+
+
+class FeedForward(nn.Module):
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x_BSD):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    h = dense(c.ffn_dim, ("embed", "mlp"), "fc1", dt, pdt)(x_BSD.astype(dt))
+    h = nn.with_logical_constraint(h, ("batch", "act_len", "act_mlp"))
+    h = jax.nn.gelu(h, approximate=True)
+    return dense(c.dim, ("mlp", "embed"), "fc2", dt, pdt)(h)
+
+
+class WanBlock(nn.Module):
+  """One transformer block. The residual stream x [B, S, D] stays float32 (as in diffusers);
+  e [B, T, 6, D] is the shared per-frame modulation, to which the block adds its own table."""
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, q_blocks, kv_blocks):
+    c = self.cfg
+    x_BSD = checkpoint_name(x_BSD, "block_input")
+    table = self.param(
+        "modulation",
+        nn.with_logical_partitioning(nn.initializers.normal(c.dim ** -0.5), ("modulation", "embed")),
+        (6, c.dim), jnp.dtype(c.param_dtype))
+    mod = e_BT6D + table.astype(jnp.float32)
+    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (mod[:, :, i] for i in range(6))
+
+    h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_sa, scale_sa)
+    h = SelfAttention(c, name="self_attn")(h, angles, q_blocks, kv_blocks)
+    x_BSD = x_BSD + gate(h.astype(jnp.float32), gate_sa)
+
+    h = AffineLayerNorm(c.eps, jnp.dtype(c.param_dtype), name="norm2")(x_BSD) if c.cross_attn_norm else x_BSD
+    x_BSD = x_BSD + CrossAttention(c, name="cross_attn")(h, ctx_BLD).astype(jnp.float32)
+
+    h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_ff, scale_ff)
+    h = FeedForward(c, name="ffn")(h)
+    x_BSD = x_BSD + gate(h.astype(jnp.float32), gate_ff)
+    return nn.with_logical_constraint(x_BSD, ("batch", "act_len", "act_embed"))
+
+
+class ScannedBlock(WanBlock):
+  """WanBlock in nn.scan's (carry, x) -> (carry, y) form."""
+
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, q_blocks, kv_blocks):
+    return super().__call__(x_BSD, ctx_BLD, e_BT6D, angles, q_blocks, kv_blocks), None
+
+
+def _block_class(cfg: DiTConfig, scanned: bool):
+  cls = ScannedBlock if scanned else WanBlock
+  if cfg.remat_policy != "none":
+    cls = nn.remat(cls, policy=REMAT_POLICIES[cfg.remat_policy](), prevent_cse=not scanned)
+  return cls
+
+
+class WanDiT(nn.Module):
+  """x [B, T, H, W, C_in], t [B, T] or [B] (0..1000), text [B, L, text_dim] -> [B, T, H, W, C_out]."""
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, x_BTHWC, t, text_BLC, t_offset=0):
+    c = self.cfg
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    b, t_in, h_in, w_in, ch = x_BTHWC.shape
+    pt, ph, pw = c.patch_size
+    nt, nh, nw = t_in // pt, h_in // ph, w_in // pw
+    p = nh * nw
+    if t.ndim == 1:
+      t = jnp.broadcast_to(t[:, None], (b, t_in))
+    t_BT = t[:, ::pt]  # one timestep per patched frame
+
+    # patch embedding: [B, T, H, W, C] -> [B, S, pt*ph*pw*C] -> [B, S, D]
+    patches = x_BTHWC.reshape(b, nt, pt, nh, ph, nw, pw, ch).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    patches = patches.reshape(b, nt * p, pt * ph * pw * ch)
+    x = dense(c.dim, ("patch", "embed"), "patch_embedding", dt, pdt)(patches.astype(dt))
+    x = nn.with_logical_constraint(x.astype(jnp.float32), ("batch", "act_len", "act_embed"))
+
+    # timestep MLP and the shared modulation projection, per frame
+    temb = sinusoidal_embedding(t_BT, c.freq_dim)
+    temb = dense(c.dim, ("freq", "embed"), "time_embedding_1", dt, pdt)(temb.astype(dt))
+    temb = dense(c.dim, ("embed", "embed_out"), "time_embedding_2", dt, pdt)(nn.silu(temb))
+    temb = temb.astype(jnp.float32)
+    e = dense(6 * c.dim, ("embed", "modulation_out"), "time_projection", dt, pdt)(
+        nn.silu(temb).astype(dt))
+    e_BT6D = e.astype(jnp.float32).reshape(b, nt, 6, c.dim)
+
+    # text projection
+    ctx = dense(c.dim, ("text_embed", "embed"), "text_embedding_1", dt, pdt)(text_BLC.astype(dt))
+    ctx = dense(c.dim, ("embed", "embed_out"), "text_embedding_2", dt, pdt)(
+        jax.nn.gelu(ctx, approximate=True))
+    ctx = nn.with_logical_constraint(ctx, ("batch", "act_text_len", "act_embed"))
+
+    angles = rope_lib.rope_angles(c.head_dim, (nt, nh, nw), c.rope_theta, t_offset, c.yarn_factor,
+                                  c.yarn_original_frames, c.yarn_beta_fast, c.yarn_beta_slow)
+    q_blocks = kv_blocks = None
+    if c.attention_mode == "block_causal":
+      q_blocks = kv_blocks = attn_lib.block_ids(nt, p, c.block_frames)
+
+    if c.scan_layers:
+      blocks = nn.scan(
+          _block_class(c, scanned=True), variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(nn.broadcast,) * 5, length=c.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = blocks(c, name="blocks")(x, ctx, e_BT6D, angles, q_blocks, kv_blocks)
+    else:
+      for i in range(c.num_layers):
+        x = _block_class(c, scanned=False)(c, name=f"blocks_{i}")(
+            x, ctx, e_BT6D, angles, q_blocks, kv_blocks)
+
+    # output head with its own (shift, scale) table added to the (pre-projection) temb
+    table = self.param("head_modulation",
+                       nn.with_logical_partitioning(nn.initializers.normal(c.dim ** -0.5),
+                                                    ("modulation", "embed")), (2, c.dim), pdt)
+    mod = table.astype(jnp.float32)[None, None] + temb[:, :, None]
+    x = modulate(layer_norm_fp32(x, c.eps), mod[:, :, 0], mod[:, :, 1])
+    out = dense(pt * ph * pw * c.out_channels, ("embed", "patch"), "proj_out", dt, pdt,
+                kernel_init=nn.initializers.zeros)(x.astype(dt))
+    out = out.astype(jnp.float32).reshape(b, nt, nh, nw, pt, ph, pw, c.out_channels)
+    return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t_in, h_in, w_in, c.out_channels)
+
+
+def unstack_blocks(params: dict, num_layers: int) -> dict:
+  """Scanned params ("blocks" with a leading layer axis) -> per-layer "blocks_{i}" params."""
+  out = {k: v for k, v in params.items() if k != "blocks"}
+  for i in range(num_layers):
+    out[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["blocks"])
+  return out
+
+
+def stack_blocks(params: dict, num_layers: int) -> dict:
+  """Per-layer "blocks_{i}" params -> scanned params with a leading layer axis."""
+  out = {k: v for k, v in params.items() if not k.startswith("blocks_")}
+  out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                               *[params[f"blocks_{i}"] for i in range(num_layers)])
+  return out

@@ -1,0 +1,58 @@
+"""Analytic FLOP count of the DiT (matmul FLOPs, 2 per multiply-add), as used for MFU.
+
+Per sample with S video tokens, L text tokens, T patched frames, D dim, F ffn dim:
+  patch embedding     2 S (pt ph pw C_in) D
+  timestep MLP        2 T (freq D + D D + 6 D D)
+  text MLP            2 L (D_text D + D D)
+  per layer
+    self-attn proj    2 S 4 D D
+    self-attn core    2 S K D * 2       (QK^T and AV; K = keys each query sees)
+    cross-attn proj   2 S 2 D D + 2 L 2 D D
+    cross-attn core   2 S L D * 2
+    FFN               2 S 2 D F
+  head                2 S D (pt ph pw C_out)
+K = S for bidirectional attention; for block-causal attention with nb blocks of b frames of P
+tokens, query block k sees (k+1) b P keys, so the mean is b P (nb + 1) / 2.
+"""
+
+from relic_jax.models.dit import DiTConfig
+
+
+def tokens(cfg: DiTConfig, frames: int, height: int, width: int) -> tuple[int, int, int]:
+  pt, ph, pw = cfg.patch_size
+  return frames // pt, (height // ph) * (width // pw), (frames // pt) * (height // ph) * (width // pw)
+
+
+def mean_visible_keys(cfg: DiTConfig, frames: int, tokens_per_frame: int) -> float:
+  if cfg.attention_mode == "bidirectional":
+    return float(frames * tokens_per_frame)
+  nb = frames // cfg.block_frames
+  return cfg.block_frames * tokens_per_frame * (nb + 1) / 2.0
+
+
+def forward_flops(cfg: DiTConfig, frames: int, height: int, width: int, text_len: int) -> float:
+  """Matmul FLOPs of one forward pass for one sample (frames/height/width in latent units)."""
+  t, p, s = tokens(cfg, frames, height, width)
+  d, f, l = cfg.dim, cfg.ffn_dim, text_len
+  patch = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+  k = mean_visible_keys(cfg, t, p)
+  per_layer = (2 * s * 4 * d * d + 4 * s * k * d
+               + 2 * s * 2 * d * d + 2 * l * 2 * d * d + 4 * s * l * d
+               + 2 * s * 2 * d * f)
+  total = (2 * s * patch * cfg.in_channels * d
+           + 2 * t * (cfg.freq_dim * d + d * d + 6 * d * d)
+           + 2 * l * (cfg.text_dim * d + d * d)
+           + cfg.num_layers * per_layer
+           + 2 * s * d * patch * cfg.out_channels)
+  return float(total)
+
+
+def flops_per_token_fwd(cfg: DiTConfig, frames: int, height: int, width: int,
+                        text_len: int) -> float:
+  return forward_flops(cfg, frames, height, width, text_len) / tokens(cfg, frames, height, width)[2]
+
+
+def train_step_flops(cfg: DiTConfig, batch: int, frames: int, height: int, width: int,
+                     text_len: int) -> float:
+  """Model FLOPs of a training step: forward + backward = 3x forward (recompute not counted)."""
+  return 3.0 * batch * forward_flops(cfg, frames, height, width, text_len)

@@ -1,0 +1,1 @@
+"""Device meshes, logical-axis sharding and multi-host set-up."""

@@ -1,0 +1,86 @@
+"""Mesh from config, multi-host initialisation and global batch assembly.
+
+The mesh has the axes ("data", "fsdp", "context", "tensor"), outermost first; one axis may be
+-1 and fills the devices the others leave. The rules table (config.mesh.rules) maps the logical
+axes that model code names to these mesh axes.
+"""
+
+import math
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from relic_jax.config.base import MESH_AXES
+from relic_jax.config.validation import ConfigError
+
+
+def resolve_mesh_shape(shape: dict, num_devices: int) -> dict:
+  """Fills the -1 axis; raises ConfigError when the sizes do not multiply to num_devices."""
+  shape = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+  fill = [a for a, v in shape.items() if v == -1]
+  known = math.prod(v for v in shape.values() if v != -1)
+  if len(fill) > 1:
+    raise ConfigError(f"config.mesh.shape={shape}: more than one axis is -1. Fix: let at most "
+                      "one axis fill the rest.")
+  if fill:
+    if num_devices % known:
+      raise ConfigError(
+          f"config.mesh.shape={shape}: the fixed axes multiply to {known}, which does not divide "
+          f"the {num_devices} devices. Fix: choose axis sizes whose product divides {num_devices}.")
+    shape[fill[0]] = num_devices // known
+  elif known != num_devices:
+    raise ConfigError(
+        f"config.mesh.shape={shape}: the axes multiply to {known} but there are {num_devices} "
+        f"devices. Fix: make the product {num_devices}, or set one axis to -1.")
+  return shape
+
+
+def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else list(devices)
+  shape = resolve_mesh_shape(dict(mesh_cfg.shape), len(devices))
+  dims = tuple(shape[a] for a in MESH_AXES)
+  try:
+    arr = jax.experimental.mesh_utils.create_device_mesh(dims, devices=devices)
+  except Exception:  # non-TPU topologies or subsets of devices: plain row-major order
+    arr = np.asarray(devices).reshape(dims)
+  return Mesh(arr, MESH_AXES)
+
+
+def rules(mesh_cfg: ml_collections.ConfigDict):
+  return tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in mesh_cfg.rules)
+
+
+def maybe_initialize_distributed(dist_cfg: ml_collections.ConfigDict) -> None:
+  """jax.distributed.initialize when configured (multi-host TPU pods / GPU clusters)."""
+  if not dist_cfg.initialize:
+    return
+  kwargs = {}
+  if dist_cfg.coordinator_address:
+    kwargs["coordinator_address"] = dist_cfg.coordinator_address
+  if dist_cfg.num_processes:
+    kwargs["num_processes"] = dist_cfg.num_processes
+  if dist_cfg.process_id >= 0:
+    kwargs["process_id"] = dist_cfg.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def batch_sharding(mesh: Mesh, rules_, ndim: int) -> NamedSharding:
+  """Sharding of a batch-major array: the leading axis over the logical "batch" axis."""
+  import flax.linen as nn
+  spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules_)
+  return NamedSharding(mesh, spec)
+
+
+def global_batch(mesh: Mesh, rules_, local_batch):
+  """Assembles a global jax.Array from this process's slice of the batch (a pytree of numpy
+  arrays whose leading axis is the per-process batch)."""
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, rules_, x.ndim), x)
+  return jax.tree.map(put, local_batch)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())

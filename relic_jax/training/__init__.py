@@ -1,0 +1,1 @@
+"""Training: state, optimizer, checkpointing, the generic loop and the stage-specific tasks."""

@@ -1,0 +1,105 @@
+"""Orbax checkpoints holding everything a run needs to continue: the train state (params, EMA
+params, optimizer state, step), the data iterator's state, and metadata describing the model.
+
+Every save is atomic (Orbax writes to a temporary directory and renames it when complete), so a
+kill at any moment leaves the previous checkpoints intact. A restore reads the metadata first
+and refuses, with a clear message, a checkpoint written by a different model. The state is
+restored into an abstract target that carries the *current* mesh's shardings, so a run can
+resume on a different mesh or device count.
+"""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used with this run; the message says why and what to do."""
+
+
+def param_shapes(params) -> dict[str, list[int]]:
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
+
+
+def describe_model(model_cfg: dict, params) -> dict:
+  return {"format": FORMAT_VERSION, "model": model_cfg, "param_shapes": param_shapes(params)}
+
+
+def check_compatible(found: dict, expected: dict, where: str) -> None:
+  if found.get("format") != FORMAT_VERSION:
+    raise CheckpointError(f"{where}: checkpoint format {found.get('format')!r} is not "
+                          f"{FORMAT_VERSION}. Fix: restore it with the relic_jax version that "
+                          "wrote it, or start a fresh --workdir.")
+  a, b = found.get("param_shapes", {}), expected["param_shapes"]
+  if a == b:
+    return
+  fm, em = found.get("model", {}), expected["model"]
+  fields = sorted(k for k in set(fm) | set(em)
+                  if fm.get(k) != em.get(k) and k not in ("scan_layers", "remat_policy"))
+  diff = "; ".join(f"model.{k}: checkpoint {fm.get(k)!r}, config {em.get(k)!r}" for k in fields)
+  missing = sorted(set(b) - set(a))
+  unexpected = sorted(set(a) - set(b))
+  shape = [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+  detail = []
+  if shape:
+    detail.append(f"param {shape[0]} has shape {a[shape[0]]} in the checkpoint but "
+                  f"{b[shape[0]]} in this model")
+  if missing:
+    detail.append(f"param {missing[0]} is missing from the checkpoint")
+  if unexpected:
+    detail.append(f"the checkpoint has param {unexpected[0]} this model lacks")
+  raise CheckpointError(
+      f"{where} was written by a different model ({'; '.join(detail)}). "
+      + (f"Config differences: {diff}. " if diff else "")
+      + "Fix: use the config that wrote it, or a fresh --workdir.")
+
+
+class Checkpointer:
+  """Thin wrapper over ocp.CheckpointManager with items state / data / meta."""
+
+  def __init__(self, directory: str, keep: int, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=async_save)
+    self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                       item_names=("state", "data", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, target, expected_meta: dict) -> tuple[Any, dict]:
+    where = os.path.join(self.directory, str(step))
+    try:
+      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # unreadable metadata: corrupt or foreign directory
+      raise CheckpointError(f"{where}: cannot read the checkpoint metadata ({e}). Fix: delete "
+                            "this step directory to fall back to an older one, or use a fresh "
+                            "--workdir.") from e
+    check_compatible(meta, expected_meta, where)
+    try:
+      out = self._mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise CheckpointError(f"{where}: restoring the train state failed ({e}). Fix: delete this "
+                            "step directory to fall back to an older one.") from e
+    return out["state"], out["data"]
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -1,0 +1,51 @@
+"""The teacher stage: the bidirectional DiT trained by flow matching (velocity target).
+
+Frame 0 of each clip is the clean image latent (t = 0, excluded from the loss) when
+config.train.clean_first_frame is set; per_frame_noise gives every frame its own noise level.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from relic_jax.diffusion import flow_matching as fm
+from relic_jax.models import flops as flops_lib
+from relic_jax.models.dit import DiTConfig, WanDiT
+
+
+class TeacherTask:
+  """A `trainer.Task` for flow-matching training of the DiT on latent clips."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    self.cfg = cfg
+    self.dit = DiTConfig.from_config(cfg.model)
+    self.model = WanDiT(self.dit)
+    self.model_config = dataclasses.asdict(self.dit)
+    d = cfg.data
+    self._clip = (d.latent_frames, d.latent_height, d.latent_width)
+
+  def example_batch(self, batch_size: int) -> dict:
+    t, h, w = self._clip
+    return {"latents": np.zeros((batch_size, t, h, w, self.dit.in_channels), np.float32),
+            "text": np.zeros((batch_size, self.cfg.data.text_len, self.dit.text_dim), np.float32)}
+
+  def init_params(self, rng):
+    ex = self.example_batch(1)
+    t = jnp.zeros((1, self._clip[0]), jnp.float32)
+    return self.model.init(rng, jnp.asarray(ex["latents"]), t, jnp.asarray(ex["text"]))["params"]
+
+  def loss_fn(self, params, batch, rng):
+    tc = self.cfg.train
+    x_t, t, target, weight = fm.noisy_inputs(
+        rng, batch["latents"], shift=tc.timestep_shift, sampling=tc.timestep_sampling,
+        clean_first_frame=tc.clean_first_frame, per_frame_noise=tc.per_frame_noise)
+    pred = self.model.apply({"params": params}, x_t, t, batch["text"])
+    return fm.velocity_loss(pred, target, weight)
+
+  def flops_per_example(self) -> float:
+    return flops_lib.forward_flops(self.dit, *self._clip, self.cfg.data.text_len)
+
+  def tokens_per_example(self) -> int:
+    return flops_lib.tokens(self.dit, *self._clip)[2]

@@ -1,0 +1,32 @@
+"""relic_jax: a JAX/Flax reimplementation of RELIC (interactive video world model with memory)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="relic_jax",
+    version="0.1.0",
+    description="RELIC interactive video world model with long-horizon memory, in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["relic_jax", "relic_jax.*", "data_pipeline",
+                                    "data_pipeline.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "ml-collections>=1.1.0",
+        "tensorstore>=0.1.86",
+        "absl-py>=2.1",
+        "numpy>=2.0",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6"],
+    },
+    entry_points={"console_scripts": ["relic=relic_jax.cli:run"]},
+)
