@@ -8,6 +8,7 @@ axes that model code names to these mesh axes.
 import math
 
 import jax
+from jax.experimental import mesh_utils
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -42,7 +43,7 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
   shape = resolve_mesh_shape(dict(mesh_cfg.shape), len(devices))
   dims = tuple(shape[a] for a in MESH_AXES)
   try:
-    arr = jax.experimental.mesh_utils.create_device_mesh(dims, devices=devices)
+    arr = mesh_utils.create_device_mesh(dims, devices=devices)
   except Exception:  # non-TPU topologies or subsets of devices: plain row-major order
     arr = np.asarray(devices).reshape(dims)
   return Mesh(arr, MESH_AXES)
