@@ -21,15 +21,15 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 
 
 def bench_train_step(cfg, steps: int, warmup: int) -> dict:
-  import flax.linen as nn
-
+  if steps < 1 or warmup < 0:
+    raise app.UsageError(f"--steps={steps} --warmup={warmup}: need steps >= 1 and warmup >= 0.")
   from relic_jax.config import validate
   from relic_jax.parallel import chips
   from relic_jax.parallel import mesh as mesh_lib
   from relic_jax.training.optimizer import make_optimizer
   from relic_jax.training.state import create_sharded_state, param_count
   from relic_jax.training.teacher import TeacherTask
-  from relic_jax.training.trainer import compiled_stats, make_train_step
+  from relic_jax.training.trainer import compile_train_step, compiled_stats
 
   validate(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -42,17 +42,12 @@ def bench_train_step(cfg, steps: int, warmup: int) -> dict:
   example = task.example_batch(cfg.train.batch_size)
   batch = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in example.items()}
   batch = mesh_lib.global_batch(mesh, rules, batch)
-  batch_sh = jax.tree.map(lambda x: x.sharding, batch)
-  step_fn = make_train_step(task, tx, cfg.train, cfg.seed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    t0 = time.perf_counter()
-    compiled = jax.jit(step_fn, in_shardings=(shardings, batch_sh),
-                       out_shardings=(shardings, mesh_lib.replicated(mesh)),
-                       donate_argnums=(0,)).lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = compile_train_step(task, tx, cfg, mesh, rules, state, batch)
+  compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
+  jax.block_until_ready(state)
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()

@@ -1,5 +1,8 @@
 """Config validation: every wrong value gets one error naming the field and the fix."""
 
+import math
+import numbers
+
 import ml_collections
 
 from relic_jax.config.base import MESH_AXES
@@ -21,18 +24,21 @@ def _fail(field, value, why, fix):
   raise ConfigError(f"config.{field}={value!r}: {why}. Fix: {fix}.")
 
 
-def _choice(cfg, field, choices):
+def _choice(cfg, field, choices, prefix=None):
+  """prefix: the dotted path of `cfg` in the full config, for the message (e.g. "model")."""
   value = _get(cfg, field)
   if value not in choices:
-    _fail(field, value, "unknown value", f"use one of {', '.join(map(repr, choices))}")
+    _fail(f"{prefix}.{field}" if prefix else field, value, "unknown value",
+          f"use one of {', '.join(map(repr, choices))}")
 
 
-def _positive(cfg, field, allow_zero=False):
+def _positive(cfg, field, allow_zero=False, prefix=None):
   value = _get(cfg, field)
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
       value >= 0 if allow_zero else value > 0)
   if not ok:
-    _fail(field, value, "must be a " + ("non-negative" if allow_zero else "positive") + " number",
+    _fail(f"{prefix}.{field}" if prefix else field, value,
+          "must be a " + ("non-negative" if allow_zero else "positive") + " number",
           "set a value " + (">= 0" if allow_zero else "> 0"))
 
 
@@ -73,20 +79,20 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
   if len(ps) != 3 or any((not isinstance(p, int)) or p <= 0 for p in ps):
     _fail(f"{prefix}.patch_size", m.patch_size, "must be three positive integers (t, h, w)",
           "use (1, 2, 2) as Wan does")
-  _choice(m, "attention_mode", ATTENTION_MODES)
-  _choice(m, "attention_impl", ATTENTION_IMPLS)
-  _choice(m, "remat_policy", REMAT_POLICIES)
-  _choice(m, "dtype", DTYPES)
-  _choice(m, "param_dtype", DTYPES)
+  _choice(m, "attention_mode", prefix=prefix, choices=ATTENTION_MODES)
+  _choice(m, "attention_impl", prefix=prefix, choices=ATTENTION_IMPLS)
+  _choice(m, "remat_policy", prefix=prefix, choices=REMAT_POLICIES)
+  _choice(m, "dtype", prefix=prefix, choices=DTYPES)
+  _choice(m, "param_dtype", prefix=prefix, choices=DTYPES)
   if m.attention_impl == "cudnn" and m.dtype == "float32":
     _fail(f"{prefix}.attention_impl", "cudnn", "cuDNN flash attention needs bf16/fp16 inputs",
           "set model.dtype='bfloat16' or model.attention_impl='xla'")
   if m.yarn_factor < 1.0:
     _fail(f"{prefix}.yarn_factor", m.yarn_factor, "YaRN can only extend the context",
           "use 1.0 (off) or a factor > 1")
-  _positive(m, "yarn_original_frames")
-  _positive(m, "rope_theta")
-  _positive(m, "eps")
+  _positive(m, "yarn_original_frames", prefix=prefix)
+  _positive(m, "rope_theta", prefix=prefix)
+  _positive(m, "eps", prefix=prefix)
 
 
 def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
@@ -112,8 +118,106 @@ def validate_mesh(mesh: ml_collections.ConfigDict) -> None:
               f"map to one of {MESH_AXES} or None")
 
 
-def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks a full experiment config; returns it unchanged or raises ConfigError."""
+def resolve_mesh_shape(shape: dict, num_devices: int) -> dict:
+  """The mesh shape over all MESH_AXES (missing axes are 1) with the -1 axis filled in.
+
+  Raises ConfigError, naming the mesh and the device count, for unknown axes, sizes that are
+  not positive integers (or -1), more than one -1, or sizes that do not multiply to
+  num_devices.
+  """
+  given = dict(shape)
+  where = f"config.mesh.shape={given} over {num_devices} device(s)"
+  unknown = sorted(set(given) - set(MESH_AXES))
+  if unknown:
+    raise ConfigError(f"{where}: unknown mesh axes {unknown}. Fix: use only the axes "
+                      f"{MESH_AXES}.")
+  for axis, v in given.items():
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (v <= 0 and v != -1):
+      raise ConfigError(f"{where}: axis {axis!r} has size {v!r}, but sizes must be positive "
+                        "integers or -1 (fill the rest). Fix: use a positive size, or -1 on "
+                        "one axis.")
+  full = {a: int(given.get(a, 1)) for a in MESH_AXES}
+  fill = [a for a, v in full.items() if v == -1]
+  known = math.prod(v for v in full.values() if v != -1)
+  if len(fill) > 1:
+    raise ConfigError(f"{where}: more than one axis ({', '.join(fill)}) is -1. Fix: let at "
+                      "most one axis fill the rest.")
+  if fill:
+    if num_devices % known:
+      raise ConfigError(
+          f"{where}: the fixed axes multiply to {known}, which does not divide the "
+          f"{num_devices} devices. Fix: choose axis sizes whose product divides {num_devices}.")
+    full[fill[0]] = num_devices // known
+  elif known != num_devices:
+    raise ConfigError(
+        f"{where}: the axes multiply to {known} but there are {num_devices} devices. Fix: make "
+        f"the product {num_devices}, or set one axis to -1.")
+  return full
+
+
+def mesh_axes_of(mesh_cfg: ml_collections.ConfigDict, logical: str) -> tuple[str, ...]:
+  """The mesh axes a logical axis is sharded over under config.mesh.rules (first rule wins)."""
+  for name, target in mesh_cfg.rules:
+    if name == logical:
+      if target is None:
+        return ()
+      return tuple(target) if isinstance(target, (tuple, list)) else (target,)
+  return ()
+
+
+def validate_sharding(cfg: ml_collections.ConfigDict, shape: dict, num_processes: int = 1) -> None:
+  """Checks that every sharded dimension splits evenly over its mesh axes.
+
+  Params and the batch are arguments of the jitted train step, and JAX refuses an argument
+  whose sharded dimension is not a multiple of the number of shards. `shape` is a resolved
+  mesh shape (resolve_mesh_shape); num_processes is the number of hosts sharing the batch.
+  """
+  m, t = cfg.model, cfg.train
+  if t.batch_size % num_processes:
+    _fail("train.batch_size", t.batch_size, f"does not split over the {num_processes} processes",
+          f"use a multiple of {num_processes}")
+  pt, ph, pw = m.patch_size
+  # (field, its value, what is split, the size of the sharded dimension, logical axis)
+  dims = [
+      ("train.batch_size", t.batch_size, "the global batch", t.batch_size, "batch"),
+      ("model.dim", m.dim, "the model width (params' 'embed' axis)", m.dim, "embed"),
+      ("model.dim", m.dim, "the model width (params' 'embed_out' axis)", m.dim, "embed_out"),
+      ("model.dim", m.dim, "the attention projections' 'heads' axis", m.dim, "heads"),
+      ("model.dim", m.dim, "the norms' 'norm' axis", m.dim, "norm"),
+      ("model.dim", m.dim, "the time projection (6 * dim, 'modulation_out' axis)", 6 * m.dim,
+       "modulation_out"),
+      ("model.ffn_dim", m.ffn_dim, "the FFN hidden dimension ('mlp' axis)", m.ffn_dim, "mlp"),
+      ("model.text_dim", m.text_dim, "the text embedding width ('text_embed' axis)", m.text_dim,
+       "text_embed"),
+      ("model.freq_dim", m.freq_dim, "the timestep embedding width ('freq' axis)", m.freq_dim,
+       "freq"),
+      ("model.in_channels", m.in_channels, "the patch embedding input ('patch' axis)",
+       pt * ph * pw * m.in_channels, "patch"),
+      ("model.out_channels", m.out_channels, "the output projection ('patch' axis)",
+       pt * ph * pw * m.out_channels, "patch"),
+  ]
+  if m.scan_layers:
+    dims.append(("model.num_layers", m.num_layers, "the stacked layers ('layers' axis)",
+                 m.num_layers, "layers"))
+  for field, value, what, size, logical in dims:
+    axes = mesh_axes_of(cfg.mesh, logical)
+    n = math.prod(shape[a] for a in axes)
+    if size % n:
+      split = " x ".join(f"{a}={shape[a]}" for a in axes)
+      _fail(field, value, f"{what} has size {size}, which does not split over the {n} shards "
+            f"of the mesh axes {split} (mesh {shape})",
+            f"make it a multiple of {n}, or change config.mesh.shape so that "
+            f"{' * '.join(axes)} divides {size}")
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
+             num_processes: int = 1) -> ml_collections.ConfigDict:
+  """Checks a full experiment config; returns it unchanged or raises ConfigError.
+
+  Without num_devices only what the config alone determines is checked (a mesh with a -1 axis
+  is then not checked for even sharding). With num_devices (jax.device_count()) the mesh shape
+  is resolved against the devices and the batch and params are checked to shard evenly on it.
+  """
   for group in ("model", "mesh", "data", "train", "distributed"):
     _get(cfg, group)
   validate_model(cfg.model)
@@ -147,4 +251,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _fail("data.latent_frames", cfg.data.latent_frames,
           "with train.clean_first_frame there is no frame left to denoise",
           "use at least 2 latent frames or set train.clean_first_frame=False")
+  shape = dict(cfg.mesh.shape)
+  if num_devices is not None:
+    validate_sharding(cfg, resolve_mesh_shape(shape, num_devices), num_processes)
+  elif -1 not in shape.values():
+    validate_sharding(cfg, {a: shape.get(a, 1) for a in MESH_AXES}, num_processes)
   return cfg

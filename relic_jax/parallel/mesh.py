@@ -5,8 +5,6 @@ The mesh has the axes ("data", "fsdp", "context", "tensor"), outermost first; on
 axes that model code names to these mesh axes.
 """
 
-import math
-
 import jax
 from jax.experimental import mesh_utils
 import ml_collections
@@ -14,31 +12,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from relic_jax.config.base import MESH_AXES
-from relic_jax.config.validation import ConfigError
-
-
-def resolve_mesh_shape(shape: dict, num_devices: int) -> dict:
-  """Fills the -1 axis; raises ConfigError when the sizes do not multiply to num_devices."""
-  shape = {a: int(shape.get(a, 1)) for a in MESH_AXES}
-  fill = [a for a, v in shape.items() if v == -1]
-  known = math.prod(v for v in shape.values() if v != -1)
-  if len(fill) > 1:
-    raise ConfigError(f"config.mesh.shape={shape}: more than one axis is -1. Fix: let at most "
-                      "one axis fill the rest.")
-  if fill:
-    if num_devices % known:
-      raise ConfigError(
-          f"config.mesh.shape={shape}: the fixed axes multiply to {known}, which does not divide "
-          f"the {num_devices} devices. Fix: choose axis sizes whose product divides {num_devices}.")
-    shape[fill[0]] = num_devices // known
-  elif known != num_devices:
-    raise ConfigError(
-        f"config.mesh.shape={shape}: the axes multiply to {known} but there are {num_devices} "
-        f"devices. Fix: make the product {num_devices}, or set one axis to -1.")
-  return shape
+# resolve_mesh_shape lives with the config checks (no JAX needed) and is re-exported here.
+from relic_jax.config.validation import ConfigError, resolve_mesh_shape  # noqa: F401
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """The ("data", "fsdp", "context", "tensor") mesh over `devices` (default: all); raises
+  ConfigError naming the mesh and the device count when config.mesh.shape does not fit."""
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(dict(mesh_cfg.shape), len(devices))
   dims = tuple(shape[a] for a in MESH_AXES)
@@ -55,8 +35,8 @@ def rules(mesh_cfg: ml_collections.ConfigDict):
 
 def maybe_initialize_distributed(dist_cfg: ml_collections.ConfigDict) -> None:
   """jax.distributed.initialize when configured (multi-host TPU pods / GPU clusters)."""
-  if not dist_cfg.initialize:
-    return
+  if not dist_cfg.initialize or jax.distributed.is_initialized():
+    return  # idempotent: the CLI initialises before validating, the trainer calls it again
   kwargs = {}
   if dist_cfg.coordinator_address:
     kwargs["coordinator_address"] = dist_cfg.coordinator_address

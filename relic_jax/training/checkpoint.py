@@ -8,6 +8,7 @@ restored into an abstract target that carries the *current* mesh's shardings, so
 resume on a different mesh or device count.
 """
 
+import json
 import os
 from typing import Any
 
@@ -38,7 +39,8 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
   a, b = found.get("param_shapes", {}), expected["param_shapes"]
   if a == b:
     return
-  fm, em = found.get("model", {}), expected["model"]
+  # The checkpoint's copy went through JSON (tuples became lists); compare like with like.
+  fm, em = found.get("model", {}), json.loads(json.dumps(expected["model"]))
   fields = sorted(k for k in set(fm) | set(em)
                   if fm.get(k) != em.get(k) and k not in ("scan_layers", "remat_policy"))
   diff = "; ".join(f"model.{k}: checkpoint {fm.get(k)!r}, config {em.get(k)!r}" for k in fields)

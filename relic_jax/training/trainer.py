@@ -61,7 +61,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, t_cfg, seed: i
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     loss, grads = jax.value_and_grad(task.loss_fn)(state.params, batch, rng)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
@@ -74,6 +74,18 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, t_cfg, seed: i
     return new, metrics
 
   return train_step
+
+
+def compile_train_step(task: Task, tx, cfg, mesh, rules, abstract_state, abstract_batch):
+  """AOT-compiles the train step with explicit in/out shardings (taken from the abstract
+  arguments' .sharding) and the state donated."""
+  step_fn = make_train_step(task, tx, cfg.train, cfg.seed)
+  state_sh = jax.tree.map(lambda a: a.sharding, abstract_state)
+  batch_sh = jax.tree.map(lambda a: a.sharding, abstract_batch)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh),
+                     out_shardings=(state_sh, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+    return jitted.lower(abstract_state, abstract_batch).compile()
 
 
 def compiled_stats(compiled) -> dict:
@@ -175,12 +187,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
   batch_sh = {k: mesh_lib.batch_sharding(mesh, rules, v.ndim) for k, v in example.items()}
   abstract_batch = {k: jax.ShapeDtypeStruct((t.batch_size,) + v.shape[1:], v.dtype, sharding=batch_sh[k])
                     for k, v in example.items()}
-  step_fn = make_train_step(task, tx, t, cfg.seed)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    jitted = jax.jit(step_fn, in_shardings=(shardings, batch_sh),
-                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-    t0 = time.time()
-    compiled = jitted.lower(with_shardings(abstract, shardings), abstract_batch).compile()
+  t0 = time.time()
+  compiled = compile_train_step(task, tx, cfg, mesh, rules, with_shardings(abstract, shardings),
+                                abstract_batch)
   compile_s = time.time() - t0
 
   n_dev = jax.device_count()

@@ -1,0 +1,59 @@
+"""The benchmark scripts: each prints one JSON object as its last stdout line and writes the
+same object to --out. Run as subprocesses from the repository root on one CPU device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+MODEL_STATS_KEYS = {"param_count", "backbone_param_count", "flops_per_token_fwd", "layers", "dim"}
+TRAIN_STEP_KEYS = {"step_time_s", "tokens_per_s", "tflops_per_device", "mfu", "peak_bytes",
+                   "param_count", "device_kind", "n_devices"}
+
+
+def _bench(module, *args, out):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # one CPU device, not the 8 fake ones of conftest.py
+  r = subprocess.run([sys.executable, "-m", f"relic_jax.bench.{module}", *args, f"--out={out}"],
+                     cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  printed = json.loads(r.stdout.strip().splitlines()[-1])
+  with open(out) as f:
+    written = json.loads(f.read())
+  assert printed == written
+  assert not os.path.exists(f"{out}.tmp")
+  return printed
+
+
+@pytest.mark.parametrize("name,layers,dim,backbone", [
+    ("wan_1_3b", 30, 1536, 1_418_996_800),   # Wan 2.1 T2V 1.3B
+    ("relic_14b", 40, 5120, 14_288_491_584),  # Wan 2.1 T2V 14B
+])
+def test_model_stats(tmp_path, name, layers, dim, backbone):
+  s = _bench("model_stats", f"--config=experiments/{name}.py", out=str(tmp_path / "stats.json"))
+  assert MODEL_STATS_KEYS <= set(s), sorted(s)
+  assert s["config"] == name
+  assert s["backbone_param_count"] == backbone
+  assert s["param_count"] == backbone  # no RELIC additions (action/pose encoders) yet
+  assert (s["layers"], s["dim"]) == (layers, dim)
+  # forward matmuls alone cost ~2 FLOPs per backbone param per video token, attention adds more
+  assert 1.5 * backbone < s["flops_per_token_fwd"] < 20 * backbone
+
+
+def test_train_step(tmp_path):
+  s = _bench("train_step", "--config=experiments/tiny.py", "--steps=3", "--warmup=1",
+             out=str(tmp_path / "step.json"))
+  assert TRAIN_STEP_KEYS <= set(s), sorted(s)
+  assert s["step_time_s"] > 0 and s["step_time_min_s"] <= s["step_time_s"]
+  assert s["tokens_per_s"] == pytest.approx(
+      s["tokens_per_example"] * s["batch_size"] / s["step_time_s"], rel=1e-6)
+  assert s["tflops_per_device"] > 0
+  assert s["mfu"] is None or 0.0 < s["mfu"] < 1.0
+  assert s["peak_bytes"] > 0
+  assert s["param_count"] == 161_536
+  assert s["device_kind"] == "cpu" and s["n_devices"] == 1
+  assert s["batch_size"] == 8 and s["loss_finite"] is True

@@ -1,0 +1,372 @@
+"""Config validation errors, mesh-shape errors and the `relic` command line.
+
+Every wrong value must fail early with one message that names the field (config.a.b=value),
+says why, and says how to fix it; the CLI turns those into `relic: error: ...` and exit code 2.
+CLI tests run `python -m relic_jax.cli` in a subprocess (one CPU device unless XLA_FLAGS says
+otherwise); the in-process tests see the 8 fake CPU devices of conftest.py.
+"""
+
+import glob
+import importlib.util
+import json
+import os
+
+import jax
+import pytest
+
+from relic_jax.config import DEFAULT_RULES, ConfigError, get_base_config, validate
+from relic_jax.parallel import mesh as mesh_lib
+from relic_jax.parallel.mesh import make_mesh, resolve_mesh_shape
+from tests.helpers import REPO, run_cli, tiny_config
+
+TINY = "--config=experiments/tiny.py"
+TINY_PARAMS = 161_536  # experiments/tiny.py: 2 layers, dim 64, FFN 128, 2 heads
+
+
+def _set(cfg, dotted, value):
+  *parents, leaf = dotted.split(".")
+  node = cfg
+  for p in parents:
+    node = node[p]
+  with node.ignore_type():
+    node[leaf] = value
+
+
+def _mesh(**axes):
+  return {"data": 1, "fsdp": 1, "context": 1, "tensor": 1, **axes}
+
+
+# (id, overrides on tiny_config(), text the message must start with, text it must contain)
+INVALID = [
+    # model: sizes
+    ("dim_zero", {"model.dim": 0}, "config.model.dim=0", "must be a positive integer"),
+    ("dim_negative", {"model.dim": -64}, "config.model.dim=-64", "must be a positive integer"),
+    ("dim_float", {"model.dim": 64.0}, "config.model.dim=64.0", "must be a positive integer"),
+    ("ffn_dim_zero", {"model.ffn_dim": 0}, "config.model.ffn_dim=0", "positive integer"),
+    ("num_heads_zero", {"model.num_heads": 0}, "config.model.num_heads=0", "positive integer"),
+    ("num_layers_zero", {"model.num_layers": 0}, "config.model.num_layers=0", "positive integer"),
+    ("in_channels_zero", {"model.in_channels": 0}, "config.model.in_channels=0", "positive"),
+    ("out_channels_negative", {"model.out_channels": -1}, "config.model.out_channels=-1",
+     "positive integer"),
+    ("text_dim_zero", {"model.text_dim": 0}, "config.model.text_dim=0", "positive integer"),
+    ("freq_dim_zero", {"model.freq_dim": 0}, "config.model.freq_dim=0", "positive integer"),
+    ("block_frames_zero", {"model.block_frames": 0}, "config.model.block_frames=0", "positive"),
+    ("heads_do_not_divide_dim", {"model.num_heads": 3}, "config.model.num_heads=3",
+     "does not divide model.dim=64"),
+    ("head_dim_odd", {"model.dim": 14, "model.num_heads": 2}, "config.model.dim=14",
+     "head dim 7 cannot be split into even temporal/height/width RoPE parts"),
+    ("head_dim_too_small_for_rope", {"model.dim": 8, "model.num_heads": 2}, "config.model.dim=8",
+     "head dim 4 cannot be split"),
+    ("freq_dim_odd", {"model.freq_dim": 255}, "config.model.freq_dim=255", "must be even"),
+    ("patch_size_two_entries", {"model.patch_size": (1, 2)}, "config.model.patch_size=(1, 2)",
+     "three positive integers"),
+    ("patch_size_zero", {"model.patch_size": (1, 0, 2)}, "config.model.patch_size=(1, 0, 2)",
+     "three positive integers"),
+    # model: choices
+    ("attention_mode", {"model.attention_mode": "causal"}, "config.model.attention_mode='causal'",
+     "use one of 'bidirectional', 'block_causal'"),
+    ("attention_impl", {"model.attention_impl": "flash"}, "config.model.attention_impl='flash'",
+     "use one of 'xla', 'cudnn'"),
+    ("remat_policy", {"model.remat_policy": "sometimes"}, "config.model.remat_policy='sometimes'",
+     "'dots_saveable'"),
+    ("dtype", {"model.dtype": "float64"}, "config.model.dtype='float64'",
+     "use one of 'float32', 'bfloat16', 'float16'"),
+    ("param_dtype", {"model.param_dtype": "int8"}, "config.model.param_dtype='int8'",
+     "unknown value"),
+    ("cudnn_needs_half_precision", {"model.attention_impl": "cudnn"},
+     "config.model.attention_impl='cudnn'", "model.dtype='bfloat16'"),
+    ("yarn_factor_below_one", {"model.yarn_factor": 0.5}, "config.model.yarn_factor=0.5",
+     "can only extend the context"),
+    ("yarn_original_frames_zero", {"model.yarn_original_frames": 0},
+     "config.model.yarn_original_frames=0", "positive number"),
+    ("rope_theta_negative", {"model.rope_theta": -1.0}, "config.model.rope_theta=-1.0",
+     "positive number"),
+    ("eps_zero", {"model.eps": 0.0}, "config.model.eps=0.0", "positive number"),
+    # mesh
+    ("mesh_unknown_axis", {"mesh.shape": {"data": 1, "fsdp": -1, "pipeline": 2}},
+     "config.mesh.shape=", "unknown mesh axes ['pipeline']"),
+    ("mesh_zero_axis", {"mesh.shape.tensor": 0}, "config.mesh.shape.tensor=0",
+     "positive integer or -1"),
+    ("mesh_negative_axis", {"mesh.shape.data": -2}, "config.mesh.shape.data=-2",
+     "positive integer or -1"),
+    ("mesh_two_fill_axes", {"mesh.shape.data": -1}, "config.mesh.shape=",
+     "more than one axis is -1"),
+    ("mesh_rule_unknown_axis", {"mesh.rules": (("batch", "pipeline"),) + DEFAULT_RULES},
+     "config.mesh.rules=('batch', 'pipeline')", "mesh axis 'pipeline' does not exist"),
+    ("mesh_rule_malformed", {"mesh.rules": (("batch",),)}, "config.mesh.rules=('batch',)",
+     "each rule is (logical_axis, mesh_axes)"),
+    # data
+    ("data_source", {"data.source": "webdataset"}, "config.data.source='webdataset'",
+     "use one of 'synthetic'"),
+    ("latent_frames_zero", {"data.latent_frames": 0}, "config.data.latent_frames=0",
+     "positive number"),
+    ("latent_height_negative", {"data.latent_height": -8}, "config.data.latent_height=-8",
+     "positive number"),
+    ("text_len_zero", {"data.text_len": 0}, "config.data.text_len=0", "positive number"),
+    ("num_examples_zero", {"data.num_examples": 0}, "config.data.num_examples=0", "positive"),
+    ("latent_width_vs_patch", {"data.latent_width": 7}, "config.data.latent_width=7",
+     "not divisible by the patch size 2"),
+    ("block_frames_do_not_divide_frames", {"model.attention_mode": "block_causal"},
+     "config.model.block_frames=3", "does not divide the 4 patched latent frames"),
+    ("one_frame_with_clean_first_frame", {"data.latent_frames": 1},
+     "config.data.latent_frames=1", "no frame left to denoise"),
+    # train
+    ("steps_zero", {"train.steps": 0}, "config.train.steps=0", "positive number"),
+    ("batch_size_zero", {"train.batch_size": 0}, "config.train.batch_size=0", "positive number"),
+    ("checkpoint_every_zero", {"train.checkpoint_every": 0}, "config.train.checkpoint_every=0",
+     "positive number"),
+    ("log_every_zero", {"train.log_every": 0}, "config.train.log_every=0", "positive number"),
+    ("keep_checkpoints_zero", {"train.keep_checkpoints": 0}, "config.train.keep_checkpoints=0",
+     "positive number"),
+    ("lr_negative", {"train.lr": -1e-3}, "config.train.lr=-0.001", "non-negative number"),
+    ("warmup_negative", {"train.warmup_steps": -1}, "config.train.warmup_steps=-1",
+     "non-negative number"),
+    ("weight_decay_negative", {"train.weight_decay": -0.1}, "config.train.weight_decay=-0.1",
+     "non-negative"),
+    ("grad_clip_negative", {"train.grad_clip": -1.0}, "config.train.grad_clip=-1.0",
+     "non-negative"),
+    ("peak_flops_negative", {"train.peak_flops_per_device": -1.0},
+     "config.train.peak_flops_per_device=-1.0", "non-negative"),
+    ("min_lr_ratio_negative", {"train.min_lr_ratio": -0.1}, "config.train.min_lr_ratio=-0.1",
+     "non-negative"),
+    ("ema_decay_one", {"train.ema_decay": 1.0}, "config.train.ema_decay=1.0", "must be in [0, 1)"),
+    ("adam_beta_above_one", {"train.b2": 1.5}, "config.train.b1/b2=(0.9, 1.5)",
+     "Adam betas must be in [0, 1)"),
+    ("schedule", {"train.schedule": "linear"}, "config.train.schedule='linear'",
+     "use one of 'cosine', 'constant'"),
+    ("timestep_sampling", {"train.timestep_sampling": "beta"},
+     "config.train.timestep_sampling='beta'", "'uniform', 'logit_normal'"),
+    ("timestep_shift_zero", {"train.timestep_shift": 0.0}, "config.train.timestep_shift=0.0",
+     "positive number"),
+    # even sharding on a fully specified mesh (no -1 axis: checked without knowing the devices)
+    ("batch_vs_data_fsdp_axes", {"mesh.shape": _mesh(data=2, fsdp=4), "train.batch_size": 4},
+     "config.train.batch_size=4",
+     "does not split over the 8 shards of the mesh axes data=2 x fsdp=4"),
+    ("ffn_dim_vs_tensor_axis", {"mesh.shape": _mesh(tensor=8), "model.num_heads": 8,
+                                "model.ffn_dim": 132},
+     "config.model.ffn_dim=132", "FFN hidden dimension ('mlp' axis) has size 132"),
+    ("dim_vs_fsdp_axis", {"mesh.shape": _mesh(fsdp=8), "train.batch_size": 8, "model.dim": 36,
+                          "model.num_heads": 3, "model.ffn_dim": 72},
+     "config.model.dim=36", "'embed' axis) has size 36, which does not split over the 8 shards"),
+]
+
+
+@pytest.mark.parametrize("overrides,starts,contains", [c[1:] for c in INVALID],
+                         ids=[c[0] for c in INVALID])
+def test_validate_names_the_field_and_the_fix(overrides, starts, contains):
+  cfg = tiny_config()
+  validate(cfg)  # the starting point is valid, so the override alone causes the error
+  for k, v in overrides.items():
+    _set(cfg, k, v)
+  with pytest.raises(ConfigError) as e:
+    validate(cfg)
+  msg = str(e.value)
+  assert msg.startswith(starts), msg
+  assert contains in msg, msg
+  assert ". Fix: " in msg, msg
+
+
+def test_validate_reports_a_missing_group():
+  cfg = tiny_config()
+  del cfg["distributed"]
+  with pytest.raises(ConfigError, match=r"config\.distributed is missing\. Fix: start .*"
+                                        r"get_base_config\(\)"):
+    validate(cfg)
+
+
+def test_validate_against_devices_checks_the_resolved_mesh():
+  cfg = tiny_config()  # batch 4, mesh fsdp=-1
+  assert validate(cfg) is cfg  # without devices the -1 axis is unknown: nothing to check
+  assert validate(cfg, num_devices=4) is cfg  # fsdp=4 splits a batch of 4
+  with pytest.raises(ConfigError) as e:
+    validate(cfg, num_devices=8)  # fsdp=8 cannot split a batch of 4
+  msg = str(e.value)
+  assert msg.startswith("config.train.batch_size=4: the global batch has size 4"), msg
+  assert "8 shards of the mesh axes data=1 x fsdp=8" in msg, msg
+  assert "Fix: make it a multiple of 8" in msg, msg
+
+  cfg.train.batch_size = 8  # fits fsdp=8, but not 3 hosts
+  assert validate(cfg, num_devices=8) is cfg
+  with pytest.raises(ConfigError, match=r"config\.train\.batch_size=8: does not split over the "
+                                        r"3 processes\. Fix: use a multiple of 3"):
+    validate(cfg, num_devices=8, num_processes=3)
+
+  cfg.train.batch_size = 8
+  cfg.mesh.shape.tensor = 3
+  with pytest.raises(ConfigError) as e:
+    validate(cfg, num_devices=8)
+  assert "over 8 device(s)" in str(e.value) and "does not divide the 8 devices" in str(e.value)
+
+
+# ------------------------------------------------------------------------------ mesh shapes
+
+@pytest.mark.parametrize("shape,needle", [
+    (_mesh(fsdp=3), "the axes multiply to 3 but there are 8 devices"),
+    ({"fsdp": -1, "tensor": 3},
+     "the fixed axes multiply to 3, which does not divide the 8 devices"),
+    ({"data": -1, "fsdp": -1}, "more than one axis (data, fsdp) is -1"),
+    ({"fsdp": -1, "tensor": 0}, "axis 'tensor' has size 0"),
+    ({"fsdp": -1, "data": -2}, "axis 'data' has size -2"),
+    ({"fsdp": -1, "tensor": "2"}, "axis 'tensor' has size '2'"),
+    ({"fsdp": -1, "pipeline": 2}, "unknown mesh axes ['pipeline']"),
+], ids=["product_mismatch", "fixed_axes_do_not_divide", "two_fill_axes", "zero", "negative",
+        "not_an_int", "unknown_axis"])
+def test_resolve_mesh_shape_errors_name_the_mesh_and_device_count(shape, needle):
+  with pytest.raises(ConfigError) as e:
+    resolve_mesh_shape(shape, 8)
+  msg = str(e.value)
+  assert msg.startswith(f"config.mesh.shape={shape} over 8 device(s): "), msg
+  assert needle in msg and ". Fix: " in msg, msg
+
+
+def test_resolve_mesh_shape_fills_the_rest():
+  assert resolve_mesh_shape({"fsdp": -1, "tensor": 2}, 8) == _mesh(fsdp=4, tensor=2)
+  assert resolve_mesh_shape({}, 1) == _mesh()
+  assert resolve_mesh_shape(_mesh(data=2, context=2, tensor=2), 8) == _mesh(data=2, context=2,
+                                                                            tensor=2)
+  assert mesh_lib.resolve_mesh_shape is resolve_mesh_shape
+
+
+def test_make_mesh_errors_and_success():
+  assert jax.device_count() == 8
+  cfg = get_base_config()
+  cfg.mesh.shape.tensor = 3
+  with pytest.raises(ConfigError, match=r"over 8 device\(s\): the fixed axes multiply to 3"):
+    make_mesh(cfg.mesh)
+  cfg.mesh.shape.tensor = 2
+  mesh = make_mesh(cfg.mesh, devices=jax.devices()[:4])
+  assert dict(mesh.shape) == _mesh(fsdp=2, tensor=2)
+  cfg.mesh.shape = _mesh(fsdp=8)
+  with pytest.raises(ConfigError, match=r"over 4 device\(s\): the axes multiply to 8 but there "
+                                        r"are 4 devices"):
+    make_mesh(cfg.mesh, devices=jax.devices()[:4])
+
+
+# ------------------------------------------------------------------------------ experiments
+
+EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(REPO, "experiments", "*.py"))
+                     if not p.endswith("__init__.py"))
+
+
+def test_experiments_found():
+  names = {os.path.basename(p)[:-3] for p in EXPERIMENTS}
+  assert {"tiny", "small", "wan_1_3b", "relic_14b"} <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.basename(p)[:-3])
+def test_every_experiment_config_validates(path):
+  name = os.path.basename(path)[:-3]
+  spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config()
+  assert cfg.name == name
+  assert validate(cfg) is cfg
+  # and on the 8 test devices: the mesh resolves and batch and params shard evenly
+  assert validate(cfg, num_devices=8) is cfg
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+FAST_CLI_ERRORS = [
+    ("unknown_stage", ["nope", TINY],
+     ["unknown stage 'nope'.", "Available stages: train_teacher, info."]),
+    ("planned_stage", ["distill", TINY],
+     ["unknown stage 'distill'. 'distill' is planned but not implemented yet.",
+      "Available stages: train_teacher, info."]),
+    ("no_stage", [TINY], ["expected exactly one stage", "stages: train_teacher, info"]),
+    ("missing_config", ["info"], ["--config is required, e.g. --config=experiments/tiny.py"]),
+    ("config_file_not_found", ["info", "--config=experiments/nope.py"],
+     ["cannot load --config=experiments/nope.py: no such file 'experiments/nope.py'", "Fix: "]),
+    ("missing_workdir", ["train_teacher", TINY],
+     ["stage 'train_teacher' needs --workdir=DIR"]),
+    ("override_of_missing_field", ["info", TINY, "--config.model.nonexistent=3"],
+     ["--config.model.nonexistent: config.model has no field 'nonexistent'.",
+      "Fields of config.model: attention_impl, ", " num_heads, ", "Fix: "]),
+    ("override_typo", ["info", TINY, "--config.model.dimm=3"],
+     ["config.model has no field 'dimm'. Did you mean 'dim'?"]),
+    ("override_of_missing_group", ["info", TINY, "--config.modle.dim=3"],
+     ["config has no field 'modle'. Did you mean 'model'?", "Fields of config: data, "]),
+    ("override_below_a_value", ["info", TINY, "--config.model.dim.x=3"],
+     ["config.model.dim is not a group of fields (it holds the value 64)"]),
+    ("override_wrong_type", ["info", TINY, "--config.model.num_heads=abc"],
+     ["--config.model.num_heads=abc: invalid literal for int()"]),
+    ("unknown_flag", ["info", TINY, "--workdri=/tmp/x"], ["Unknown command line flag 'workdri'"]),
+    ("invalid_value", ["info", TINY, "--config.model.num_heads=7"],
+     ["config.model.num_heads=7: does not divide model.dim=64. Fix: choose num_heads"]),
+]
+
+
+@pytest.mark.parametrize("args,needles", [c[1:] for c in FAST_CLI_ERRORS],
+                         ids=[c[0] for c in FAST_CLI_ERRORS])
+def test_cli_usage_errors(args, needles):
+  r = run_cli(*args)
+  assert r.returncode == 2, (r.returncode, r.stderr)
+  assert r.stderr.startswith("relic: error: "), r.stderr
+  assert "Traceback" not in r.stderr, r.stderr
+  for n in needles:
+    assert n in r.stderr, r.stderr
+  assert r.stdout == "", r.stdout
+
+
+FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+
+
+@pytest.mark.parametrize("override,needles", [
+    ("--config.mesh.shape.tensor=3",
+     ["config.mesh.shape={'context': 1, 'data': 1, 'fsdp': -1, 'tensor': 3} over 4 device(s): "
+      "the fixed axes multiply to 3, which does not divide the 4 devices. Fix: "]),
+    ("--config.train.batch_size=6",
+     ["config.train.batch_size=6: the global batch has size 6, which does not split over the 4 "
+      "shards of the mesh axes data=1 x fsdp=4", "Fix: make it a multiple of 4"]),
+], ids=["bad_mesh", "batch_vs_mesh"])
+def test_cli_errors_that_depend_on_the_devices(override, needles):
+  r = run_cli("info", TINY, override, env=FOUR_DEVICES)
+  assert r.returncode == 2, (r.returncode, r.stderr)
+  assert r.stderr.startswith("relic: error: "), r.stderr
+  assert "Traceback" not in r.stderr
+  for n in needles:
+    assert n in r.stderr, r.stderr
+
+
+def test_cli_info_prints_mesh_and_param_count():
+  r = run_cli("info", TINY, env=FOUR_DEVICES)
+  assert r.returncode == 0, r.stderr
+  assert "name: tiny" in r.stdout
+  assert "mesh: {'data': 1, 'fsdp': 4, 'context': 1, 'tensor': 1} over 4 x cpu" in r.stdout
+  assert f"params: {TINY_PARAMS:,}" in r.stdout.splitlines()[-1]
+
+
+def test_tiny_param_count_constant():
+  """TINY_PARAMS (what `relic info` must print) is the real parameter count of tiny."""
+  from relic_jax.training.teacher import TeacherTask
+  spec = importlib.util.spec_from_file_location("experiment_tiny",
+                                                os.path.join(REPO, "experiments", "tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  task = TeacherTask(module.get_config())
+  shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == TINY_PARAMS
+
+
+def test_cli_refuses_a_checkpoint_of_a_different_model(tmp_path):
+  workdir = str(tmp_path / "run")
+  common = ("train_teacher", TINY, f"--workdir={workdir}", "--config.train.progress_bar=False")
+  r = run_cli(*common, "--config.train.steps=2", "--config.train.checkpoint_every=2")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert json.loads(r.stdout.splitlines()[-2])["step"] == 2
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  assert os.listdir(ckpt_dir) == ["2"]
+
+  r = run_cli(*common, "--config.train.steps=4", "--config.model.dim=32",
+              "--config.model.num_heads=2")
+  assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+  assert r.stderr.startswith("relic: error: "), r.stderr
+  assert "Traceback" not in r.stderr
+  msg = r.stderr
+  assert f"{ckpt_dir}/2 was written by a different model" in msg, msg
+  # the first param that differs, with both shapes
+  assert "in the checkpoint but" in msg and "in this model" in msg, msg
+  assert "Config differences: model.dim: checkpoint 64, config 32." in msg, msg  # and only dim
+  assert "Fix: use the config that wrote it, or a fresh --workdir." in msg, msg
+  assert os.listdir(ckpt_dir) == ["2"]  # nothing written by the refused run
