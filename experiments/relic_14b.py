@@ -3,7 +3,7 @@
 
 Clip: 21 latent frames of 60x104 (5 s at 480x832). RELIC's horizon curriculum extends this to
 20 s (80 latent frames, YaRN). Hardware: the paper trains on 32 H100s; plan a v5p-64 / 32+
-H100s. Only abstract shapes (model_stats benchmark, AOT compile) run on a small machine.
+H100s. On a small machine only abstract shapes run (the model_stats benchmark).
 """
 
 from relic_jax.config import get_base_config

@@ -1,9 +1,11 @@
-"""small: a real (if small) model: minutes on a CPU, a proper training run on one GPU.
+"""small: a real (if small) model: a proper training run on one GPU, smoke runs on a CPU.
 
-8 layers, dim 384, 6 heads of 64, FFN 1536 (~22M params); clips of 8 latent frames of 16x16
+8 layers, dim 384, 6 heads of 64, FFN 1536 (20.4M params); clips of 8 latent frames of 16x16
 (= 512 tokens after (1,2,2) patching), text embeddings of 64 tokens x 256.
-Hardware/wall-clock: one H100, bf16: ~1-2 min for the default 2,000 steps; 2 CPU cores:
-~2-4 s/step (use --config.train.steps=50 for a smoke run).
+Hardware/wall-clock: one H100, bf16: a few minutes for the default 2,000 steps (estimated from
+the FLOP count, not yet measured); 2 CPU cores:
+~12 s/step at batch 16 (use --config.train.steps=20
+--config.train.batch_size=2 for a smoke run).
 """
 
 from relic_jax.config import get_base_config

@@ -136,7 +136,11 @@ def test_restore_and_continue_on_a_different_mesh(reference_run, tmp_path):
 def test_training_reduces_the_loss_and_writes_its_outputs(tmp_path):
   cfg = _config(steps=120, log_every=10, checkpoint_every=60)
   cfg.mesh.shape = {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
+  cfg.train.profile_start_step = 5
+  cfg.train.profile_num_steps = 2
   final = train(cfg, str(tmp_path), TeacherTask(cfg))
+  traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
   assert final["loss_last10_mean"] < 0.6 * final["first_loss"], final
   assert final["mfu"] is None  # no peak FLOP/s is known for a CPU
   assert final["tokens_per_s"] > 0 and final["peak_bytes"] > 0
