@@ -29,8 +29,9 @@ def per_process_batch_size(global_batch: int, process_count: int) -> int:
 
 def make_train_iterator(cfg: ml_collections.ConfigDict, process_index: int | None = None,
                         process_count: int | None = None):
-  """Infinite, shuffled (per epoch, by seed) batches for this process: the global batch is the
-  concatenation of every process's batch, in process order."""
+  """Infinite, shuffled (per epoch, by seed) batches for this process. The global batch is the
+  concatenation of every process's batch in process order, and equals the batch a single
+  process would read: results do not depend on the number of hosts."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   source = make_source(cfg)
@@ -42,7 +43,9 @@ def make_train_iterator(cfg: ml_collections.ConfigDict, process_index: int | Non
   if cfg.data.shuffle:
     ds = ds.shuffle(seed=cfg.seed)
   ds = ds.repeat()
-  ds = ds[process_index::process_count]
+  # Batch first, then deal the batches out: process p takes rows [p*L, (p+1)*L) of every global
+  # batch, so the assembled global batch is the same whatever the number of processes.
   ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds[process_index::process_count]
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
   return iter(ds)

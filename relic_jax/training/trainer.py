@@ -200,7 +200,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
   stats = compiled_stats(compiled)
   n_params = param_count(abstract.params)
   if is_main:
-    print(f"[relic] {n_dev} x {device_kind}, mesh {dict(mesh.shape)}, {n_params:,} params, "
+    print(f"[relic] {jax.process_count()} process(es), {n_dev} x {device_kind}, mesh {dict(mesh.shape)}, {n_params:,} params, "
           f"step compiled in {compile_s:.1f}s", flush=True)
     print(f"[relic] compiled step: peak {stats.get('peak_bytes', 0) / 2**20:.1f} MiB/device "
           f"(args {stats.get('argument_bytes', 0) / 2**20:.1f}, temp "
