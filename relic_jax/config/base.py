@@ -73,7 +73,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.attention_mode = "bidirectional"
   m.block_frames = 3
   # Implementation of the attention kernel: "xla" (any backend), "cudnn" (NVIDIA flash
-  # attention through cuDNN; bf16/fp16 only).
+  # attention through cuDNN; bf16/fp16 only), "splash" (TPU Pallas splash attention; runs in
+  # the slow Pallas interpreter on other backends, for testing).
   m.attention_impl = "xla"
   m.dtype = "float32"        # compute dtype of matmuls
   m.param_dtype = "float32"  # storage dtype of params

@@ -8,7 +8,7 @@ import ml_collections
 from relic_jax.config.base import MESH_AXES
 
 ATTENTION_MODES = ("bidirectional", "block_causal")
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_no_batch_saveable", "offload_block_input")
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant")
@@ -87,6 +87,10 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
   if m.attention_impl == "cudnn" and m.dtype == "float32":
     _fail(f"{prefix}.attention_impl", "cudnn", "cuDNN flash attention needs bf16/fp16 inputs",
           "set model.dtype='bfloat16' or model.attention_impl='xla'")
+  if m.attention_impl == "splash" and m.dtype == "float16":
+    _fail(f"{prefix}.attention_impl", "splash", "the splash kernel is a TPU kernel and TPUs "
+          "compute in bfloat16, not float16", "set model.dtype='bfloat16' (or 'float32'), or "
+          "model.attention_impl='xla'")
   if m.yarn_factor < 1.0:
     _fail(f"{prefix}.yarn_factor", m.yarn_factor, "YaRN can only extend the context",
           "use 1.0 (off) or a factor > 1")

@@ -90,9 +90,10 @@ def sinusoidal_embedding(t, dim: int):
 
 class SelfAttention(nn.Module):
   cfg: DiTConfig
+  block_causal: attn_lib.BlockCausal | None = None  # static; None: bidirectional
 
   @nn.compact
-  def __call__(self, x_BSD, angles, q_blocks, kv_blocks):
+  def __call__(self, x_BSD, angles):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     b, s, _ = x_BSD.shape
@@ -111,8 +112,9 @@ class SelfAttention(nn.Module):
     k = nn.with_logical_constraint(k, ("batch", None, "act_kv_heads", None))
     v = nn.with_logical_constraint(v, ("batch", None, "act_kv_heads", None))
     out = attn_lib.dot_product_attention(
-        q, k, v, impl=c.attention_impl, scale=rope_lib.yarn_attention_scale(c.yarn_factor) / (c.head_dim ** 0.5),
-        q_blocks=q_blocks, kv_blocks=kv_blocks)
+        q, k, v, impl=c.attention_impl,
+        scale=rope_lib.yarn_attention_scale(c.yarn_factor) / (c.head_dim ** 0.5),
+        block_causal=self.block_causal)
     out = nn.with_logical_constraint(out, ("batch", "act_len", "act_heads", None))
     return dense(c.dim, ("heads", "embed"), "o", dt, pdt)(out.reshape(b, s, c.dim))
 
@@ -157,9 +159,10 @@ class WanBlock(nn.Module):
   """One transformer block. The residual stream x [B, S, D] stays float32 (as in diffusers);
   e [B, T, 6, D] is the shared per-frame modulation, to which the block adds its own table."""
   cfg: DiTConfig
+  block_causal: attn_lib.BlockCausal | None = None
 
   @nn.compact
-  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, q_blocks, kv_blocks):
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles):
     c = self.cfg
     x_BSD = checkpoint_name(x_BSD, "block_input")
     table = self.param(
@@ -170,7 +173,7 @@ class WanBlock(nn.Module):
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (mod[:, :, i] for i in range(6))
 
     h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_sa, scale_sa)
-    h = SelfAttention(c, name="self_attn")(h, angles, q_blocks, kv_blocks)
+    h = SelfAttention(c, self.block_causal, name="self_attn")(h, angles)
     x_BSD = x_BSD + gate(h.astype(jnp.float32), gate_sa)
 
     h = AffineLayerNorm(c.eps, jnp.dtype(c.param_dtype), name="norm2")(x_BSD) if c.cross_attn_norm else x_BSD
@@ -185,8 +188,8 @@ class WanBlock(nn.Module):
 class ScannedBlock(WanBlock):
   """WanBlock in nn.scan's (carry, x) -> (carry, y) form."""
 
-  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, q_blocks, kv_blocks):
-    return super().__call__(x_BSD, ctx_BLD, e_BT6D, angles, q_blocks, kv_blocks), None
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles):
+    return super().__call__(x_BSD, ctx_BLD, e_BT6D, angles), None
 
 
 def _block_class(cfg: DiTConfig, scanned: bool):
@@ -235,20 +238,22 @@ class WanDiT(nn.Module):
 
     angles = rope_lib.rope_angles(c.head_dim, (nt, nh, nw), c.rope_theta, t_offset, c.yarn_factor,
                                   c.yarn_original_frames, c.yarn_beta_fast, c.yarn_beta_slow)
-    q_blocks = kv_blocks = None
+    # A block is block_frames latent frames of p tokens each (a static layout, so kernels such as
+    # splash can build the mask without materialising it).
+    block_causal = None
     if c.attention_mode == "block_causal":
-      q_blocks = kv_blocks = attn_lib.block_ids(nt, p, c.block_frames)
+      block_causal = attn_lib.BlockCausal(block_tokens=c.block_frames * p)
 
     if c.scan_layers:
       blocks = nn.scan(
           _block_class(c, scanned=True), variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast,) * 5, length=c.num_layers,
+          in_axes=(nn.broadcast,) * 3, length=c.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = blocks(c, name="blocks")(x, ctx, e_BT6D, angles, q_blocks, kv_blocks)
+      x, _ = blocks(c, block_causal, name="blocks")(x, ctx, e_BT6D, angles)
     else:
       for i in range(c.num_layers):
-        x = _block_class(c, scanned=False)(c, name=f"blocks_{i}")(
-            x, ctx, e_BT6D, angles, q_blocks, kv_blocks)
+        x = _block_class(c, scanned=False)(c, block_causal, name=f"blocks_{i}")(
+            x, ctx, e_BT6D, angles)
 
     # output head with its own (shift, scale) table added to the (pre-projection) temb
     table = self.param("head_modulation",

@@ -1,0 +1,187 @@
+"""The attention kernels agree: TPU splash attention (run here in the Pallas interpreter) equals
+the XLA reference for bidirectional, block-causal and cross-attention, forward and backward, on
+raw q/k/v and inside the whole DiT, and sharded with shard_map over data x fsdp x tensor and
+context meshes. Shapes are small: the interpreter is slow."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from relic_jax.config.base import DEFAULT_RULES
+from relic_jax.models import attention as attn_lib
+from relic_jax.models import splash as splash_lib
+from relic_jax.parallel import mesh as mesh_lib
+from relic_jax.training.optimizer import make_optimizer
+from relic_jax.training.state import state_shardings
+from relic_jax.training.teacher import TeacherTask
+from tests.helpers import inputs, make_model, random_params, tiny_config
+
+FWD_TOL = dict(atol=2e-5, rtol=1e-5)
+GRAD_TOL = dict(atol=5e-5, rtol=1e-4)
+
+
+def _qkv(b, sq, sk, n, h, seed=0):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(ks[0], (b, sq, n, h)), jax.random.normal(ks[1], (b, sk, n, h)),
+          jax.random.normal(ks[2], (b, sk, n, h)))
+
+
+def _loss(impl, block_causal):
+  def f(q, k, v):
+    out = attn_lib.dot_product_attention(q, k, v, impl=impl, scale=0.3, block_causal=block_causal)
+    return jnp.sum(jnp.sin(out)), out
+  return f
+
+
+def _check_fwd_and_grads(q, k, v, block_causal):
+  (_, out), grads = jax.value_and_grad(_loss("splash", block_causal), argnums=(0, 1, 2),
+                                       has_aux=True)(q, k, v)
+  (_, ref), ref_grads = jax.value_and_grad(_loss("xla", block_causal), argnums=(0, 1, 2),
+                                           has_aux=True)(q, k, v)
+  np.testing.assert_allclose(out, ref, **FWD_TOL)
+  for name, g, r in zip("qkv", grads, ref_grads):
+    np.testing.assert_allclose(g, r, **GRAD_TOL, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("frames,tokens,block_frames,head_dim", [
+    (4, 16, None, 16),  # 64 tokens, bidirectional: padded to 128
+    (4, 16, 1, 16),     # block-causal, one frame per block
+    (6, 24, 2, 64),     # 144 tokens: padded to 256; blocks of 48 straddle the 128-token tiles
+    (6, 24, 3, 16),     # blocks of 72 tokens
+    (6, 24, None, 64),
+])
+def test_splash_equals_xla_forward_and_grads(frames, tokens, block_frames, head_dim):
+  s = frames * tokens
+  layout = None if block_frames is None else attn_lib.BlockCausal(block_frames * tokens)
+  _check_fwd_and_grads(*_qkv(2, s, s, 2, head_dim), layout)
+
+
+def test_block_causal_layout_equals_block_ids():
+  """The static layout gives the xla path exactly the mask the per-token block ids give."""
+  frames, tokens, block_frames = 6, 24, 2
+  ids = attn_lib.block_ids(frames, tokens, block_frames)
+  layout = attn_lib.BlockCausal(block_frames * tokens)
+  np.testing.assert_array_equal(layout.q_ids(frames * tokens), ids)
+  q, k, v = _qkv(2, frames * tokens, frames * tokens, 2, 16)
+  np.testing.assert_array_equal(
+      attn_lib.dot_product_attention(q, k, v, block_causal=layout),
+      attn_lib.dot_product_attention(q, k, v, q_blocks=ids, kv_blocks=ids))
+  with pytest.raises(ValueError, match="static block layout"):
+    attn_lib.dot_product_attention(q, k, v, impl="splash", q_blocks=ids, kv_blocks=ids)
+
+
+def test_splash_cross_attention_and_offset_blocks():
+  # 64 video tokens attend to 8 text tokens (keys padded 8 -> 128), unmasked
+  _check_fwd_and_grads(*_qkv(2, 64, 8, 2, 16), None)
+  # queries are the last 2 frames of a 6-frame clip (offset), keys the whole clip
+  tokens = 24
+  layout = attn_lib.BlockCausal(2 * tokens, q_offset=4 * tokens)
+  q, k, v = _qkv(1, 2 * tokens, 6 * tokens, 2, 16, seed=1)
+  np.testing.assert_allclose(*(attn_lib.dot_product_attention(q, k, v, impl=impl, block_causal=layout)
+                               for impl in ("splash", "xla")), **FWD_TOL)
+
+
+def test_mask_is_lazy_and_right():
+  mask = splash_lib.SplashMask((256, 256), q_len=200, kv_len=190,
+                               block_causal=attn_lib.BlockCausal(48))
+  q = np.arange(128, 256)[:, None]
+  kv = np.arange(0, 128)[None, :]
+  np.testing.assert_array_equal(mask[128:256, 0:128], (kv // 48 <= q // 48) | (q >= 200))
+  kv = kv + 128  # the last tile also holds padded keys (>= 190): never visible
+  np.testing.assert_array_equal(mask[128:256, 128:256],
+                                (kv < 190) & ((kv // 48 <= q // 48) | (q >= 200)))
+  # The 14B shape: 21 frames x 1560 tokens = 32,760 tokens (padded to 32,768), blocks of 3
+  # frames. The kernel's host-side tables are per 512 x 512 tile plus one index per token,
+  # never S x S (which would be 1 GiB of bools).
+  s, s_pad = 32760, 32768
+  kernel = splash_lib.make_kernel(s, s, s_pad, s_pad, 40, attn_lib.BlockCausal(3 * 1560),
+                                  interpret=True)
+  sizes = [x.size for x in jax.tree.leaves(kernel)]
+  assert max(sizes) == s_pad  # q_sequence; data_next / block_mask are (1, 64, 64)
+  assert sum(sizes) < 10 * s_pad
+  assert kernel.fwd_mask_info.partial_mask_blocks is None  # the kernel computes the mask
+
+
+@pytest.mark.parametrize("mode", ["bidirectional", "block_causal"])
+def test_dit_with_splash_equals_xla(mode):
+  x, t, txt = inputs(t=4)
+  ref = make_model(attention_mode=mode, block_frames=2)
+  params = random_params(ref, x, t, txt)
+  splash = make_model(attention_mode=mode, block_frames=2, attention_impl="splash")
+  np.testing.assert_allclose(splash.apply({"params": params}, x, t, txt),
+                             ref.apply({"params": params}, x, t, txt), **FWD_TOL)
+
+
+def test_sharded_attention_grads_with_context_parallelism():
+  """Queries split over context=2 (keys all-gathered), heads over tensor=2, batch over fsdp=2:
+  the key/value gradients must be summed over the context shards."""
+  cfg = tiny_config()
+  cfg.mesh.shape = {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  layout = attn_lib.BlockCausal(48)
+  q, k, v = _qkv(2, 144, 144, 4, 16)
+  (_, ref), ref_grads = jax.value_and_grad(_loss("xla", layout), argnums=(0, 1, 2),
+                                           has_aux=True)(q, k, v)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+    sh = NamedSharding(mesh, P(("data", "fsdp"), "context", "tensor", None))
+    fn = jax.jit(jax.value_and_grad(_loss("splash", layout), argnums=(0, 1, 2), has_aux=True))
+    args = [jax.device_put(a, sh) for a in (q, k, v)]
+    (_, out), grads = fn(*args)
+    assert "manual_computation" in fn.lower(*args).as_text()  # the kernel runs in shard_map
+  np.testing.assert_allclose(out, ref, **FWD_TOL)
+  for name, g, r in zip("qkv", grads, ref_grads):
+    np.testing.assert_allclose(g, r, **GRAD_TOL, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("mesh_shape,mode", [
+    ({"data": 2, "fsdp": 2, "context": 1, "tensor": 2}, "block_causal"),
+    ({"data": 1, "fsdp": 2, "context": 2, "tensor": 2}, "bidirectional"),
+], ids=["data2_fsdp2_tensor2", "fsdp2_context2_tensor2"])
+def test_sharded_dit_with_splash_equals_single_device_xla(mesh_shape, mode):
+  cfg = tiny_config(dim=64, num_heads=4, attention_mode=mode, block_frames=2)
+  cfg.mesh.shape = mesh_shape
+  cfg.train.batch_size = 4
+  task = TeacherTask(cfg)
+  x, t, txt = inputs(b=4, t=cfg.data.latent_frames, dt=cfg.model.text_dim)
+  params = random_params(task.model, x, t, txt)
+  ref = task.model.apply({"params": params}, x, t, txt)  # xla, one device
+
+  cfg.model.attention_impl = "splash"
+  task = TeacherTask(cfg)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  rules = mesh_lib.rules(cfg.mesh)
+  _, sh = state_shardings(task.init_params, make_optimizer(cfg.train), mesh, rules,
+                          jax.random.key(0))
+  params = jax.device_put(params, sh.params)
+  batch = mesh_lib.global_batch(mesh, rules, {"x": np.asarray(x), "t": np.asarray(t),
+                                              "txt": np.asarray(txt)})
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    fwd = jax.jit(lambda p, b: task.model.apply({"params": p}, b["x"], b["t"], b["txt"]))
+    out = fwd(params, batch)
+    assert "manual_computation" in fwd.lower(params, batch).as_text()
+  np.testing.assert_allclose(out, ref, **FWD_TOL)
+
+
+def test_splash_lowers_for_tpu(monkeypatch):
+  """Without a TPU: the non-interpret kernel (padding, lazy block-causal mask, backward) lowers
+  to Mosaic for a TPU target, pretending the CPU is a TPU v5e. This checks block shapes and
+  that the mask function is expressible in the kernel; compiling needs a real TPU."""
+  tpu_info = pytest.importorskip("jax._src.pallas.mosaic.tpu_info")
+  if not hasattr(tpu_info, "registry") or not hasattr(tpu_info, "_get_tpu_info_impl"):
+    pytest.skip("JAX's private TPU info registry changed")
+  monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind,
+                      lambda: tpu_info._get_tpu_info_impl(tpu_info.ChipVersion.TPU_V5E, 1))
+
+  def loss(q, k, v):
+    out = splash_lib.splash_attention(q, k, v, block_causal=attn_lib.BlockCausal(72),
+                                      interpret=False)
+    return jnp.sum(out.astype(jnp.float32))
+
+  a = jax.ShapeDtypeStruct((1, 144, 2, 64), jnp.bfloat16)
+  exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=["tpu"])(
+      a, a, a)
+  assert exported.mlir_module().count("tpu_custom_call") == 3  # forward, dq, dkv kernels
