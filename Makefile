@@ -7,11 +7,18 @@ WORKDIR ?= runs/tiny
 
 .PHONY: demo test test-all venv clean
 
+TEST_STAMP := $(VENV)/.installed-relic_jax-test
+
 $(STAMP): setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+# The test extras add torch (CPU) and diffusers, for the Wan parity tests.
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(TEST_STAMP)
 
 venv: $(STAMP)
 
@@ -20,11 +27,11 @@ demo: $(STAMP)
 	$(VENV)/bin/relic train_teacher --config=experiments/tiny.py --workdir=$(WORKDIR)
 
 # The default test suite (CPU, ~7 minutes on 2 cores).
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 -q tests
 
 # Also the tests marked slow.
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 -q --runslow tests
 
 clean:

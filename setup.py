@@ -24,9 +24,12 @@ setup(
         "numpy>=2.0",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
+        "ml_dtypes>=0.5",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6"],
+        # torch (CPU) and diffusers: only to check parity with the reference Wan implementation.
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "diffusers>=0.35",
+                 "safetensors>=0.4"],
     },
     entry_points={"console_scripts": ["relic=relic_jax.cli:run"]},
 )
