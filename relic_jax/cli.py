@@ -3,6 +3,7 @@
 
 Stages available now:
   train_teacher   flow-matching training of the (bidirectional) DiT
+  import-wan      convert a diffusers Wan 2.1 T2V transformer (--source) to params (--out)
   info            print the resolved config, mesh and parameter count; trains nothing
 Planned stages (later issues): data, train_vae, encode, ode_init, distill, generate, evaluate,
 pipeline.
@@ -23,6 +24,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_string("source", None, "import-wan: a diffusers WanTransformer3DModel directory "
+                    "(config.json + safetensors, sharded or not).")
+flags.DEFINE_string("out", None, "import-wan: where to write the imported params.")
 
 
 def _train_teacher(cfg, workdir):
@@ -48,9 +52,57 @@ def _info(cfg, workdir):
   print(f"params: {n:,}")
 
 
-STAGES = {"train_teacher": _train_teacher, "info": _info}
+def _import_wan(cfg, workdir):
+  """Streams a diffusers Wan 2.1 T2V transformer into an Orbax params checkpoint, converted to
+  config.model.param_dtype and laid out for config.model.scan_layers, sharded over cfg's mesh."""
+  del workdir
+  import time
+
+  import jax
+  from relic_jax.parallel import mesh as mesh_lib
+  from relic_jax.training import checkpoint as ckpt_lib
+  from relic_jax.training.optimizer import make_optimizer
+  from relic_jax.training.state import state_shardings
+  from relic_jax.training.teacher import TeacherTask
+  from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
+  from relic_jax.weights.store import save_params
+
+  t0 = time.time()
+  state_dict = LazyStateDict(FLAGS.source)
+  hf = load_config(FLAGS.source)
+  model_cfg = infer_model_config(state_dict.shapes, hf)  # fails early, before any reading
+  model_cfg.param_dtype = cfg.model.param_dtype
+  model_cfg.scan_layers = cfg.model.scan_layers
+  run_cfg = cfg.copy_and_resolve_references()
+  run_cfg.model = model_cfg
+  task = TeacherTask(run_cfg)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  rules = mesh_lib.rules(cfg.mesh)
+  abstract, shardings = state_shardings(task.init_params, make_optimizer(cfg.train), mesh, rules,
+                                        jax.random.key(0))
+  flat = {tuple(k.key for k in p): s
+          for p, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]}
+  model_cfg, params = import_wan_transformer(
+      state_dict, hf, param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
+      put=lambda path, x: jax.device_put(x, flat[path]))
+  meta = ckpt_lib.describe_model(task.model_config, abstract.params)
+  save_params(FLAGS.out, model_cfg, meta, params, extra={"source": os.path.abspath(FLAGS.source)})
+  n = sum(x.size for x in jax.tree.leaves(params))
+  print(f"[relic] imported {n:,} params ({model_cfg.num_layers} layers, dim {model_cfg.dim}, "
+        f"{model_cfg.num_heads} heads, ffn {model_cfg.ffn_dim}, {model_cfg.param_dtype}) over "
+        f"mesh {dict(mesh.shape)} in {time.time() - t0:.1f}s into {os.path.abspath(FLAGS.out)}")
+  diffs = sorted(k for k in ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim",
+                             "in_channels", "out_channels") if model_cfg[k] != cfg.model[k])
+  if diffs:
+    print("[relic] note: the checkpoint differs from --config's model in "
+          + ", ".join(f"{k} ({model_cfg[k]} vs {cfg.model[k]})" for k in diffs)
+          + "; train it with a config whose model matches (see model_config.json).")
+
+
+STAGES = {"train_teacher": _train_teacher, "info": _info, "import-wan": _import_wan}
 PLANNED = ("data", "train_vae", "encode", "ode_init", "distill", "generate", "evaluate", "pipeline")
 NEEDS_WORKDIR = ("train_teacher",)
+NEEDS_FLAGS = {"import-wan": ("source", "out")}
 
 
 def _fail(message: str, code: int = 2):
@@ -81,6 +133,9 @@ def main(argv):
           "--config=experiments/tiny.py")
   if stage in NEEDS_WORKDIR and not FLAGS.workdir:
     _fail(f"stage '{stage}' needs --workdir=DIR (where checkpoints and logs go)")
+  for name in NEEDS_FLAGS.get(stage, ()):
+    if not FLAGS[name].value:
+      _fail(f"stage '{stage}' needs --{name}=...")
   try:
     validate(cfg)  # what the config alone determines; needs no JAX
   except ConfigError as e:
@@ -89,12 +144,13 @@ def main(argv):
   from relic_jax.parallel.mesh import maybe_initialize_distributed
   from relic_jax.training.checkpoint import CheckpointError
   from relic_jax.training.trainer import NonFiniteError
+  from relic_jax.weights import SafetensorsError, WanImportError
   try:
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
     validate(cfg, num_devices=jax.device_count(), num_processes=jax.process_count())
     STAGES[stage](cfg, FLAGS.workdir)
-  except (ConfigError, CheckpointError) as e:
+  except (ConfigError, CheckpointError, SafetensorsError, WanImportError) as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)

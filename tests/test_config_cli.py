@@ -272,11 +272,11 @@ def test_every_experiment_config_validates(path):
 
 FAST_CLI_ERRORS = [
     ("unknown_stage", ["nope", TINY],
-     ["unknown stage 'nope'.", "Available stages: train_teacher, info."]),
+     ["unknown stage 'nope'.", "Available stages: train_teacher, info, import-wan."]),
     ("planned_stage", ["distill", TINY],
      ["unknown stage 'distill'. 'distill' is planned but not implemented yet.",
-      "Available stages: train_teacher, info."]),
-    ("no_stage", [TINY], ["expected exactly one stage", "stages: train_teacher, info"]),
+      "Available stages: train_teacher, info, import-wan."]),
+    ("no_stage", [TINY], ["expected exactly one stage", "stages: train_teacher, info, import-wan"]),
     ("missing_config", ["info"], ["--config is required, e.g. --config=experiments/tiny.py"]),
     ("config_file_not_found", ["info", "--config=experiments/nope.py"],
      ["cannot load --config=experiments/nope.py: no such file 'experiments/nope.py'", "Fix: "]),

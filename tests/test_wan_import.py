@@ -221,3 +221,89 @@ def test_bad_index_names_the_missing_shard(tmp_path):
   with pytest.raises(SafetensorsError, match=r"part-00001\.safetensors, which is missing"):
     checkpoint_files(str(tmp_path))
   assert not os.path.exists(tmp_path / "part-00001.safetensors")
+
+
+# ----------------------------------------------------------------------------- relic import-wan
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+  """A random diffusers model with experiments/tiny.py's dims, through `relic import-wan`."""
+  from tests.helpers import run_cli
+  model = _diffusers_model(heads=2, head_dim=32, layers=2, ffn=128, text_dim=32, seed=5)
+  root = tmp_path_factory.mktemp("import")
+  src, out = root / "transformer", root / "imported"
+  model.save_pretrained(src, max_shard_size="60KB")
+  r = run_cli("import-wan", "--config=experiments/tiny.py", f"--source={src}", f"--out={out}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "imported 161,536 params" in r.stdout, r.stdout
+  return model, str(src), str(out)
+
+
+def test_import_wan_cli_restores_sharded_and_matches_diffusers(imported):
+  from relic_jax.parallel import mesh as mesh_lib
+  from relic_jax.training.checkpoint import describe_model
+  from relic_jax.training.optimizer import make_optimizer
+  from relic_jax.training.state import state_shardings, with_shardings
+  from relic_jax.training.teacher import TeacherTask
+  from relic_jax.weights.store import load_params
+  from tests.test_trainer import _config as tiny_experiment
+
+  model, _, out = imported
+  assert os.path.isfile(os.path.join(out, "meta.json"))
+  cfg = tiny_experiment()
+  cfg.mesh.shape = {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
+  task = TeacherTask(cfg)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  rules = mesh_lib.rules(cfg.mesh)
+  abstract, sh = state_shardings(task.init_params, make_optimizer(cfg.train), mesh, rules,
+                                 jax.random.key(0))
+  params = load_params(out, with_shardings(abstract.params, sh.params),
+                       describe_model(task.model_config, abstract.params))
+  kernel = params["blocks"]["ffn"]["fc1"]["kernel"]
+  assert kernel.addressable_shards[0].data.size < kernel.size  # restored sharded
+  spec = dict(video=(3, 8, 6), text=6, text_dim=32)
+  x, ts, txt = _inputs(spec)
+  with torch.no_grad():
+    ref = model(x, ts, txt, return_dict=False)[0].numpy()
+  ours = np.asarray(wan_forward(cfg, jax.device_get(params), x.numpy(), ts.numpy(),
+                                txt.numpy()))
+  assert float(np.max(np.abs(ours - ref))) <= TOL
+
+
+def test_training_starts_from_imported_params(imported, tmp_path):
+  from relic_jax.training.teacher import TeacherTask
+  from relic_jax.training.trainer import load_state, train
+  from tests.test_trainer import _config as tiny_experiment
+
+  _, src, out = imported
+  cfg = tiny_experiment()
+  cfg.train.init_from = out
+  cfg.train.steps, cfg.train.warmup_steps, cfg.train.schedule = 1, 0, "constant"
+  cfg.train.lr, cfg.train.weight_decay = 1e-12, 0.0  # one step that moves nothing measurable
+  cfg.mesh.shape = {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
+  task = TeacherTask(cfg)
+  train(cfg, str(tmp_path), task)
+  trained = jax.device_get(load_state(cfg, str(tmp_path), task).params)
+  _, reference = import_wan_transformer(load_state_dict(src), load_config(src))
+  for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, atol=1e-8)
+
+
+def test_init_from_errors_are_clear(imported, tmp_path):
+  from tests.helpers import run_cli
+  _, _, out = imported
+  common = ("train_teacher", "--config=experiments/tiny.py", "--config.train.steps=1",
+            "--config.train.progress_bar=False")
+  r = run_cli(*common, f"--workdir={tmp_path / 'a'}", f"--config.train.init_from={tmp_path}")
+  assert r.returncode == 2 and "holds no imported params" in r.stderr, r.stderr[-2000:]
+  r = run_cli(*common, f"--workdir={tmp_path / 'b'}", f"--config.train.init_from={out}",
+              "--config.model.ffn_dim=64")
+  assert r.returncode == 2 and "written by a different model" in r.stderr, r.stderr[-2000:]
+  assert "model.ffn_dim: checkpoint 128, config 64" in r.stderr, r.stderr[-2000:]
+  r = run_cli("import-wan", "--config=experiments/tiny.py", f"--source={tmp_path / 'nope'}",
+              f"--out={tmp_path / 'c'}")
+  assert r.returncode == 2 and "no such file or directory" in r.stderr, r.stderr[-2000:]
+  r = run_cli("import-wan", "--config=experiments/tiny.py", f"--source={tmp_path}",
+              f"--out={out}")
+  assert r.returncode == 2, r.stderr[-2000:]

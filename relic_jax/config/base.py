@@ -122,6 +122,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.log_every = 10
   t.profile_start_step = -1        # >= 0: trace profile_num_steps steps from this step
   t.profile_num_steps = 3
+  t.init_from = ""                 # a new run starts from these params (`relic import-wan --out`)
   t.peak_flops_per_device = 0.0    # 0: look the device kind up in a table (None on CPU)
   t.progress_bar = True
 

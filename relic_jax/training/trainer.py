@@ -144,6 +144,14 @@ def _progress(total: int, initial: int, enabled: bool):
               mininterval=1.0)
 
 
+def state_from_params(params, tx, shardings) -> TrainState:
+  """A step-0 train state around given (sharded) params: EMA = params, fresh optimizer."""
+  def build(p):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, ema_params=p,
+                      opt_state=tx.init(p))
+  return jax.jit(build, out_shardings=shardings)(params)
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
           iterator: Any = None, hooks: Iterable[Callable[[int, dict], None]] = ()) -> dict:
   """Trains `task` to cfg.train.steps, resuming from the latest checkpoint in workdir.
@@ -173,7 +181,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
   abstract, shardings = state_shardings(task.init_params, tx, mesh, rules, rng)
   meta = ckpt_lib.describe_model(task.model_config, abstract.params)
   latest = ckpt.latest_step()
-  if latest is None:
+  if latest is None and t.init_from:
+    from relic_jax.weights.store import load_params
+    params = load_params(t.init_from, with_shardings(abstract.params, shardings.params),
+                         ckpt_lib.describe_model(task.model_config, abstract.params))
+    state = state_from_params(params, tx, shardings)
+    logging.info("initialised from the params in %s", t.init_from)
+  elif latest is None:
     state, _, _ = create_sharded_state(task.init_params, tx, mesh, rules, rng)
     logging.info("initialised a new %s-param model", f"{param_count(abstract.params):,}")
   else:

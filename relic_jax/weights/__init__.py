@@ -1,9 +1,9 @@
 """Import of pretrained weights (Wan 2.1 diffusers checkpoints)."""
 
-from relic_jax.weights.safetensors_io import (SafetensorsError, iter_tensors, load_config,
-                                              load_state_dict, tensor_specs)
+from relic_jax.weights.safetensors_io import (LazyStateDict, SafetensorsError, iter_tensors,
+                                              load_config, load_state_dict, tensor_specs)
 from relic_jax.weights.wan import (WanImportError, import_wan_transformer, infer_model_config,
                                    wan_forward)
 
-__all__ = ["SafetensorsError", "WanImportError", "import_wan_transformer", "infer_model_config",
+__all__ = ["LazyStateDict", "SafetensorsError", "WanImportError", "import_wan_transformer", "infer_model_config",
            "iter_tensors", "load_config", "load_state_dict", "tensor_specs", "wan_forward"]

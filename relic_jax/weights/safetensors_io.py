@@ -10,6 +10,7 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Mapping
 from typing import Iterator
 
 import ml_dtypes
@@ -107,7 +108,35 @@ def iter_tensors(source: str) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def load_state_dict(source: str) -> dict[str, np.ndarray]:
+  """Every tensor in host memory at once (fine for small models; see LazyStateDict)."""
   return dict(iter_tensors(source))
+
+
+class LazyStateDict(Mapping):
+  """name -> array, reading a tensor from its file only when it is asked for (headers are read
+  up front). Shapes are known without reading: `shapes[name]`."""
+
+  def __init__(self, source: str):
+    self._specs = tensor_specs(source)
+    self._headers: dict[str, dict] = {}
+    self.shapes = {k: v[0] for k, v in self._specs.items()}
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    shape, dtype_name, path = self._specs[name]
+    if path not in self._headers:
+      self._headers[path] = read_header(path)
+    start, end = self._headers[path][name]["data_offsets"]
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      f.seek(8 + n + start)
+      raw = f.read(end - start)
+    return np.frombuffer(raw, dtype=np.dtype(DTYPES[dtype_name])).reshape(shape)
+
+  def __iter__(self):
+    return iter(self._specs)
+
+  def __len__(self):
+    return len(self._specs)
 
 
 def load_config(source: str) -> dict | None:

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from relic_jax.config import get_base_config
-from relic_jax.models.dit import DiTConfig, WanDiT, stack_blocks
+from relic_jax.models.dit import DiTConfig, WanDiT
 
 
 class WanImportError(ValueError):
@@ -159,6 +159,14 @@ def expected_shapes(model_cfg: ml_collections.ConfigDict) -> dict[tuple[str, ...
   return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
+def _get(tree: dict, path: tuple):
+  for p in path:
+    if not isinstance(tree, dict) or p not in tree:
+      return None
+    tree = tree[p]
+  return tree
+
+
 def _set(tree: dict, path: tuple, value) -> None:
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
@@ -173,9 +181,11 @@ def import_wan_transformer(state_dict: Mapping[str, np.ndarray], hf_config: dict
   state_dict: name -> array (numpy, or anything with .shape that np.asarray reads; a lazy
   mapping is read one tensor at a time). param_dtype: storage dtype of the result.
   scan_layers: stack the blocks for nn.scan (our default). put(path, array) -> array: where
-  each converted tensor goes (default: stays a numpy array), e.g. a device_put onto a mesh.
+  each converted param goes (default: stays a numpy array), e.g. a device_put onto a mesh;
+  path is its key path in the returned tree.
   """
-  shapes = {k: _shape(v) for k, v in state_dict.items()}
+  shapes = (dict(state_dict.shapes) if hasattr(state_dict, "shapes")  # lazy: headers only
+            else {k: _shape(v) for k, v in state_dict.items()})
   model_cfg = infer_model_config(shapes, hf_config)
   model_cfg.param_dtype = param_dtype
   model_cfg.scan_layers = scan_layers
@@ -192,6 +202,7 @@ def import_wan_transformer(state_dict: Mapping[str, np.ndarray], hf_config: dict
                          "Fix: check that every safetensors shard is present.")
   want = expected_shapes(model_cfg)
   dtype = jnp.dtype(param_dtype)
+  layers = model_cfg.num_layers
   params: dict = {}
   for name, (path, transform) in mapping.items():
     src = shapes[name]
@@ -203,11 +214,21 @@ def import_wan_transformer(state_dict: Mapping[str, np.ndarray], hf_config: dict
           f"{model_cfg.ffn_dim}, text_dim {model_cfg.text_dim}). Fix: use an unmodified "
           "checkpoint with its own config.json.")
     value = transform(np.asarray(state_dict[name])).astype(dtype)
-    _set(params, path, put(path, value) if put else value)
-  if scan_layers:
-    params = stack_blocks(params, model_cfg.num_layers)
-    if put is None:
-      params = jax.tree.map(np.asarray, params)
+    if scan_layers and path[0].startswith("blocks_"):
+      # Write straight into the stacked [layers, ...] array: one host copy in all.
+      stacked_path = ("blocks",) + path[1:]
+      stacked = _get(params, stacked_path)
+      if stacked is None:
+        stacked = np.empty((layers,) + value.shape, dtype)
+        _set(params, stacked_path, stacked)
+      stacked[int(path[0].split("_")[1])] = value
+    else:
+      _set(params, path, value)
+  if put is not None:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for p, leaf in flat:
+      keys = tuple(k.key for k in p)
+      _set(params, keys, put(keys, leaf))  # the host copy is dropped as each leaf moves
   return model_cfg, params
 
 

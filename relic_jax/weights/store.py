@@ -1,0 +1,62 @@
+"""Params-only checkpoints: what `relic import-wan` writes and `config.train.init_from` reads.
+
+OUT/params/          Orbax checkpoint of the params pytree (sharded writes where the arrays are)
+OUT/model_config.json  the model config (`config.model` fields) the params belong to
+OUT/meta.json        format, model config and param shapes (checked on restore); written last,
+                     so a directory without it is an interrupted import
+"""
+
+import json
+import os
+import shutil
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from relic_jax.training import checkpoint as ckpt_lib
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def save_params(out: str, model_cfg: ml_collections.ConfigDict, model_meta: dict, params,
+                extra: dict | None = None) -> None:
+  """Writes params (numpy or sharded jax arrays) to `out`, replacing an incomplete earlier
+  attempt; refuses to overwrite a complete one."""
+  out = os.path.abspath(out)
+  if os.path.exists(os.path.join(out, "meta.json")):
+    raise ckpt_lib.CheckpointError(f"{out} already holds imported params. Fix: choose another "
+                                   "--out, or delete it to import again.")
+  if os.path.exists(out):
+    shutil.rmtree(out)  # an interrupted import: start over
+  os.makedirs(out)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(out, "params"), params)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  _write_json(os.path.join(out, "model_config.json"), json.loads(model_cfg.to_json()))
+  _write_json(os.path.join(out, "meta.json"), {**model_meta, **(extra or {})})
+
+
+def load_params(path: str, target, expected_meta: dict):
+  """Restores params saved by `save_params` into `target` (ShapeDtypeStructs carrying the
+  wanted shardings), after checking they belong to the expected model."""
+  path = os.path.abspath(path)
+  meta_path = os.path.join(path, "meta.json")
+  if not os.path.isfile(meta_path):
+    raise ckpt_lib.CheckpointError(
+        f"{path} holds no imported params (no meta.json: missing, or an interrupted import). "
+        "Fix: run `relic import-wan --source=... --out=...` to completion, or fix "
+        "config.train.init_from.")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  ckpt_lib.check_compatible(meta, expected_meta, path)
+  checkpointer = ocp.StandardCheckpointer()
+  params = checkpointer.restore(os.path.join(path, "params"), target)
+  checkpointer.close()
+  return params
+
