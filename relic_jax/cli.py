@@ -73,6 +73,7 @@ def _import_wan(cfg, workdir):
   model_cfg = infer_model_config(state_dict.shapes, hf)  # fails early, before any reading
   model_cfg.param_dtype = cfg.model.param_dtype
   model_cfg.scan_layers = cfg.model.scan_layers
+  model_cfg.action_dim, model_cfg.pose_dim = cfg.model.action_dim, cfg.model.pose_dim
   run_cfg = cfg.copy_and_resolve_references()
   run_cfg.model = model_cfg
   task = TeacherTask(run_cfg)
@@ -84,6 +85,7 @@ def _import_wan(cfg, workdir):
           for p, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]}
   model_cfg, params = import_wan_transformer(
       state_dict, hf, param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
+      action_dim=cfg.model.action_dim, pose_dim=cfg.model.pose_dim, seed=cfg.seed,
       put=lambda path, x: jax.device_put(x, flat[path]))
   meta = ckpt_lib.describe_model(task.model_config, abstract.params)
   save_params(FLAGS.out, model_cfg, meta, params, extra={"source": os.path.abspath(FLAGS.source)})

@@ -284,7 +284,7 @@ FAST_CLI_ERRORS = [
      ["stage 'train_teacher' needs --workdir=DIR"]),
     ("override_of_missing_field", ["info", TINY, "--config.model.nonexistent=3"],
      ["--config.model.nonexistent: config.model has no field 'nonexistent'.",
-      "Fields of config.model: attention_impl, ", " num_heads, ", "Fix: "]),
+      "Fields of config.model: action_dim, attention_impl, ", " num_heads, ", "Fix: "]),
     ("override_typo", ["info", TINY, "--config.model.dimm=3"],
      ["config.model has no field 'dimm'. Did you mean 'dim'?"]),
     ("override_of_missing_group", ["info", TINY, "--config.modle.dim=3"],

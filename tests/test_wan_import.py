@@ -307,3 +307,30 @@ def test_init_from_errors_are_clear(imported, tmp_path):
   r = run_cli("import-wan", "--config=experiments/tiny.py", f"--source={tmp_path}",
               f"--out={out}")
   assert r.returncode == 2, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_relic_additions_start_as_plain_wan(saved, scan):
+  """Imported with RELIC's action and pose encoders, the model computes diffusers' Wan function
+  whatever the actions and poses; once the zero-initialised projections move, they matter."""
+  spec, model, d = saved
+  cfg, params = import_wan_transformer(load_state_dict(d), load_config(d), scan_layers=scan,
+                                       action_dim=13, pose_dim=12, seed=3)
+  assert "action_encoder" in params and "pose_encoder" in params
+  x, ts, txt = _inputs(spec)
+  frames = 1 + 4 * (spec["video"][0] - 1)
+  rng = np.random.default_rng(0)
+  actions = rng.uniform(0, 2, (2, frames, 13)).astype(np.float32)
+  poses = rng.normal(size=(2, frames, 12)).astype(np.float32)
+  with torch.no_grad():
+    ref = model(x, ts, txt, return_dict=False)[0].numpy()
+  ours = np.asarray(wan_forward(cfg, params, x.numpy(), ts.numpy(), txt.numpy(), actions, poses))
+  assert float(np.max(np.abs(ours - ref))) <= TOL
+
+  blocks = params["blocks"] if scan else params["blocks_0"]
+  for name, tree in (("action", blocks["action_proj"]), ("pose", blocks["self_attn"]["pose_q"])):
+    # random, not a constant: a shift constant across features is removed by the LayerNorms
+    tree["kernel"] = tree["kernel"] + 0.05 * rng.normal(size=tree["kernel"].shape)
+    moved = np.asarray(wan_forward(cfg, params, x.numpy(), ts.numpy(), txt.numpy(), actions,
+                                   poses))
+    assert float(np.max(np.abs(moved - ref))) > 1e-3, name

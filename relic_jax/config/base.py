@@ -33,6 +33,7 @@ DEFAULT_RULES = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("patch", None),
+    ("cond_in", None),
     ("text_embed", None),
     ("freq", None),
     ("modulation", None),
@@ -81,6 +82,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.scan_layers = True
   # "none", "full", "dots_saveable", "dots_no_batch_saveable", "offload_block_input"
   m.remat_policy = "none"
+  # RELIC conditioning, 0 = off (plain Wan). action_dim 13: RELIC's action magnitudes per video
+  # frame; pose_dim 12: the flattened 3x4 camera-to-first-frame extrinsics per video frame. Each
+  # goes through an encoder (temporal patchify by cond_frames_per_latent, then an MLP); actions
+  # are added to the hidden states after self-attention, poses to Q and K, in every block,
+  # through zero-initialised projections.
+  m.action_dim = 0
+  m.pose_dim = 0
+  m.cond_frames_per_latent = 4
 
   # ---------------------------------------------------------------- mesh
   mesh = c.mesh = ml_collections.ConfigDict()

@@ -65,6 +65,14 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     v = m[f]
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
       _fail(f"{prefix}.{f}", v, "must be a positive integer", "set a positive integer")
+  for f in ("action_dim", "pose_dim"):
+    v = m[f]
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+      _fail(f"{prefix}.{f}", v, "must be a non-negative integer", "use 0 (off) or the vector size")
+  v = m.cond_frames_per_latent
+  if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+    _fail(f"{prefix}.cond_frames_per_latent", v, "must be a positive integer",
+          "use 4, the VAE's temporal stride")
   if m.dim % m.num_heads:
     _fail(f"{prefix}.num_heads", m.num_heads, f"does not divide model.dim={m.dim}",
           "choose num_heads so that dim % num_heads == 0")

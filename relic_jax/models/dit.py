@@ -28,7 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 from relic_jax.models import attention as attn_lib
 from relic_jax.models import rope as rope_lib
 from relic_jax.models.layers import (AffineLayerNorm, RMSNorm, dense, gate, layer_norm_fp32,
-                                     modulate)
+                                     modulate, per_frame)
 
 REMAT_POLICIES = {
     "full": lambda: jax.checkpoint_policies.nothing_saveable,
@@ -67,6 +67,10 @@ class DiTConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  # RELIC conditioning (0 = off): per-video-frame action magnitudes and camera poses.
+  action_dim: int = 0
+  pose_dim: int = 0
+  cond_frames_per_latent: int = 4
 
   @property
   def head_dim(self) -> int:
@@ -93,7 +97,7 @@ class SelfAttention(nn.Module):
   block_causal: attn_lib.BlockCausal | None = None  # static; None: bidirectional
 
   @nn.compact
-  def __call__(self, x_BSD, angles):
+  def __call__(self, x_BSD, angles, pose_BTD=None):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     b, s, _ = x_BSD.shape
@@ -101,6 +105,16 @@ class SelfAttention(nn.Module):
     q = dense(c.dim, ("embed", "heads"), "q", dt, pdt)(x)
     k = dense(c.dim, ("embed", "heads"), "k", dt, pdt)(x)
     v = dense(c.dim, ("embed", "heads"), "v", dt, pdt)(x)
+    if pose_BTD is not None:
+      # RELIC: the pose embedding is added to queries and keys (not values), per latent frame,
+      # before QK-norm and RoPE; zero-initialised, so a pretrained model starts unchanged.
+      nt = pose_BTD.shape[1]
+      for name in ("pose_q", "pose_k"):
+        add = dense(c.dim, ("embed", "heads"), name, dt, pdt, kernel_init=nn.initializers.zeros)(
+            pose_BTD.astype(dt))
+        y = q if name == "pose_q" else k
+        y = (per_frame(y, nt) + add[:, :, None]).reshape(b, s, c.dim)
+        q, k = (y, k) if name == "pose_q" else (q, y)
     if c.qk_norm:
       q = RMSNorm(c.eps, param_dtype=pdt, name="norm_q")(q)
       k = RMSNorm(c.eps, param_dtype=pdt, name="norm_k")(k)
@@ -162,7 +176,7 @@ class WanBlock(nn.Module):
   block_causal: attn_lib.BlockCausal | None = None
 
   @nn.compact
-  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles):
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, action_BTD=None, pose_BTD=None):
     c = self.cfg
     x_BSD = checkpoint_name(x_BSD, "block_input")
     table = self.param(
@@ -173,8 +187,16 @@ class WanBlock(nn.Module):
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (mod[:, :, i] for i in range(6))
 
     h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_sa, scale_sa)
-    h = SelfAttention(c, self.block_causal, name="self_attn")(h, angles)
+    h = SelfAttention(c, self.block_causal, name="self_attn")(h, angles, pose_BTD)
     x_BSD = x_BSD + gate(h.astype(jnp.float32), gate_sa)
+    if action_BTD is not None:
+      # RELIC: the action embedding is added to the hidden states right after self-attention
+      # (zero-initialised projection).
+      a = dense(c.dim, ("embed", "embed_out"), "action_proj", jnp.dtype(c.dtype),
+                jnp.dtype(c.param_dtype), kernel_init=nn.initializers.zeros)(
+                    action_BTD.astype(jnp.dtype(c.dtype)))
+      x_BSD = (per_frame(x_BSD, a.shape[1]) + a.astype(jnp.float32)[:, :, None]).reshape(
+          x_BSD.shape)
 
     h = AffineLayerNorm(c.eps, jnp.dtype(c.param_dtype), name="norm2")(x_BSD) if c.cross_attn_norm else x_BSD
     x_BSD = x_BSD + CrossAttention(c, name="cross_attn")(h, ctx_BLD).astype(jnp.float32)
@@ -188,8 +210,8 @@ class WanBlock(nn.Module):
 class ScannedBlock(WanBlock):
   """WanBlock in nn.scan's (carry, x) -> (carry, y) form."""
 
-  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles):
-    return super().__call__(x_BSD, ctx_BLD, e_BT6D, angles), None
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, action_BTD=None, pose_BTD=None):
+    return super().__call__(x_BSD, ctx_BLD, e_BT6D, angles, action_BTD, pose_BTD), None
 
 
 def _block_class(cfg: DiTConfig, scanned: bool):
@@ -199,12 +221,35 @@ def _block_class(cfg: DiTConfig, scanned: bool):
   return cls
 
 
+class CondEncoder(nn.Module):
+  """RELIC's action / pose encoder: per-video-frame vectors [B, F, c] -> [B, T, D], one per
+  latent frame. Temporal patchify by cond_frames_per_latent (4, the VAE's stride): latent frame
+  0 covers video frame 0 alone (as in the causal VAE), so it is repeated to fill its patch;
+  then a two-layer MLP. F must be 1 + 4 (T - 1)."""
+  cfg: DiTConfig
+
+  @nn.compact
+  def __call__(self, c_BFC, num_latent: int):
+    c = self.cfg
+    k = c.cond_frames_per_latent
+    b, f, ch = c_BFC.shape
+    if f != 1 + k * (num_latent - 1):
+      raise ValueError(f"{self.name}: got {f} per-frame vectors for {num_latent} latent frames; "
+                       f"expected 1 + {k} x ({num_latent} - 1) = {1 + k * (num_latent - 1)}")
+    x = jnp.concatenate([jnp.repeat(c_BFC[:, :1], k - 1, axis=1), c_BFC], axis=1)
+    x = x.reshape(b, num_latent, k * ch).astype(jnp.dtype(c.dtype))
+    dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+    h = dense(c.dim, ("cond_in", "embed"), "fc1", dt, pdt)(x)
+    h = dense(c.dim, ("embed", "embed_out"), "fc2", dt, pdt)(nn.silu(h))
+    return h.astype(jnp.float32)
+
+
 class WanDiT(nn.Module):
   """x [B, T, H, W, C_in], t [B, T] or [B] (0..1000), text [B, L, text_dim] -> [B, T, H, W, C_out]."""
   cfg: DiTConfig
 
   @nn.compact
-  def __call__(self, x_BTHWC, t, text_BLC, t_offset=0):
+  def __call__(self, x_BTHWC, t, text_BLC, t_offset=0, actions=None, poses=None):
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     b, t_in, h_in, w_in, ch = x_BTHWC.shape
@@ -244,16 +289,27 @@ class WanDiT(nn.Module):
     if c.attention_mode == "block_causal":
       block_causal = attn_lib.BlockCausal(block_tokens=c.block_frames * p)
 
+    # RELIC conditioning: per-video-frame actions / poses -> one embedding per latent frame.
+    act = pose = None
+    if c.action_dim:
+      actions = jnp.zeros((b, 1 + c.cond_frames_per_latent * (t_in - 1), c.action_dim)) \
+          if actions is None else actions
+      act = CondEncoder(c, name="action_encoder")(actions, t_in)[:, ::pt]
+    if c.pose_dim:
+      poses = jnp.zeros((b, 1 + c.cond_frames_per_latent * (t_in - 1), c.pose_dim)) \
+          if poses is None else poses
+      pose = CondEncoder(c, name="pose_encoder")(poses, t_in)[:, ::pt]
+
     if c.scan_layers:
       blocks = nn.scan(
           _block_class(c, scanned=True), variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast,) * 3, length=c.num_layers,
+          in_axes=(nn.broadcast,) * 5, length=c.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = blocks(c, block_causal, name="blocks")(x, ctx, e_BT6D, angles)
+      x, _ = blocks(c, block_causal, name="blocks")(x, ctx, e_BT6D, angles, act, pose)
     else:
       for i in range(c.num_layers):
         x = _block_class(c, scanned=False)(c, block_causal, name=f"blocks_{i}")(
-            x, ctx, e_BT6D, angles)
+            x, ctx, e_BT6D, angles, act, pose)
 
     # output head with its own (shift, scale) table added to the (pre-projection) temb
     table = self.param("head_modulation",

@@ -159,6 +159,35 @@ def expected_shapes(model_cfg: ml_collections.ConfigDict) -> dict[tuple[str, ...
   return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
+RELIC_ADDITIONS = ("action_encoder", "pose_encoder", "action_proj", "pose_q", "pose_k")
+
+
+def _relic_init(path: tuple, shape: tuple, rng) -> np.ndarray:
+  """Init of a RELIC addition: projections into the network (and all biases) zero, encoder
+  kernels Glorot-uniform (as the modules initialise them)."""
+  if not any(p in RELIC_ADDITIONS for p in path):
+    raise WanImportError(f"internal: param {'/'.join(path)} is neither in the checkpoint nor a "
+                         "RELIC addition")
+  if path[-1] != "kernel" or any(p in ("action_proj", "pose_q", "pose_k") for p in path):
+    return np.zeros(shape, np.float32)
+  limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+  return rng.uniform(-limit, limit, shape).astype(np.float32)
+
+
+def _place(params: dict, path: tuple, value: np.ndarray, scan_layers: bool, layers: int) -> None:
+  """Puts a converted param at its path; with scan_layers, a block's param goes straight into
+  the stacked [layers, ...] array (one host copy in all)."""
+  if scan_layers and path[0].startswith("blocks_"):
+    stacked_path = ("blocks",) + path[1:]
+    stacked = _get(params, stacked_path)
+    if stacked is None:
+      stacked = np.empty((layers,) + value.shape, value.dtype)
+      _set(params, stacked_path, stacked)
+    stacked[int(path[0].split("_")[1])] = value
+  else:
+    _set(params, path, value)
+
+
 def _get(tree: dict, path: tuple):
   for p in path:
     if not isinstance(tree, dict) or p not in tree:
@@ -175,6 +204,7 @@ def _set(tree: dict, path: tuple, value) -> None:
 
 def import_wan_transformer(state_dict: Mapping[str, np.ndarray], hf_config: dict | None = None,
                            *, param_dtype: str = "float32", scan_layers: bool = True,
+                           action_dim: int = 0, pose_dim: int = 0, seed: int = 0,
                            put: Callable | None = None):
   """(config.model, params) for a diffusers WanTransformer3DModel state dict.
 
@@ -183,12 +213,16 @@ def import_wan_transformer(state_dict: Mapping[str, np.ndarray], hf_config: dict
   scan_layers: stack the blocks for nn.scan (our default). put(path, array) -> array: where
   each converted param goes (default: stays a numpy array), e.g. a device_put onto a mesh;
   path is its key path in the returned tree.
+  action_dim / pose_dim > 0 add RELIC's action and pose encoders and per-block projections,
+  which Wan does not have: the encoders are randomly initialised (seed) and every projection
+  into the network is zero, so the imported model computes exactly the Wan function.
   """
   shapes = (dict(state_dict.shapes) if hasattr(state_dict, "shapes")  # lazy: headers only
             else {k: _shape(v) for k, v in state_dict.items()})
   model_cfg = infer_model_config(shapes, hf_config)
   model_cfg.param_dtype = param_dtype
   model_cfg.scan_layers = scan_layers
+  model_cfg.action_dim, model_cfg.pose_dim = action_dim, pose_dim
   mapping = name_map(model_cfg.num_layers, model_cfg.qk_norm, model_cfg.cross_attn_norm)
   unknown = sorted(set(shapes) - set(mapping))
   if unknown:
@@ -204,7 +238,13 @@ def import_wan_transformer(state_dict: Mapping[str, np.ndarray], hf_config: dict
   dtype = jnp.dtype(param_dtype)
   layers = model_cfg.num_layers
   params: dict = {}
-  for name, (path, transform) in mapping.items():
+  mapped = {path for path, _ in mapping.values()}
+  additions = [(None, (path, None)) for path in want if path not in mapped]
+  rng = np.random.default_rng(seed)
+  for name, (path, transform) in list(mapping.items()) + additions:
+    if transform is None:  # a RELIC addition
+      _place(params, path, _relic_init(path, want[path], rng).astype(dtype), scan_layers, layers)
+      continue
     src = shapes[name]
     converted_shape = _shape(transform(np.empty(src, np.int8)))
     if converted_shape != want[path]:
@@ -214,16 +254,7 @@ def import_wan_transformer(state_dict: Mapping[str, np.ndarray], hf_config: dict
           f"{model_cfg.ffn_dim}, text_dim {model_cfg.text_dim}). Fix: use an unmodified "
           "checkpoint with its own config.json.")
     value = transform(np.asarray(state_dict[name])).astype(dtype)
-    if scan_layers and path[0].startswith("blocks_"):
-      # Write straight into the stacked [layers, ...] array: one host copy in all.
-      stacked_path = ("blocks",) + path[1:]
-      stacked = _get(params, stacked_path)
-      if stacked is None:
-        stacked = np.empty((layers,) + value.shape, dtype)
-        _set(params, stacked_path, stacked)
-      stacked[int(path[0].split("_")[1])] = value
-    else:
-      _set(params, path, value)
+    _place(params, path, value, scan_layers, layers)
   if put is not None:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for p, leaf in flat:
@@ -240,12 +271,15 @@ def _inverse_shape(transform, shape):
   return shape
 
 
-def wan_forward(config, params, latents, timestep, text_embeddings):
+def wan_forward(config, params, latents, timestep, text_embeddings, actions=None, poses=None):
   """Our DiT on diffusers' layout: latents [B, C, T, H, W], timestep [B] (0..1000), text
-  [B, L, D] -> velocity [B, C_out, T, H, W]. `config` is a full config or its `model` part."""
+  [B, L, D] -> velocity [B, C_out, T, H, W]. `config` is a full config or its `model` part.
+  actions [B, F, action_dim] / poses [B, F, pose_dim] per video frame (F = 1 + 4 (T - 1)) for
+  a model with the RELIC additions (zeros when omitted)."""
   m = config.model if "model" in config else config
   dit = DiTConfig.from_config(m)
   x = jnp.transpose(jnp.asarray(latents, jnp.float32), (0, 2, 3, 4, 1))
   t = jnp.broadcast_to(jnp.asarray(timestep, jnp.float32).reshape(-1), (x.shape[0],))
-  y = WanDiT(dit).apply({"params": params}, x, t, jnp.asarray(text_embeddings))
+  y = WanDiT(dit).apply({"params": params}, x, t, jnp.asarray(text_embeddings),
+                       actions=actions, poses=poses)
   return jnp.transpose(y, (0, 4, 1, 2, 3))
