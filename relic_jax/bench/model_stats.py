@@ -11,20 +11,18 @@ from relic_jax.config import validate
 
 define_flags("experiments/tiny.py")
 
-# Top-level param collections that RELIC adds on top of the Wan 2.1 backbone (action and pose
-# encoders arrive with the conditioning work); everything else is the backbone.
-RELIC_ADDITIONS = ("action_encoder", "pose_encoder")
-
-
 def model_stats(cfg) -> dict:
   from relic_jax.models import flops
+  from relic_jax.models.dit import RELIC_ADDITIONS
   from relic_jax.training.teacher import TeacherTask
   validate(cfg)
   task = TeacherTask(cfg)
   shapes = jax.eval_shape(task.init_params, jax.random.key(0))
   count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))
   total = count(shapes)
-  additions = count({k: v for k, v in shapes.items() if k in RELIC_ADDITIONS})
+  # everything RELIC adds (encoders and per-block projections) is not backbone
+  additions = sum(x.size for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]
+                  if any(getattr(k, "key", None) in RELIC_ADDITIONS for k in path))
   d = cfg.data
   return {
       "config": cfg.name,

@@ -221,6 +221,10 @@ def _block_class(cfg: DiTConfig, scanned: bool):
   return cls
 
 
+# Param names RELIC adds to the Wan 2.1 backbone (encoders and per-block projections).
+RELIC_ADDITIONS = ("action_encoder", "pose_encoder", "action_proj", "pose_q", "pose_k")
+
+
 class CondEncoder(nn.Module):
   """RELIC's action / pose encoder: per-video-frame vectors [B, F, c] -> [B, T, D], one per
   latent frame. Temporal patchify by cond_frames_per_latent (4, the VAE's stride): latent frame

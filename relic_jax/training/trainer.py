@@ -27,6 +27,7 @@ from relic_jax.config import validate
 from relic_jax.parallel import chips
 from relic_jax.parallel import mesh as mesh_lib
 from relic_jax.training import checkpoint as ckpt_lib
+from relic_jax.training.checkpoint import write_json_atomic
 from relic_jax.training.optimizer import make_optimizer, make_schedule
 from relic_jax.training.state import TrainState, create_sharded_state, param_count, state_shardings, with_shardings
 
@@ -43,15 +44,6 @@ class Task(Protocol):
 
 class NonFiniteError(FloatingPointError):
   """A step produced a NaN/Inf metric; the update was discarded and nothing was saved."""
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, t_cfg, seed: int):

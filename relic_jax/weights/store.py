@@ -16,13 +16,6 @@ import orbax.checkpoint as ocp
 from relic_jax.training import checkpoint as ckpt_lib
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def save_params(out: str, model_cfg: ml_collections.ConfigDict, model_meta: dict, params,
                 extra: dict | None = None) -> None:
   """Writes params (numpy or sharded jax arrays) to `out`, replacing an incomplete earlier
@@ -38,8 +31,9 @@ def save_params(out: str, model_cfg: ml_collections.ConfigDict, model_meta: dict
   checkpointer.save(os.path.join(out, "params"), params)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  _write_json(os.path.join(out, "model_config.json"), json.loads(model_cfg.to_json()))
-  _write_json(os.path.join(out, "meta.json"), {**model_meta, **(extra or {})})
+  ckpt_lib.write_json_atomic(os.path.join(out, "model_config.json"),
+                             json.loads(model_cfg.to_json()))
+  ckpt_lib.write_json_atomic(os.path.join(out, "meta.json"), {**model_meta, **(extra or {})})
 
 
 def load_params(path: str, target, expected_meta: dict):

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from relic_jax.config import get_base_config
-from relic_jax.models.dit import DiTConfig, WanDiT
+from relic_jax.models.dit import RELIC_ADDITIONS, DiTConfig, WanDiT
 
 
 class WanImportError(ValueError):
@@ -157,9 +157,6 @@ def expected_shapes(model_cfg: ml_collections.ConfigDict) -> dict[tuple[str, ...
   tree = nn.meta.unbox(tree)
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
-
-
-RELIC_ADDITIONS = ("action_encoder", "pose_encoder", "action_proj", "pose_q", "pose_k")
 
 
 def _relic_init(path: tuple, shape: tuple, rng) -> np.ndarray:
