@@ -25,6 +25,12 @@ setup(
         "tensorboardX>=2.6",
         "tqdm>=4.66",
         "ml_dtypes>=0.5",
+        # the data pipeline: ViZDoom episodes, ArrayRecord shards, images, video, plots
+        "vizdoom>=1.2.4",
+        "array_record>=0.5",
+        "pillow>=10",
+        "av>=12",
+        "matplotlib>=3.8",
     ],
     extras_require={
         # torch (CPU) and diffusers: only to check parity with the reference Wan implementation.

@@ -19,6 +19,11 @@ def get_config():
   m.text_dim = 256
   c.data.latent_frames, c.data.latent_height, c.data.latent_width = 8, 16, 16
   c.data.text_len = 64
+  # ViZDoom episodes at the model's pixel size (16 latents x 8 = 128), ~34 s each
+  c.data.gen.height = c.data.gen.width = 128
+  c.data.gen.num_episodes = 64
+  c.data.gen.episodes_per_shard = 4
+  c.data.gen.frames_per_episode = 600
   c.data.num_examples = 4096
   c.train.steps = 2000
   c.train.batch_size = 16

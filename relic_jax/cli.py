@@ -2,10 +2,13 @@
 [--config.a.b=value ...]`.
 
 Stages available now:
+  data            generate the ViZDoom episode dataset (config.data.gen) into <workdir>/data
+  data ingest     convert external episodes (--source=DIR, see the README) into the same shards
+  data preview    an MP4 and a top-down trajectory PNG of an episode (--episode, --out)
   train_teacher   flow-matching training of the (bidirectional) DiT
   import-wan      convert a diffusers Wan 2.1 T2V transformer (--source) to params (--out)
   info            print the resolved config, mesh and parameter count; trains nothing
-Planned stages (later issues): data, train_vae, encode, ode_init, distill, generate, evaluate,
+Planned stages (later issues): train_vae, encode, ode_init, distill, generate, evaluate,
 pipeline.
 """
 
@@ -25,8 +28,42 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (experim
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_string("source", None, "import-wan: a diffusers WanTransformer3DModel directory "
-                    "(config.json + safetensors, sharded or not).")
-flags.DEFINE_string("out", None, "import-wan: where to write the imported params.")
+                    "(config.json + safetensors, sharded or not); data ingest: the directory "
+                    "of external episodes.")
+flags.DEFINE_string("out", None, "import-wan: where to write the imported params; data "
+                    "preview: where to write the MP4 and PNG (default <dataset>/preview).")
+flags.DEFINE_string("episode", None, "data preview: the episode's name (default: the first).")
+
+
+def _data(cfg, workdir, action="generate"):
+  """`relic data [generate|ingest|preview]`: the episode dataset in config.data.dir or
+  <workdir>/data."""
+  import time
+  from data_pipeline.generate import dataset_dir, generate
+  out = dataset_dir(cfg, workdir)
+  t0 = time.time()
+  if action == "generate":
+    m = generate(cfg, out, progress=cfg.train.progress_bar)
+  elif action == "ingest":
+    from data_pipeline.ingest import ingest
+    g = cfg.data.gen
+    m = ingest(FLAGS.source, out, g.height, g.width, codec=g.codec, quality=g.jpeg_quality,
+               episodes_per_shard=g.episodes_per_shard, workers=g.workers or os.cpu_count() or 1,
+               progress=cfg.train.progress_bar)
+  else:
+    from data_pipeline.preview import preview
+    result = preview(out, FLAGS.out or os.path.join(out, "preview"), episode=FLAGS.episode)
+    print(json.dumps(result, sort_keys=True))
+    print(f"[relic] preview of {result['episode']}: video {result['video']}, top-down "
+          f"trajectory {result['topdown']}")
+    return
+  timing = m["timing"]
+  print(json.dumps({k: m[k] for k in ("num_shards", "num_episodes", "num_frames")} | timing,
+                   sort_keys=True))
+  rate = timing["frames_written"] / max(timing["seconds"], 1e-9)
+  print(f"[relic] dataset in {out}: {m['num_episodes']} episodes, {m['num_frames']} frames in "
+        f"{m['num_shards']} shards ({timing['shards_written']} written now at {rate:.0f} "
+        f"frames/s, {timing['shards_skipped']} already complete) in {time.time() - t0:.1f}s")
 
 
 def _train_teacher(cfg, workdir):
@@ -101,10 +138,12 @@ def _import_wan(cfg, workdir):
           + "; train it with a config whose model matches (see model_config.json).")
 
 
-STAGES = {"train_teacher": _train_teacher, "info": _info, "import-wan": _import_wan}
-PLANNED = ("data", "train_vae", "encode", "ode_init", "distill", "generate", "evaluate", "pipeline")
+STAGES = {"data": _data, "train_teacher": _train_teacher, "info": _info,
+          "import-wan": _import_wan}
+SUBCOMMANDS = {"data": ("generate", "ingest", "preview")}
+PLANNED = ("train_vae", "encode", "ode_init", "distill", "generate", "evaluate", "pipeline")
 NEEDS_WORKDIR = ("train_teacher",)
-NEEDS_FLAGS = {"import-wan": ("source", "out")}
+NEEDS_FLAGS = {"import-wan": ("source", "out"), "data ingest": ("source",)}
 
 
 def _fail(message: str, code: int = 2):
@@ -113,13 +152,18 @@ def _fail(message: str, code: int = 2):
 
 
 def main(argv):
-  if len(argv) != 2:
+  if len(argv) not in (2, 3):
     _fail(f"expected exactly one stage, got {argv[1:]}. Usage: relic <stage> "
           f"--config=experiments/<name>.py --workdir=DIR; stages: {', '.join(STAGES)}")
   stage = argv[1]
   if stage not in STAGES:
     hint = (f" '{stage}' is planned but not implemented yet." if stage in PLANNED else "")
     _fail(f"unknown stage '{stage}'.{hint} Available stages: {', '.join(STAGES)}.")
+  sub = argv[2] if len(argv) == 3 else None
+  if sub is not None and sub not in SUBCOMMANDS.get(stage, ()):
+    options = SUBCOMMANDS.get(stage)
+    _fail(f"stage '{stage}' has no subcommand '{sub}'"
+          + (f"; it has: {', '.join(options)}." if options else "; it takes none."))
   cfg = FLAGS.config
   if cfg is None:
     _fail("--config is required, e.g. --config=experiments/tiny.py")
@@ -135,9 +179,13 @@ def main(argv):
           "--config=experiments/tiny.py")
   if stage in NEEDS_WORKDIR and not FLAGS.workdir:
     _fail(f"stage '{stage}' needs --workdir=DIR (where checkpoints and logs go)")
-  for name in NEEDS_FLAGS.get(stage, ()):
+  if stage == "data" and not (FLAGS.workdir or cfg.data.dir):
+    _fail("stage 'data' needs --workdir=DIR (the dataset goes to DIR/data) or "
+          "--config.data.dir=DIR")
+  full = f"{stage} {sub}" if sub else stage
+  for name in NEEDS_FLAGS.get(full, ()):
     if not FLAGS[name].value:
-      _fail(f"stage '{stage}' needs --{name}=...")
+      _fail(f"stage '{full}' needs --{name}=...")
   try:
     validate(cfg)  # what the config alone determines; needs no JAX
   except ConfigError as e:
@@ -147,12 +195,16 @@ def main(argv):
   from relic_jax.training.checkpoint import CheckpointError
   from relic_jax.training.trainer import NonFiniteError
   from relic_jax.weights import SafetensorsError, WanImportError
+  from data_pipeline.episode import DataError
   try:
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
     validate(cfg, num_devices=jax.device_count(), num_processes=jax.process_count())
-    STAGES[stage](cfg, FLAGS.workdir)
-  except (ConfigError, CheckpointError, SafetensorsError, WanImportError) as e:
+    if sub:
+      STAGES[stage](cfg, FLAGS.workdir, sub)
+    else:
+      STAGES[stage](cfg, FLAGS.workdir)
+  except (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError) as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)

@@ -57,3 +57,19 @@ def test_train_step(tmp_path):
   assert s["param_count"] == 161_536
   assert s["device_kind"] == "cpu" and s["n_devices"] == 1
   assert s["batch_size"] == 8 and s["loss_finite"] is True
+
+
+DATA_KEYS = {"gen_frames_per_s", "loader_clips_per_s", "trainer_clips_per_s",
+             "loader_over_trainer", "clip_shape", "frame_size"}
+
+
+def test_data(tmp_path):
+  s = _bench("data", "--config=experiments/tiny.py", "--episodes=2", "--loader_batches=3",
+             "--trainer_steps=1", "--config.data.gen.frames_per_episode=60",
+             out=str(tmp_path / "data.json"))
+  assert DATA_KEYS <= set(s), sorted(s)
+  assert s["gen_frames"] == 120 and s["gen_frames_per_s"] > 0
+  assert s["clip_shape"] == [13, 64, 64, 3]  # 1 + 4 * (4 - 1) frames of 8 * 8 latents
+  assert s["loader_clips_per_s"] > 0 and s["trainer_clips_per_s"] > 0
+  assert s["loader_over_trainer"] == pytest.approx(
+      s["loader_clips_per_s"] / s["trainer_clips_per_s"], rel=1e-6)

@@ -15,9 +15,12 @@ from absl import app, flags
 
 from relic_jax.bench.common import FLAGS, define_flags, emit
 
-define_flags("experiments/tiny.py")
-flags.DEFINE_integer("steps", 10, "Timed steps.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+
+
+def _define_flags():  # only when run as a program: other benchmarks import bench_train_step
+  define_flags("experiments/tiny.py")
+  flags.DEFINE_integer("steps", 10, "Timed steps.")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 
 
 def bench_train_step(cfg, steps: int, warmup: int) -> dict:
@@ -89,4 +92,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -3,7 +3,7 @@
 One `ml_collections.ConfigDict` with these groups:
   model   the video DiT (Wan 2.1 architecture) and how it is computed (dtype, scan, remat, attention)
   mesh    device-mesh shape and the logical-axis rules mapping model axes to mesh axes
-  data    where latents come from (only the synthetic source exists so far) and the clip shape
+  data    the clip shape, the synthetic latent source, episode datasets and their generation
   train   optimizer, schedule, flow matching, checkpointing, logging, profiling
   distributed  multi-host initialisation
 
@@ -105,6 +105,31 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.text_len = 8
   d.num_examples = 256      # size of the synthetic dataset
   d.shuffle = True
+  # Episode datasets (`relic data`): where they live ("" = <workdir>/data) and how clips of
+  # 1 + 4 (latent_frames - 1) video frames are cut from them (data_pipeline/loader.py).
+  d.dir = ""
+  d.clip_stride = 4          # video frames between the starts of consecutive clips
+  d.palindrome_prob = 0.5    # RELIC's time-reverse augmentation: forward to t*, then back
+  d.crop = "center"          # "center" or "random": crop to the clip's aspect, then resize
+  d.spatial_stride = 8       # pixels per latent (the VAE): frames are 8*latent_height high
+  d.verify_checksums = True  # SHA-256 of each shard when first opened
+  # ViZDoom generation (`relic data`, data_pipeline/doom.py)
+  g = d.gen = ml_collections.ConfigDict()
+  g.wads = ("freedoom2",)    # freedoom1 (E1M1..E4M9) and/or freedoom2 (MAP01..MAP32)
+  g.maps = ()                # "wad/MAP": only these maps; () = every map of the wads
+  g.heldout_maps = ("freedoom2/MAP05", "freedoom2/MAP15")  # kept out, for evaluation
+  g.num_episodes = 8
+  g.episodes_per_shard = 2
+  g.frames_per_episode = 300  # at 17.5 fps: ~17 s
+  g.height = 64              # stored frame size
+  g.width = 64
+  g.render_resolution = "256x192"  # ViZDoom's; centre-cropped and resized to height x width
+  g.tics_per_frame = 2       # Doom runs at 35 tics/s: 2 -> 17.5 fps
+  g.max_pitch_deg = 20.0
+  g.spawn = "random"         # "random": a random open spot of the map; "start": the player start
+  g.codec = "jpeg"           # "jpeg" or "png" (lossless)
+  g.jpeg_quality = 95
+  g.workers = 0              # processes; 0 = one per CPU core
 
   # ---------------------------------------------------------------- train
   t = c.train = ml_collections.ConfigDict()

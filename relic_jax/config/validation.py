@@ -14,6 +14,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 DATA_SOURCES = ("synthetic",)
+CROPS = ("center", "random")
+CODECS = ("jpeg", "png")
+WADS = ("freedoom1", "freedoom2")
 
 
 class ConfigError(ValueError):
@@ -222,6 +225,40 @@ def validate_sharding(cfg: ml_collections.ConfigDict, shape: dict, num_processes
             f"{' * '.join(axes)} divides {size}")
 
 
+def validate_data(d: ml_collections.ConfigDict) -> None:
+  """The episode-dataset fields: clip cutting and ViZDoom generation."""
+  for f in ("clip_stride", "spatial_stride"):
+    _positive(d, f, prefix="data")
+  if not 0.0 <= d.palindrome_prob <= 1.0:
+    _fail("data.palindrome_prob", d.palindrome_prob, "is a probability",
+          "use a value in [0, 1] (0 turns the augmentation off)")
+  _choice(d, "crop", CROPS, prefix="data")
+  g = d.gen
+  for f in ("num_episodes", "episodes_per_shard", "frames_per_episode", "height", "width",
+            "tics_per_frame"):
+    _positive(g, f, prefix="data.gen")
+    if int(g[f]) != g[f]:
+      _fail(f"data.gen.{f}", g[f], "must be an integer", "use a whole number")
+  _positive(g, "workers", allow_zero=True, prefix="data.gen")
+  if not 0.0 <= g.max_pitch_deg <= 45.0:
+    _fail("data.gen.max_pitch_deg", g.max_pitch_deg, "must be in [0, 45]",
+          "Doom's software renderer shears rather than rotates; keep pitch small, e.g. 20")
+  _choice(g, "codec", CODECS, prefix="data.gen")
+  if not 1 <= g.jpeg_quality <= 100:
+    _fail("data.gen.jpeg_quality", g.jpeg_quality, "must be in [1, 100]", "use e.g. 95")
+  if g.frames_per_episode < 2:
+    _fail("data.gen.frames_per_episode", g.frames_per_episode, "an episode needs 2+ frames",
+          "use e.g. 300")
+  for f in ("wads", "maps", "heldout_maps"):
+    if isinstance(g[f], str):
+      _fail(f"data.gen.{f}", g[f], "must be a tuple of names, not one string",
+            f"write it as a tuple, e.g. ({g[f]!r},)")
+  for w in g.wads:
+    if w not in WADS:
+      _fail("data.gen.wads", tuple(g.wads), f"unknown WAD {w!r}",
+            f"use some of {', '.join(map(repr, WADS))}")
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int = 1) -> ml_collections.ConfigDict:
   """Checks a full experiment config; returns it unchanged or raises ConfigError.
@@ -246,6 +283,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("model.block_frames", cfg.model.block_frames,
           f"does not divide the {cfg.data.latent_frames // pt} patched latent frames",
           "choose latent_frames as a multiple of block_frames")
+  validate_data(cfg.data)
   t = cfg.train
   for f in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
     _positive(cfg, f"train.{f}")

@@ -15,17 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+
 FORMAT_VERSION = 1
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file, syncs it, and renames it over `path`."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 class CheckpointError(RuntimeError):

@@ -13,6 +13,7 @@ import shutil
 import ml_collections
 import orbax.checkpoint as ocp
 
+from relic_jax.io_utils import write_json_atomic
 from relic_jax.training import checkpoint as ckpt_lib
 
 
@@ -31,9 +32,9 @@ def save_params(out: str, model_cfg: ml_collections.ConfigDict, model_meta: dict
   checkpointer.save(os.path.join(out, "params"), params)
   checkpointer.wait_until_finished()
   checkpointer.close()
-  ckpt_lib.write_json_atomic(os.path.join(out, "model_config.json"),
+  write_json_atomic(os.path.join(out, "model_config.json"),
                              json.loads(model_cfg.to_json()))
-  ckpt_lib.write_json_atomic(os.path.join(out, "meta.json"), {**model_meta, **(extra or {})})
+  write_json_atomic(os.path.join(out, "meta.json"), {**model_meta, **(extra or {})})
 
 
 def load_params(path: str, target, expected_meta: dict):

@@ -1,0 +1,57 @@
+"""`relic data`: generates the ViZDoom exploration dataset described by config.data.gen."""
+
+import functools
+import os
+
+import ml_collections
+import numpy as np
+
+from data_pipeline import doom
+from data_pipeline.writer import write_dataset
+
+
+def dataset_dir(cfg: ml_collections.ConfigDict, workdir: str | None) -> str:
+  """config.data.dir, or <workdir>/data."""
+  if cfg.data.dir:
+    return cfg.data.dir
+  if not workdir:
+    raise ValueError("set config.data.dir or pass --workdir (the dataset goes to <workdir>/data)")
+  return os.path.join(workdir, "data")
+
+
+def episode_plan(cfg: ml_collections.ConfigDict) -> list[list[tuple[str, str, int]]]:
+  """Per shard, its episodes as (name, map, seed): episode i is on map i mod len(maps), with
+  a seed derived from (config.seed, i)."""
+  g = cfg.data.gen
+  maps = doom.map_list(g.wads, g.maps, g.heldout_maps)
+  episodes = []
+  for i in range(g.num_episodes):
+    seed = int(np.random.SeedSequence([cfg.seed, i]).generate_state(1, np.uint32)[0])
+    map_path = maps[i % len(maps)]
+    episodes.append((f"ep{i:06d}-{map_path.replace('/', '-')}", map_path, seed))
+  per = g.episodes_per_shard
+  return [episodes[s:s + per] for s in range(0, len(episodes), per)]
+
+
+def _make_episodes(gen_cfg: doom.GenConfig, job):
+  return [doom.generate_episode(m, seed, gen_cfg, name) for name, m, seed in job]
+
+
+def generation_config(cfg: ml_collections.ConfigDict) -> dict:
+  """What determines each episode, recorded with the data. Not the number of episodes (episode
+  i does not depend on it, so a dataset can be grown) nor the worker count."""
+  g = cfg.data.gen.to_dict()
+  g.pop("workers")
+  g.pop("num_episodes")
+  return {"source": "vizdoom", "seed": cfg.seed, **{k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in g.items()}}
+
+
+def generate(cfg: ml_collections.ConfigDict, out_dir: str, progress: bool = True) -> dict:
+  g = cfg.data.gen
+  gen_cfg = doom.GenConfig.from_config(g)
+  workers = g.workers or os.cpu_count() or 1
+  return write_dataset(out_dir, generation_config(cfg), episode_plan(cfg),
+                       functools.partial(_make_episodes, gen_cfg), codec=g.codec,
+                       quality=g.jpeg_quality, workers=workers, progress=progress,
+                       names_of=lambda job: [name for name, _, _ in job])

@@ -1,0 +1,21 @@
+"""Atomic file writes (no JAX): a reader sees the old file or the complete new one, never a
+partial one, and a killed writer leaves only a `*.tmp-<pid>` file behind."""
+
+import json
+import os
+from typing import Any
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+  """Writes bytes to a temporary file, syncs it, and renames it over `path`."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON atomically (see `write_bytes_atomic`)."""
+  write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
