@@ -1,0 +1,204 @@
+"""The latent cache: every training clip encoded once by the VAE, in tensorstore zarr arrays.
+
+Layout of a cache directory (config.data.latent_dir, or <workdir>/latents):
+  cache.json      what the cache was built from: the VAE fingerprint, the dataset's config hash
+                  and episode count, the clip definition (frames, latent frames, size, stride,
+                  palindrome probability, seed), the number of clips, the alignment rule
+  latents/        [N, T, h, w, C] float32, one zarr chunk per clip (the VAE's latent mean)
+  actions/        [N, F, 13] float32, per video frame (F = 1 + 4 (T - 1))
+  poses/          [N, F, 12] float32, per video frame, relative to the clip's first frame
+  camera/         [N, F, 4, 4] float32, our convention (data_pipeline/poses.py)
+  text_tokens/    [N, L] int32, byte tokens of the episode's caption
+  clip/           [N, 3] int32: episode index, start frame, palindrome turn (-1 = none)
+  done/           [N] uint8: 1 once every array of clip i is written
+
+Alignment of the 4x temporal stride: latent frame 0 encodes video frame 0 alone; latent frame k
+(k >= 1) encodes video frames 4k-3 .. 4k. Actions and poses stay per video frame; the DiT's
+condition encoders patchify them by 4 the same way (frame 0 alone).
+
+Clip i is cut and augmented exactly as the clip loader does (data_pipeline/loader.py), with
+its own generator seeded by (config.seed, i): the palindrome with probability
+data.palindrome_prob, the centre crop and resize. So the cache holds a fixed, deterministic
+augmentation of every clip.
+
+Resumable and atomic: a clip's `done` flag is written after all its arrays, so an interrupted
+`relic encode` redoes only clips without the flag. A cache built from another VAE checkpoint,
+another dataset or another clip definition is detected from cache.json and rebuilt.
+"""
+
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import numpy as np
+
+from data_pipeline import loader as loader_lib
+from data_pipeline import shards as shards_lib
+from data_pipeline.episode import DataError
+from relic_jax.io_utils import write_json_atomic
+
+FORMAT = "relic_jax.latent_cache/1"
+ALIGNMENT = ("latent frame 0 <- video frame 0; latent frame k >= 1 <- video frames 4k-3..4k; "
+             "actions and poses per video frame")
+ARRAYS = ("latents", "actions", "poses", "camera", "text_tokens", "clip", "done")
+
+
+def _spec(path: str, shape=None, chunks=None, dtype=None) -> dict:
+  spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": path}}
+  if shape is not None:
+    spec |= {"metadata": {"shape": list(shape), "chunks": list(chunks), "dtype": dtype,
+                          "compressor": {"id": "zstd", "level": 1}},
+             "create": True, "delete_existing": True}
+  return spec
+
+
+def _open(path: str, **kw):
+  import tensorstore as ts
+  return ts.open(_spec(path, **kw)).result()
+
+
+def cache_description(cfg, data_dir: str, vae_fingerprint: str) -> dict:
+  """What the cache must match: the VAE, the data and the clip definition."""
+  manifest = shards_lib.read_manifest(data_dir)
+  d = cfg.data
+  return {"format": FORMAT, "vae": vae_fingerprint,
+          "data": {"config_hash": manifest["config_hash"],
+                   "num_episodes": manifest["num_episodes"]},
+          "clip": {"frames": loader_lib.clip_frames(d.latent_frames,
+                                                    cfg.model.cond_frames_per_latent),
+                   "latent_frames": d.latent_frames, "height": d.latent_height * d.spatial_stride,
+                   "width": d.latent_width * d.spatial_stride, "stride": d.clip_stride,
+                   "palindrome_prob": d.palindrome_prob, "text_len": d.text_len,
+                   "seed": cfg.seed},
+          "alignment": ALIGNMENT}
+
+
+def _difference(old: dict, new: dict) -> str:
+  if old.get("vae") != new["vae"]:
+    return f"the VAE checkpoint changed ({old.get('vae')} -> {new['vae']})"
+  for key in ("data", "clip", "format"):
+    if old.get(key) != new[key]:
+      return f"the {key} changed ({old.get(key)} -> {new[key]})"
+  return ""
+
+
+def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], np.ndarray],
+          vae_fingerprint: str, latent_channels: int, batch_size: int = 4,
+          progress: bool = True, stop_after: int | None = None) -> dict:
+  """Encodes every clip not yet in the cache. encode_fn: frames uint8 [B, F, H, W, 3] ->
+  latents [B, T, h, w, C] float32. Returns a summary (clips encoded now, skipped, seconds,
+  and whether and why an old cache was rebuilt). stop_after: stop after this many batches
+  (tests of interruption)."""
+  desc = cache_description(cfg, data_dir, vae_fingerprint)
+  meta_path = os.path.join(cache_dir, "cache.json")
+  rebuilt = ""
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      old = json.load(f)
+    rebuilt = _difference(old, {**desc, "num_clips": old.get("num_clips")})
+  source = loader_lib.make_clip_source(cfg, data_dir)
+  n = len(source)
+  d = cfg.data
+  c = desc["clip"]
+  t, h, w = d.latent_frames, d.latent_height, d.latent_width
+  shapes = {"latents": ((n, t, h, w, latent_channels), (1, t, h, w, latent_channels), "<f4"),
+            "actions": ((n, c["frames"], 13), (1, c["frames"], 13), "<f4"),
+            "poses": ((n, c["frames"], 12), (1, c["frames"], 12), "<f4"),
+            "camera": ((n, c["frames"], 4, 4), (1, c["frames"], 4, 4), "<f4"),
+            "text_tokens": ((n, d.text_len), (1, d.text_len), "<i4"),
+            "clip": ((n, 3), (1, 3), "<i4"),
+            "done": ((n,), (min(n, 4096),), "|u1")}
+  fresh = rebuilt or not os.path.exists(meta_path)
+  if fresh:
+    if os.path.isdir(cache_dir):
+      for name in ARRAYS:
+        shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
+      if os.path.exists(meta_path):
+        os.remove(meta_path)
+    os.makedirs(cache_dir, exist_ok=True)
+    arrays = {k: _open(os.path.join(cache_dir, k), shape=s, chunks=ch, dtype=dt)
+              for k, (s, ch, dt) in shapes.items()}
+    write_json_atomic(meta_path, {**desc, "num_clips": n})
+  else:
+    arrays = {k: _open(os.path.join(cache_dir, k)) for k in ARRAYS}
+  done = np.asarray(arrays["done"].read().result())
+  todo = np.flatnonzero(done == 0)
+  augment = loader_lib.ClipAugment(c["height"], c["width"], d.palindrome_prob, "center")
+  t0 = time.perf_counter()
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=n, initial=n - len(todo), unit="clips", dynamic_ncols=True)
+  batches = 0
+  for s in range(0, len(todo), batch_size):
+    idx = todo[s:s + batch_size]
+    clips = [augment(source[int(i)], np.random.default_rng([cfg.seed, int(i)])) for i in idx]
+    frames = np.stack([x["frames"] for x in clips])
+    latents = np.asarray(encode_fn(frames), np.float32)
+    if latents.shape != (len(idx), t, h, w, latent_channels):
+      raise DataError(f"the VAE encoded clips of {frames.shape[1:]} to {latents.shape[1:]}, "
+                      f"expected {(t, h, w, latent_channels)}. Fix: use a VAE whose stride "
+                      "matches config.data (4x in time, spatial_stride in space).")
+    futures = []
+    for j, i in enumerate(idx):
+      x = clips[j]
+      futures += [arrays["latents"][i].write(latents[j]),
+                  arrays["actions"][i].write(x["actions"]),
+                  arrays["poses"][i].write(x["poses"]),
+                  arrays["camera"][i].write(x["camera"]),
+                  arrays["text_tokens"][i].write(x["text_tokens"]),
+                  arrays["clip"][i].write(np.array([x["episode"], x["start"], x["turn"]],
+                                                   np.int32))]
+    for f in futures:
+      f.result()
+    for i in idx:  # after every array of the batch is written
+      arrays["done"][i].write(np.uint8(1)).result()
+    if bar is not None:
+      bar.update(len(idx))
+    batches += 1
+    if stop_after is not None and batches >= stop_after:
+      break
+  if bar is not None:
+    bar.close()
+  encoded = min(len(todo), batches * batch_size)
+  return {"num_clips": n, "encoded_now": int(encoded), "skipped": int(n - len(todo)),
+          "seconds": time.perf_counter() - t0, "rebuilt": rebuilt, "dir": cache_dir}
+
+
+class LatentCacheSource:
+  """A grain random-access source over a complete latent cache: {"latents" [T, h, w, C],
+  "actions" [F, 13], "poses" [F, 12], "camera" [F, 4, 4], "text_tokens" [L], "clip" [3]}."""
+
+  def __init__(self, cache_dir: str, expected: dict | None = None):
+    meta_path = os.path.join(cache_dir, "cache.json")
+    if not os.path.exists(meta_path):
+      raise DataError(f"no latent cache at {cache_dir} (cache.json is missing). Fix: run "
+                      "`relic encode` first.")
+    with open(meta_path) as f:
+      self.meta = json.load(f)
+    if expected is not None:
+      why = _difference(self.meta, expected)
+      if why:
+        raise DataError(f"the latent cache at {cache_dir} is stale: {why}. Fix: re-run "
+                        "`relic encode`, which rebuilds it.")
+    self._dir = cache_dir
+    self._arrays = None
+    done = np.asarray(_open(os.path.join(cache_dir, "done")).read().result())
+    if not done.all():
+      raise DataError(f"the latent cache at {cache_dir} is incomplete ({int(done.sum())} of "
+                      f"{len(done)} clips encoded). Fix: run `relic encode` to finish it.")
+    self._n = len(done)
+
+  def __getstate__(self):
+    return {**self.__dict__, "_arrays": None}
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, index: int) -> dict:
+    if self._arrays is None:
+      self._arrays = {k: _open(os.path.join(self._dir, k)) for k in ARRAYS if k != "done"}
+    futures = {k: a[int(index)].read() for k, a in self._arrays.items()}
+    return {k: np.asarray(f.result()) for k, f in futures.items()}

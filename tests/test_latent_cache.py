@@ -1,0 +1,92 @@
+"""The latent cache (tensorstore zarr): alignment, resume after interruption, invalidation."""
+
+import numpy as np
+import pytest
+
+from data_pipeline import generate, loader
+from data_pipeline import latent_cache as lc
+from data_pipeline.episode import DataError
+from tests.test_data import small_data_config
+
+
+def pool_encoder(scale=1.0):
+  """A stand-in VAE with the real strides: frame 0 alone, then 4-frame means; 8x8 pooling."""
+  def encode(frames):
+    f = frames.astype(np.float32) / 127.5 - 1.0
+    b, n, h, w, _ = f.shape
+    rest = f[:, 1:].reshape(b, (n - 1) // 4, 4, h, w, 3).mean(2)
+    x = np.concatenate([f[:, :1], rest], 1).reshape(b, -1, h // 8, 8, w // 8, 8, 3).mean((3, 5))
+    return scale * np.concatenate([x, -x, x * x], -1)[..., :8]
+  return encode
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  cfg = small_data_config()
+  out = str(tmp_path_factory.mktemp("lc") / "data")
+  generate.generate(cfg, out, progress=False)
+  return cfg, out
+
+
+def test_cache_holds_every_clip_aligned(data, tmp_path):
+  cfg, out = data
+  cache = str(tmp_path / "cache")
+  r = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=3, progress=False)
+  src = loader.make_clip_source(cfg, out)
+  assert r["num_clips"] == len(src) and r["encoded_now"] == len(src) and not r["rebuilt"]
+  cached = lc.LatentCacheSource(cache)
+  augment = loader.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")
+  for i in (0, len(src) // 2, len(src) - 1):
+    want = augment(src[i], np.random.default_rng([cfg.seed, i]))
+    got = cached[i]
+    assert got["latents"].shape == (3, 4, 4, 8)  # 9 frames -> 1 + 2 latent frames
+    np.testing.assert_allclose(got["latents"], pool_encoder()(want["frames"][None])[0],
+                               rtol=1e-6)
+    for k in ("actions", "poses", "camera", "text_tokens"):
+      np.testing.assert_array_equal(got[k], want[k])
+    assert got["clip"].tolist() == [want["episode"], want["start"], want["turn"]]
+
+
+def test_interrupted_build_resumes_without_redoing_clips(data, tmp_path):
+  cfg, out = data
+  cache = str(tmp_path / "cache")
+  first = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=2, progress=False,
+                   stop_after=2)
+  assert first["encoded_now"] == 4
+  with pytest.raises(DataError, match=r"incomplete \(4 of .* clips encoded\)"):
+    lc.LatentCacheSource(cache)
+  calls = []
+
+  def counting(frames):
+    calls.append(len(frames))
+    return pool_encoder()(frames)
+  second = lc.build(cfg, out, cache, counting, "vae-a", 8, batch_size=2, progress=False)
+  assert second["skipped"] == 4 and sum(calls) == second["num_clips"] - 4
+  assert len(lc.LatentCacheSource(cache)) == second["num_clips"]
+
+
+def test_a_changed_vae_is_detected_and_rebuilt(data, tmp_path):
+  cfg, out = data
+  cache = str(tmp_path / "cache")
+  lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, progress=False)
+  before = lc.LatentCacheSource(cache)[0]["latents"]
+  stale = lc.cache_description(cfg, out, "vae-b")
+  with pytest.raises(DataError, match=r"stale: the VAE checkpoint changed \(vae-a -> vae-b\)"):
+    lc.LatentCacheSource(cache, expected=stale)
+  r = lc.build(cfg, out, cache, pool_encoder(2.0), "vae-b", 8, progress=False)
+  assert r["rebuilt"] == "the VAE checkpoint changed (vae-a -> vae-b)"
+  assert r["encoded_now"] == r["num_clips"]
+  np.testing.assert_allclose(lc.LatentCacheSource(cache, expected=stale)[0]["latents"],
+                             2.0 * before, rtol=1e-6)
+  # another clip definition is detected too
+  other = cfg.copy_and_resolve_references()
+  other.data.clip_stride = 16
+  r = lc.build(other, out, cache, pool_encoder(2.0), "vae-b", 8, progress=False)
+  assert r["rebuilt"].startswith("the clip changed")
+
+
+def test_wrong_latent_shape_is_named(data, tmp_path):
+  cfg, out = data
+  with pytest.raises(DataError, match="expected .* Fix: use a VAE whose stride matches"):
+    lc.build(cfg, out, str(tmp_path / "c"), lambda f: np.zeros((len(f), 2, 2, 2, 8)), "v", 8,
+             progress=False)
