@@ -83,6 +83,24 @@ def tokenize_caption(caption: str, length: int) -> np.ndarray:
   return np.pad(raw, (0, length - len(raw)))
 
 
+SPLITS = ("train", "heldout", "all")
+
+
+def split_episodes(n: int, split: str, heldout: int, data_dir: str = "") -> list[int]:
+  """Episode indices of a split: the last `heldout` episodes are held out (evaluation), the
+  rest are for training."""
+  if split not in SPLITS:
+    raise DataError(f"split {split!r} is unknown. Fix: use one of {', '.join(SPLITS)}.")
+  if split != "all" and not 0 <= heldout < n:
+    raise DataError(f"config.data.heldout_episodes={heldout} leaves no training episode of the "
+                    f"{n} in {data_dir}. Fix: hold out fewer, or generate more episodes.")
+  if split == "train":
+    return list(range(n - heldout))
+  if split == "heldout":
+    return list(range(n - heldout, n))
+  return list(range(n))
+
+
 class ClipSource:
   """A grain random-access source of video clips of `num_frames` consecutive frames: every
   (episode, start) with start a multiple of `stride` and the clip inside the episode.
@@ -92,13 +110,14 @@ class ClipSource:
   """
 
   def __init__(self, data_dir: str, num_frames: int, stride: int, text_len: int,
-               verify: bool = True):
+               verify: bool = True, split: str = "all", heldout_episodes: int = 0):
     manifest = shards_lib.read_manifest(data_dir)
     self._entries = shards_lib.episode_entries(manifest)
     self._reader = shards_lib.ShardReader(data_dir, manifest, verify)
     self._frames, self._text_len = num_frames, text_len
-    self._clips = [(e, s) for e, (_, entry) in enumerate(self._entries)
-                   for s in range(0, entry["num_frames"] - num_frames + 1, stride)]
+    episodes = split_episodes(len(self._entries), split, heldout_episodes, data_dir)
+    self._clips = [(e, s) for e in episodes
+                   for s in range(0, self._entries[e][1]["num_frames"] - num_frames + 1, stride)]
     if not self._clips:
       longest = max((entry["num_frames"] for _, entry in self._entries), default=0)
       raise DataError(f"no episode in {data_dir} is long enough for a clip of {num_frames} "
@@ -167,10 +186,13 @@ class ClipAugment:
             "start": clip["start"], "turn": np.int32(turn)}
 
 
-def make_clip_source(cfg: ml_collections.ConfigDict, data_dir: str) -> ClipSource:
+def make_clip_source(cfg: ml_collections.ConfigDict, data_dir: str,
+                     split: str = "train") -> ClipSource:
+  """Clips of the training episodes (split="train": all but the last data.heldout_episodes),
+  the held-out ones, or all."""
   d = cfg.data
   return ClipSource(data_dir, clip_frames(d.latent_frames, cfg.model.cond_frames_per_latent),
-                    d.clip_stride, d.text_len, d.verify_checksums)
+                    d.clip_stride, d.text_len, d.verify_checksums, split, d.heldout_episodes)
 
 
 def make_clip_iterator(cfg: ml_collections.ConfigDict, data_dir: str,

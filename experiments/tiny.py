@@ -17,4 +17,10 @@ def get_config():
   c.train.warmup_steps = 20
   c.train.checkpoint_every = 50
   c.train.log_every = 10
+  # a narrow VAE (strides 4 x 8 x 8 as Wan's): 64x64 frames -> 8x8 latents
+  c.vae.base_dim, c.vae.dim_mult, c.vae.num_res_blocks = 16, (1, 2, 2, 2), 1
+  c.vae.train.update({"steps": 300, "batch_size": 4, "lr": 1e-3, "warmup_steps": 20,
+                      "checkpoint_every": 100, "log_every": 10})
+  c.vae.eval_clips = 8
+  c.vae.tiny_dim, c.vae.tiny_steps = 32, 200
   return c

@@ -5,10 +5,13 @@ Stages available now:
   data            generate the ViZDoom episode dataset (config.data.gen) into <workdir>/data
   data ingest     convert external episodes (--source=DIR, see the README) into the same shards
   data preview    an MP4 and a top-down trajectory PNG of an episode (--episode, --out)
+  train_vae       the causal video VAE on the dataset's clips, then held-out PSNR/SSIM
+  encode          the trained VAE encodes every training clip into the latent cache
+  import-wan-vae  convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params (--out)
   train_teacher   flow-matching training of the (bidirectional) DiT
   import-wan      convert a diffusers Wan 2.1 T2V transformer (--source) to params (--out)
   info            print the resolved config, mesh and parameter count; trains nothing
-Planned stages (later issues): train_vae, encode, ode_init, distill, generate, evaluate,
+Planned stages (later issues): ode_init, distill, generate, evaluate,
 pipeline.
 """
 
@@ -64,6 +67,46 @@ def _data(cfg, workdir, action="generate"):
   print(f"[relic] dataset in {out}: {m['num_episodes']} episodes, {m['num_frames']} frames in "
         f"{m['num_shards']} shards ({timing['shards_written']} written now at {rate:.0f} "
         f"frames/s, {timing['shards_skipped']} already complete) in {time.time() - t0:.1f}s")
+
+
+def _train_vae(cfg, workdir):
+  from relic_jax.training.vae_train import stage_workdir, train_vae
+  final = train_vae(cfg, workdir)
+  print(json.dumps(final, sort_keys=True))
+  ev = final["eval"]
+  print(f"[relic] VAE done: checkpoints in {stage_workdir(workdir)}/checkpoints; held-out PSNR "
+        f"{ev['heldout_psnr']:.2f} dB, SSIM {ev['heldout_ssim']:.3f} over {ev['frames']} "
+        f"frames; input | reconstruction video {ev['video']}")
+
+
+def _encode(cfg, workdir):
+  from relic_jax.training.vae_train import encode_dataset
+  r = encode_dataset(cfg, workdir, progress=cfg.train.progress_bar)
+  print(json.dumps(r, sort_keys=True))
+  why = f" (rebuilt: {r['rebuilt']})" if r["rebuilt"] else ""
+  print(f"[relic] latent cache {r['dir']}: {r['num_clips']} clips, {r['encoded_now']} encoded "
+        f"now in {r['seconds']:.1f}s, {r['skipped']} already there{why}")
+
+
+def _import_wan_vae(cfg, workdir):
+  """A diffusers AutoencoderKLWan (Wan 2.1) directory -> params for config.vae.init_from."""
+  del workdir
+  import dataclasses
+
+  import ml_collections
+  from relic_jax.training import checkpoint as ckpt_lib
+  from relic_jax.weights import LazyStateDict, import_wan_vae, load_config
+  from relic_jax.weights.store import save_params
+  vae_cfg, params = import_wan_vae(LazyStateDict(FLAGS.source), load_config(FLAGS.source),
+                                   param_dtype=cfg.vae.param_dtype)
+  meta = ckpt_lib.describe_model(dataclasses.asdict(vae_cfg), params)
+  save_params(FLAGS.out, ml_collections.ConfigDict(dataclasses.asdict(vae_cfg)), meta, params,
+              extra={"source": os.path.abspath(FLAGS.source)})
+  import jax
+  n = sum(x.size for x in jax.tree.leaves(params))
+  print(f"[relic] imported the Wan VAE ({n:,} params, base_dim {vae_cfg.base_dim}, z_dim "
+        f"{vae_cfg.z_dim}, dim_mult {vae_cfg.dim_mult}) into {os.path.abspath(FLAGS.out)}; "
+        "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
 
 
 def _train_teacher(cfg, workdir):
@@ -138,12 +181,14 @@ def _import_wan(cfg, workdir):
           + "; train it with a config whose model matches (see model_config.json).")
 
 
-STAGES = {"data": _data, "train_teacher": _train_teacher, "info": _info,
-          "import-wan": _import_wan}
+STAGES = {"data": _data, "train_vae": _train_vae, "encode": _encode,
+          "train_teacher": _train_teacher, "info": _info, "import-wan": _import_wan,
+          "import-wan-vae": _import_wan_vae}
 SUBCOMMANDS = {"data": ("generate", "ingest", "preview")}
-PLANNED = ("train_vae", "encode", "ode_init", "distill", "generate", "evaluate", "pipeline")
-NEEDS_WORKDIR = ("train_teacher",)
-NEEDS_FLAGS = {"import-wan": ("source", "out"), "data ingest": ("source",)}
+PLANNED = ("ode_init", "distill", "generate", "evaluate", "pipeline")
+NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode")
+NEEDS_FLAGS = {"import-wan": ("source", "out"), "import-wan-vae": ("source", "out"),
+               "data ingest": ("source",)}
 
 
 def _fail(message: str, code: int = 2):

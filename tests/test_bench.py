@@ -73,3 +73,19 @@ def test_data(tmp_path):
   assert s["loader_clips_per_s"] > 0 and s["trainer_clips_per_s"] > 0
   assert s["loader_over_trainer"] == pytest.approx(
       s["loader_clips_per_s"] / s["trainer_clips_per_s"], rel=1e-6)
+
+
+VAE_KEYS = {"encode_frames_per_s", "decode_frames_per_s", "tiny_decode_frames_per_s",
+            "stream_decode_latency_s", "heldout_psnr", "tiny_decoder_psnr"}
+
+
+def test_vae(tmp_path):
+  s = _bench("vae", "--config=experiments/tiny.py", "--repeats=1", "--config.vae.base_dim=8",
+             "--config.data.latent_frames=2", "--config.data.latent_height=4",
+             "--config.data.latent_width=4", "--config.vae.tiny_dim=16",
+             out=str(tmp_path / "vae.json"))
+  assert VAE_KEYS <= set(s), sorted(s)
+  assert s["clip_frames"] == 5 and (s["height"], s["width"]) == (32, 32)
+  assert s["encode_frames_per_s"] > 0 and s["decode_frames_per_s"] > 0
+  assert s["tiny_decode_frames_per_s"] > 0 and s["stream_decode_latency_s"] > 0
+  assert s["heldout_psnr"] is None and s["trained"] is False  # no --workdir

@@ -270,14 +270,15 @@ def test_every_experiment_config_validates(path):
 
 # ------------------------------------------------------------------------------ the CLI
 
+STAGE_LIST = "data, train_vae, encode, train_teacher, info, import-wan, import-wan-vae"
 FAST_CLI_ERRORS = [
     ("unknown_stage", ["nope", TINY],
-     ["unknown stage 'nope'.", "Available stages: data, train_teacher, info, import-wan."]),
+     ["unknown stage 'nope'.", "Available stages: " + STAGE_LIST + "."]),
     ("planned_stage", ["distill", TINY],
      ["unknown stage 'distill'. 'distill' is planned but not implemented yet.",
-      "Available stages: data, train_teacher, info, import-wan."]),
+      "Available stages: " + STAGE_LIST + "."]),
     ("no_stage", [TINY],
-     ["expected exactly one stage", "stages: data, train_teacher, info, import-wan"]),
+     ["expected exactly one stage", "stages: " + STAGE_LIST]),
     ("missing_config", ["info"], ["--config is required, e.g. --config=experiments/tiny.py"]),
     ("config_file_not_found", ["info", "--config=experiments/nope.py"],
      ["cannot load --config=experiments/nope.py: no such file 'experiments/nope.py'", "Fix: "]),

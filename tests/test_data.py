@@ -223,15 +223,15 @@ def test_corrupt_shard_is_detected_and_named(dataset, tmp_path):
 def test_truncated_and_missing_shards_are_named(dataset, tmp_path):
   cfg, out, _ = dataset
   bad = _copy_dataset(out, tmp_path / "truncated")
-  path = os.path.join(bad, shards.shard_name(1))
+  path = os.path.join(bad, shards.shard_name(0))
   data = open(path, "rb").read()
   open(path, "wb").write(data[: len(data) // 3])
-  with pytest.raises(DataError, match="shard-00001.arrayrecord is .* bytes but its index says"):
+  with pytest.raises(DataError, match="shard-00000.arrayrecord is .* bytes but its index says"):
     src = _clip_reader(bad, cfg, verify=False)
     for i in range(len(src)):
       src[i]
   os.remove(path)
-  with pytest.raises(DataError, match="shard-00001.arrayrecord is missing"):
+  with pytest.raises(DataError, match="shard-00000.arrayrecord is missing"):
     src = _clip_reader(bad, cfg, verify=False)
     for i in range(len(src)):
       src[i]
@@ -408,3 +408,18 @@ def test_clip_batches_assemble_into_a_sharded_global_batch(dataset):
   assert frames.shape == batch["frames"].shape and len(frames.sharding.device_set) == 8
   assert {s.data.shape[0] for s in frames.addressable_shards} == {1}
   np.testing.assert_array_equal(jax.device_get(frames), batch["frames"])
+
+
+def test_heldout_episodes_are_kept_out_of_training(dataset):
+  cfg, out, manifest = dataset
+  train = loader.make_clip_source(cfg, out, "train")
+  held = loader.make_clip_source(cfg, out, "heldout")
+  every = loader.make_clip_source(cfg, out, "all")
+  ep = lambda src: {int(src[i]["episode"]) for i in range(len(src))}
+  assert cfg.data.heldout_episodes == 1
+  assert ep(held) == {manifest["num_episodes"] - 1} and ep(train) == {0, 1}
+  assert len(train) + len(held) == len(every)
+  bad = cfg.copy_and_resolve_references()
+  bad.data.heldout_episodes = 3
+  with pytest.raises(DataError, match="heldout_episodes=3 leaves no training episode"):
+    loader.make_clip_source(bad, out)

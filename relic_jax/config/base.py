@@ -113,6 +113,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.crop = "center"          # "center" or "random": crop to the clip's aspect, then resize
   d.spatial_stride = 8       # pixels per latent (the VAE): frames are 8*latent_height high
   d.verify_checksums = True  # SHA-256 of each shard when first opened
+  d.heldout_episodes = 1     # the dataset's last episodes, kept out of training (evaluation)
+  d.latent_dir = ""          # the latent cache (`relic encode`); "" = <workdir>/latents
+  d.encode_batch_size = 8    # clips per VAE call in `relic encode`
   # ViZDoom generation (`relic data`, data_pipeline/doom.py)
   g = d.gen = ml_collections.ConfigDict()
   g.wads = ("freedoom2",)    # freedoom1 (E1M1..E4M9) and/or freedoom2 (MAP01..MAP32)
@@ -130,6 +133,28 @@ def get_base_config() -> ml_collections.ConfigDict:
   g.codec = "jpeg"           # "jpeg" or "png" (lossless)
   g.jpeg_quality = 95
   g.workers = 0              # processes; 0 = one per CPU core
+
+  # ---------------------------------------------------------------- vae
+  # The Wan 2.1 causal video VAE (relic_jax/models/vae.py; these defaults are Wan's, 127M
+  # params): strides 4 in time and 2 ** (len(dim_mult) - 1) = 8 in space, z_dim channels
+  # (= model.in_channels). `relic train_vae` trains it in <workdir>/vae with config.train
+  # overridden by vae.train.
+  v = c.vae = ml_collections.ConfigDict()
+  v.base_dim = 96
+  v.z_dim = 16
+  v.dim_mult = (1, 2, 4, 4)
+  v.num_res_blocks = 2
+  v.temporal_downsample = (False, True, True)
+  v.dtype = "float32"
+  v.param_dtype = "float32"
+  v.kl_weight = 1e-6         # KL (mean per latent element) vs L1 (mean per pixel)
+  v.init_from = ""           # params from `relic import-wan-vae --out` (Wan 2.1's VAE)
+  v.eval_clips = 16          # held-out clips evaluated at the end of the stage
+  v.tiny_dim = 64            # the tiny decoder's width (relic_jax/models/tiny_decoder.py)
+  v.tiny_steps = 1000        # its training steps after the VAE's (0: no tiny decoder)
+  v.train = ml_collections.ConfigDict({
+      "steps": 2000, "batch_size": 8, "lr": 1e-4, "warmup_steps": 100, "ema_decay": 0.0,
+      "checkpoint_every": 500, "log_every": 50})
 
   # ---------------------------------------------------------------- train
   t = c.train = ml_collections.ConfigDict()

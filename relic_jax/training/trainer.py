@@ -4,7 +4,8 @@ NaN guard, progress bar, TensorBoard, FLOPs/MFU, compiled memory/cost analysis, 
 A stage (teacher, later ODE init and distillation) supplies a `Task`:
   model_config: dict                         (written into checkpoints, checked on restore)
   init_params(rng) -> boxed params           (nn.Partitioned leaves with logical axis names)
-  loss_fn(params, batch, rng) -> scalar loss
+  loss_fn(params, batch, rng) -> scalar loss, or (loss, {name: scalar}) when the task has
+                                 has_aux = True (the extra scalars are logged with the loss)
   example_batch(batch_size) -> dict of np arrays (shapes/dtypes of a per-process batch)
   flops_per_example() -> float               (analytic model FLOPs of one training example)
   tokens_per_example() -> int
@@ -52,7 +53,11 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, t_cfg, seed: i
 
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    loss, grads = jax.value_and_grad(task.loss_fn)(state.params, batch, rng)
+    if getattr(task, "has_aux", False):
+      (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state.params, batch,
+                                                                          rng)
+    else:
+      (loss, grads), aux = jax.value_and_grad(task.loss_fn)(state.params, batch, rng), {}
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -61,7 +66,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, t_cfg, seed: i
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A non-finite step leaves the state as it was; the host raises before anything is saved.
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+    metrics = {**aux, "loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                "finite": finite}
     return new, metrics
 
@@ -231,7 +236,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
           f"update was discarded and nothing from this step was saved; the latest good "
           f"checkpoint is step {ckpt.latest_step()}. Fix: lower config.train.lr, enable "
           "config.train.grad_clip, or check the data.")
-    out = {"loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]), "lr": float(m["lr"])}
+    out = {k: float(v) for k, v in m.items() if k != "finite"}
     for hook in hooks:
       hook(step, out)
     return out

@@ -1,0 +1,1 @@
+"""Evaluation: image metrics now; action following, revisit memory and drift later."""

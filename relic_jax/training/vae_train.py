@@ -1,0 +1,295 @@
+"""The VAE stage (`relic train_vae`): the Wan 2.1 causal video VAE trained on the data
+pipeline's clips, then evaluated on held-out episodes.
+
+Loss per clip x in [-1, 1] (1 + 4k frames): with (mean, logvar) = encode(x) and
+z = mean + exp(logvar / 2) eps,
+  loss = |decode(z) - x|_1 (mean over pixels) + vae.kl_weight * KL(q(z|x) || N(0, I)) (mean
+  over latent elements).
+The stage trains with the generic trainer (checkpoints, resume, logging, NaN guard) in
+<workdir>/vae, with config.train overridden by config.vae.train, and can start from imported
+Wan 2.1 VAE weights (config.vae.init_from, see `relic import-wan-vae`). At the end it evaluates
+the final params on clips of the held-out episodes: PSNR and SSIM per frame
+(<workdir>/vae/eval.json) and a side-by-side MP4, input | reconstruction
+(<workdir>/vae/reconstruction.mp4).
+"""
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from relic_jax.models import tiny_decoder as tiny_lib
+from relic_jax.models import vae as vae_lib
+
+VAE_FIELDS = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temporal_downsample",
+              "dtype", "param_dtype")
+
+
+def vae_config(v: ml_collections.ConfigDict) -> vae_lib.VAEConfig:
+  return vae_lib.VAEConfig(**{k: (tuple(v[k]) if isinstance(v[k], (list, tuple)) else v[k])
+                              for k in VAE_FIELDS})
+
+
+def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """cfg with config.train overridden by config.vae.train (and train.init_from by
+  vae.init_from): what the trainer runs for the VAE stage."""
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    for k, v in cfg.vae.train.items():
+      out.train[k] = v
+    out.train.init_from = cfg.vae.init_from
+  return out
+
+
+def stage_workdir(workdir: str) -> str:
+  return os.path.join(workdir, "vae")
+
+
+class FramesOnly:
+  """A clip iterator restricted to some keys, keeping get_state/set_state."""
+
+  def __init__(self, iterator, keys=("frames",)):
+    self._it, self._keys = iterator, keys
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._it)
+    return {k: batch[k] for k in self._keys}
+
+  def get_state(self):
+    return self._it.get_state()
+
+  def set_state(self, state):
+    self._it.set_state(state)
+
+
+def to_unit(frames):
+  """uint8 frames -> float32 in [-1, 1]."""
+  return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(video) -> np.ndarray:
+  return np.asarray(np.clip(np.round((np.asarray(video) + 1.0) * 127.5), 0, 255), np.uint8)
+
+
+class VAETask:
+  """A `trainer.Task`: reconstruction + KL of video clips."""
+  has_aux = True
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    from data_pipeline.loader import clip_frames
+    self.cfg = cfg
+    self.vae = vae_config(cfg.vae)
+    self.model_config = dataclasses.asdict(self.vae)
+    d = cfg.data
+    if self.vae.spatial_stride != d.spatial_stride:
+      raise ValueError(f"config.vae.dim_mult={tuple(cfg.vae.dim_mult)} gives a spatial stride "
+                       f"of {self.vae.spatial_stride}, but config.data.spatial_stride="
+                       f"{d.spatial_stride}. Fix: make them agree (Wan: 8).")
+    self.frames = clip_frames(d.latent_frames, self.vae.temporal_stride)
+    self.height = d.latent_height * d.spatial_stride
+    self.width = d.latent_width * d.spatial_stride
+
+  def example_batch(self, batch_size: int) -> dict:
+    return {"frames": np.zeros((batch_size, self.frames, self.height, self.width, 3), np.uint8)}
+
+  def init_params(self, rng):
+    return vae_lib.init_params(self.vae, rng)
+
+  def loss_fn(self, params, batch, rng):
+    x = to_unit(batch["frames"])
+    mean, logvar = vae_lib.encode(params, self.vae, x)
+    z = vae_lib.sample(rng, mean, logvar)
+    recon = vae_lib.decode(params, self.vae, z, clamp=False).astype(jnp.float32)
+    mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+    l1 = jnp.abs(recon - x).mean()
+    mse = jnp.square(recon - x).mean()
+    kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar).mean()
+    loss = l1 + self.cfg.vae.kl_weight * kl
+    return loss, {"l1": l1, "mse": mse, "kl": kl, "psnr": 10.0 * jnp.log10(4.0 / mse)}
+
+  @functools.cache
+  def flops_per_example(self) -> float:
+    """XLA's count for one clip's encode + decode (the VAE has no simple analytic form)."""
+    x = jax.ShapeDtypeStruct((1, self.frames, self.height, self.width, 3), jnp.float32)
+    params = jax.eval_shape(self.init_params, jax.random.key(0))
+
+    def fwd(p, v):
+      return vae_lib.decode(p, self.vae, vae_lib.encode(p, self.vae, v)[0], clamp=False)
+    cost = jax.jit(fwd).lower(params, x).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+  def tokens_per_example(self) -> int:
+    """Pixels per clip (the trainer's tokens/s is pixels/s for this stage)."""
+    return self.frames * self.height * self.width
+
+
+def reconstruct_fn(vae: vae_lib.VAEConfig):
+  """A jitted uint8 clip batch -> (latent mean, reconstruction in [-1, 1])."""
+  @jax.jit
+  def run(params, frames):
+    mean, _ = vae_lib.encode(params, vae, to_unit(frames))
+    return mean, vae_lib.decode(params, vae, mean)
+  return run
+
+
+def evaluate(cfg, params, data_dir: str, out_dir: str, max_clips: int | None = None,
+             tiny_params=None) -> dict:
+  """PSNR/SSIM of held-out reconstructions (the latent mean decoded) and a side-by-side MP4
+  (input | VAE decoder | tiny decoder, when tiny_params are given)."""
+  from data_pipeline import loader
+  from data_pipeline.preview import write_video
+  from relic_jax.evaluation import metrics
+  from relic_jax.io_utils import write_json_atomic
+  source = loader.make_clip_source(cfg, data_dir, split="heldout")
+  augment = loader.ClipAugment(cfg.data.latent_height * cfg.data.spatial_stride,
+                               cfg.data.latent_width * cfg.data.spatial_stride, 0.0, "center")
+  n = min(len(source), max_clips or cfg.vae.eval_clips)
+  # evenly spread over the held-out clips
+  picks = np.unique(np.linspace(0, len(source) - 1, n).round().astype(int))
+  run = reconstruct_fn(vae_config(cfg.vae))
+  tiny_cfg = tiny_config(cfg)
+  tiny = jax.jit(lambda p, z: tiny_lib.decode(p, tiny_cfg, z))
+  psnrs, ssims, tiny_psnrs, tiny_ssims, pairs = [], [], [], [], []
+  for i in picks:
+    frames = augment(source[int(i)], np.random.default_rng(0))["frames"]
+    mean, recon = run(params, frames[None])
+    recon = to_uint8(recon[0])
+    psnrs.append(metrics.psnr(frames, recon))
+    ssims.append(metrics.ssim(frames, recon))
+    panels = [frames, recon]
+    if tiny_params is not None:
+      fast = to_uint8(tiny(tiny_params, mean)[0])
+      tiny_psnrs.append(metrics.psnr(frames, fast))
+      tiny_ssims.append(metrics.ssim(frames, fast))
+      panels.append(fast)
+    if len(pairs) < 4:
+      pairs.append(np.concatenate(panels, axis=2))
+  psnrs, ssims = np.concatenate(psnrs), np.concatenate(ssims)
+  os.makedirs(out_dir, exist_ok=True)
+  video = write_video(os.path.join(out_dir, "reconstruction.mp4"), np.concatenate(pairs),
+                      fps=8.0, captions_per_frame=None)
+  result = {"heldout_psnr": float(np.mean(np.minimum(psnrs, 100.0))),
+            "heldout_ssim": float(np.mean(ssims)), "clips": int(len(picks)),
+            "frames": int(len(psnrs)), "video": video,
+            "tiny_decoder_psnr": (float(np.mean(np.minimum(np.concatenate(tiny_psnrs), 100.0)))
+                                  if tiny_psnrs else None),
+            "tiny_decoder_ssim": (float(np.mean(np.concatenate(tiny_ssims)))
+                                  if tiny_ssims else None)}
+  write_json_atomic(os.path.join(out_dir, "eval.json"), result)
+  return result
+
+
+class TinyDecoderTask:
+  """A `trainer.Task`: the tiny decoder regresses the clip (L1) from the frozen VAE encoder's
+  latent means. The VAE's params are constants of the step (fine for VAEs of tiny/small size;
+  a 127M-param Wan VAE would rather encode once into the latent cache first)."""
+  has_aux = True
+
+  def __init__(self, cfg: ml_collections.ConfigDict, vae_params):
+    self.cfg = cfg
+    self.vae_task = VAETask(cfg)
+    self.vae = self.vae_task.vae
+    self.tiny = tiny_config(cfg)
+    self.model_config = dataclasses.asdict(self.tiny)
+    self._vae_params = vae_params
+
+  def example_batch(self, batch_size: int) -> dict:
+    return self.vae_task.example_batch(batch_size)
+
+  def init_params(self, rng):
+    return tiny_lib.init_params(self.tiny, rng)
+
+  def loss_fn(self, params, batch, rng):
+    del rng
+    x = to_unit(batch["frames"])
+    z = jax.lax.stop_gradient(vae_lib.encode(self._vae_params, self.vae, x)[0])
+    recon = tiny_lib.decode(params, self.tiny, z, clamp=False)
+    l1 = jnp.abs(recon - x).mean()
+    mse = jnp.square(recon - x).mean()
+    return l1, {"l1": l1, "mse": mse, "psnr": 10.0 * jnp.log10(4.0 / mse)}
+
+  def flops_per_example(self) -> float:
+    return 0.0  # not reported for this stage
+
+  def tokens_per_example(self) -> int:
+    return self.vae_task.tokens_per_example()
+
+
+def tiny_config(cfg) -> "tiny_lib.TinyDecoderConfig":
+  vae = vae_config(cfg.vae)
+  return tiny_lib.TinyDecoderConfig(z_dim=vae.z_dim, dim=cfg.vae.tiny_dim,
+                                    temporal_stride=vae.temporal_stride,
+                                    upsamples=len(vae.dim_mult) - 1)
+
+
+def tiny_stage_config(cfg):
+  out = stage_config(cfg)
+  with out.unlocked():
+    out.train.steps = cfg.vae.tiny_steps
+    out.train.init_from = ""
+  return out
+
+
+def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the VAE, then the tiny decoder on its latents (vae.tiny_steps > 0),
+  then evaluates both on held-out clips; returns the VAE's final metrics with "eval"."""
+  from data_pipeline.generate import dataset_dir
+  from data_pipeline.loader import make_clip_iterator
+  from relic_jax.training.trainer import load_state, train
+  data_dir = dataset_dir(cfg, workdir)
+  run_cfg = stage_config(cfg)
+  task = VAETask(run_cfg)
+  out = stage_workdir(workdir)
+  final = train(run_cfg, out, task, FramesOnly(make_clip_iterator(run_cfg, data_dir)))
+  params = load_state(run_cfg, out, task).params
+  tiny_params = None
+  if cfg.vae.tiny_steps > 0:
+    tiny_cfg = tiny_stage_config(cfg)
+    tiny_task = TinyDecoderTask(tiny_cfg, params)
+    tiny_dir = os.path.join(workdir, "vae_tiny")
+    final["tiny"] = train(tiny_cfg, tiny_dir, tiny_task,
+                          FramesOnly(make_clip_iterator(tiny_cfg, data_dir)))
+    tiny_params = load_state(tiny_cfg, tiny_dir, tiny_task).params
+  final["eval"] = evaluate(run_cfg, params, data_dir, out, tiny_params=tiny_params)
+  return final
+
+
+def params_fingerprint(params) -> str:
+  """A content hash of a params pytree (names, shapes, dtypes and bytes)."""
+  import hashlib
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+    leaf = np.asarray(leaf)
+    h.update(f"{jax.tree_util.keystr(path)}:{leaf.shape}:{leaf.dtype};".encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()[:16]
+
+
+def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
+                   stop_after: int | None = None) -> dict:
+  """`relic encode`: the latest VAE checkpoint of <workdir>/vae encodes every training clip into
+  the latent cache (config.data.latent_dir or <workdir>/latents); resumable, rebuilt when the
+  VAE checkpoint changes."""
+  from data_pipeline import latent_cache
+  from data_pipeline.generate import dataset_dir
+  from relic_jax.training.trainer import load_state
+  run_cfg = stage_config(cfg)
+  task = VAETask(run_cfg)
+  params = load_state(run_cfg, stage_workdir(workdir), task).params
+  encode = jax.jit(lambda p, f: vae_lib.encode(p, task.vae, to_unit(f))[0])
+
+  def encode_fn(frames):
+    return np.asarray(encode(params, frames))
+  cache_dir = cfg.data.latent_dir or os.path.join(workdir, "latents")
+  return latent_cache.build(cfg, dataset_dir(cfg, workdir), cache_dir, encode_fn,
+                            params_fingerprint(params), task.vae.z_dim,
+                            batch_size=cfg.data.encode_batch_size, progress=progress,
+                            stop_after=stop_after)
