@@ -3,7 +3,8 @@
 Layout of a cache directory (config.data.latent_dir, or <workdir>/latents):
   cache.json      what the cache was built from: the VAE fingerprint, the dataset's config hash
                   and episode count, the clip definition (frames, latent frames, size, stride,
-                  palindrome probability, seed), the number of clips, the alignment rule
+                  palindrome probability, seed), the number of clips, the alignment rule, and
+                  once complete the per-channel latent mean and std (`latent_stats`)
   latents/        [N, T, h, w, C] float32, one zarr chunk per clip (the VAE's latent mean)
   actions/        [N, F, 13] float32, per video frame (F = 1 + 4 (T - 1))
   poses/          [N, F, 12] float32, per video frame, relative to the clip's first frame
@@ -163,8 +164,26 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
   if bar is not None:
     bar.close()
   encoded = min(len(todo), batches * batch_size)
+  stats = None
+  if np.asarray(arrays["done"].read().result()).all():
+    stats = latent_stats(arrays["latents"])
+    with open(meta_path) as f:
+      meta = json.load(f)
+    write_json_atomic(meta_path, {**meta, "latent_stats": stats})
   return {"num_clips": n, "encoded_now": int(encoded), "skipped": int(n - len(todo)),
-          "seconds": time.perf_counter() - t0, "rebuilt": rebuilt, "dir": cache_dir}
+          "seconds": time.perf_counter() - t0, "rebuilt": rebuilt, "dir": cache_dir,
+          "latent_stats": stats}
+
+
+def latent_stats(latents, max_clips: int = 256) -> dict:
+  """Per-channel mean and std of the cached latents (over up to max_clips evenly spread clips),
+  for normalising them before the DiT, (z - mean) / std, as Wan does with its own constants."""
+  n = latents.shape[0]
+  picks = np.unique(np.linspace(0, n - 1, min(n, max_clips)).round().astype(int))
+  z = np.stack([np.asarray(latents[int(i)].read().result()) for i in picks])
+  z = z.reshape(-1, z.shape[-1]).astype(np.float64)
+  return {"mean": z.mean(0).tolist(), "std": np.maximum(z.std(0), 1e-6).tolist(),
+          "clips": int(len(picks))}
 
 
 class LatentCacheSource:

@@ -35,6 +35,10 @@ def test_cache_holds_every_clip_aligned(data, tmp_path):
   src = loader.make_clip_source(cfg, out)
   assert r["num_clips"] == len(src) and r["encoded_now"] == len(src) and not r["rebuilt"]
   cached = lc.LatentCacheSource(cache)
+  every = np.stack([cached[i]["latents"] for i in range(len(cached))]).reshape(-1, 8)
+  stats = cached.meta["latent_stats"]  # every clip (fewer than 256): exact
+  np.testing.assert_allclose(stats["mean"], every.mean(0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats["std"], every.std(0), rtol=1e-4, atol=1e-6)
   augment = loader.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")
   for i in (0, len(src) // 2, len(src) - 1):
     want = augment(src[i], np.random.default_rng([cfg.seed, i]))
