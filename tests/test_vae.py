@@ -241,29 +241,21 @@ def small_sd():
   return {k: v.numpy() for k, v in model.state_dict().items()}, dict(model.config)
 
 
-def test_missing_tensor_is_named(small_sd):
+@pytest.mark.parametrize("edit,message", [
+    (lambda sd: {k: v for k, v in sd.items()
+                 if k != "decoder.up_blocks.1.resnets.0.conv2.bias"},
+     r"tensor decoder\.up_blocks\.1\.resnets\.0\.conv2\.bias is missing.*Fix"),
+    (lambda sd: {**sd, "decoder.mid_block.attentions.0.to_out.weight": np.zeros((32, 32, 1, 1))},
+     r"tensor decoder\.mid_block\.attentions\.0\.to_out\.weight is not part of a Wan 2\.1 "
+     r"VAE.*Fix"),
+    (lambda sd: {**sd, "encoder.mid_block.attentions.0.to_qkv.weight": np.zeros((48, 17, 1, 1))},
+     r"tensor encoder\.mid_block\.attentions\.0\.to_qkv\.weight has shape \[48, 17, 1, 1\], "
+     r"expected \[48, 16, 1, 1\]"),
+], ids=["missing_tensor", "unknown_tensor", "wrong_shape"])
+def test_bad_tensor_is_named(small_sd, edit, message):
   sd, hf = small_sd
-  sd = {k: v for k, v in sd.items() if k != "decoder.up_blocks.1.resnets.0.conv2.bias"}
-  with pytest.raises(WanImportError, match=r"tensor decoder\.up_blocks\.1\.resnets\.0\.conv2\.bias"
-                                           r" is missing.*Fix"):
-    import_wan_vae(sd, hf)
-
-
-def test_unknown_tensor_is_named(small_sd):
-  sd, hf = small_sd
-  sd = {**sd, "decoder.mid_block.attentions.0.to_out.weight": np.zeros((32, 32, 1, 1))}
-  with pytest.raises(WanImportError, match=r"tensor decoder\.mid_block\.attentions\.0\.to_out\."
-                                           r"weight is not part of a Wan 2\.1 VAE.*Fix"):
-    import_wan_vae(sd, hf)
-
-
-def test_wrong_shape_is_named(small_sd):
-  sd, hf = small_sd
-  sd = {**sd, "encoder.mid_block.attentions.0.to_qkv.weight": np.zeros((48, 17, 1, 1))}
-  with pytest.raises(WanImportError, match=r"tensor encoder\.mid_block\.attentions\.0\.to_qkv\."
-                                           r"weight has shape \[48, 17, 1, 1\], expected "
-                                           r"\[48, 16, 1, 1\]"):
-    import_wan_vae(sd, hf)
+  with pytest.raises(WanImportError, match=message):
+    import_wan_vae(edit(sd), hf)
 
 
 def test_wan22_is_refused(small_sd):

@@ -434,6 +434,28 @@ def _check_latents(cfg: VAEConfig, z) -> None:
                      "diffusers' [B, z, T, h, w], transpose(0, 2, 3, 4, 1)).")
 
 
+def _run_stream(module, params, cache, x, first: bool, chunk: int, init_cache, check_cache):
+  """Runs `module` over x [B, T, ...] chunk by chunk, threading the causal cache: a stream's
+  first frame alone (first=True, from init_cache()), then chunks of `chunk` frames. A Python
+  loop (unrolled), not lax.scan: XLA:CPU runs the convs of a rolled loop, and their
+  gradients, ~20x slower (tiny VAE train step: 30 s -> 1.6 s). Returns (cache, outputs
+  concatenated in time)."""
+  def step(c, part, is_first=False):
+    y, c = module.apply({"params": params}, part, c, is_first)
+    return c, y
+
+  outs = []
+  if first:
+    cache, y = step(init_cache(), x[:, :1], True)
+    outs, x = [y], x[:, 1:]
+  else:
+    check_cache(cache)
+  for i in range(x.shape[1] // chunk):
+    cache, y = step(cache, x[:, i * chunk:(i + 1) * chunk])
+    outs.append(y)
+  return cache, jnp.concatenate(outs, axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "first"))
 def encode_chunk(params, cfg: VAEConfig, cache, x_BTHWC, first: bool = False):
   """One chunk of a stream -> (cache, (mean, logvar)), latents [B, T', H / 8, W / 8, z].
@@ -441,33 +463,18 @@ def encode_chunk(params, cfg: VAEConfig, cache, x_BTHWC, first: bool = False):
   first=True starts a stream (the given cache is ignored; None is fine): the chunk holds
   1 + 4k frames, frame 0 is encoded alone (T' = 1 + k). Otherwise the chunk holds 4k frames
   (T' = k) and `cache` is the one returned for the previous chunk. Chunks of 4 frames are run
-  one after another by the same code, so a whole clip and a stream of 4-frame chunks compute the same thing; this
-  function compiles once per (chunk shape, first).
+  one after another by the same code, so a whole clip and a stream of 4-frame chunks compute
+  the same thing; this function compiles once per (chunk shape, first).
   """
   _check_video(cfg, x_BTHWC, first)
   b, _, h, w, _ = x_BTHWC.shape
   x = x_BTHWC.astype(jnp.dtype(cfg.dtype))
-  spec = _cache_spec(Encoder, cfg, b, h, w)
-  encoder = Encoder(cfg)
-
-  def step(c, chunk, is_first=False):
-    y, c = encoder.apply({"params": params["encoder"]}, chunk, c, is_first)
-    return c, y
-
-  outs = []
-  if first:
-    cache, y = step(init_encoder_cache(cfg, b, h, w), x[:, :1], True)
-    outs, x = [y], x[:, 1:]
-  else:
-    _check_cache(cache, spec, "encode_chunk", "init_encoder_cache")
-  if x.shape[1]:
-    k = cfg.temporal_stride
-    # A Python loop (unrolled), not lax.scan: XLA:CPU runs the convs of a rolled loop, and
-    # their gradients, ~20x slower (tiny VAE train step: 30 s -> 1.6 s).
-    for i in range(x.shape[1] // k):
-      cache, y = step(cache, x[:, i * k:(i + 1) * k])
-      outs.append(y)
-  mean, logvar = jnp.split(jnp.concatenate(outs, axis=1), 2, axis=-1)
+  cache, y = _run_stream(
+      Encoder(cfg), params["encoder"], cache, x, first, cfg.temporal_stride,
+      lambda: init_encoder_cache(cfg, b, h, w),
+      lambda c: _check_cache(c, _cache_spec(Encoder, cfg, b, h, w), "encode_chunk",
+                             "init_encoder_cache"))
+  mean, logvar = jnp.split(y, 2, axis=-1)
   return cache, (mean, jnp.clip(logvar, *LOGVAR_RANGE))
 
 
@@ -480,24 +487,11 @@ def decode_chunk(params, cfg: VAEConfig, cache, z_BTHWC, first: bool = False, cl
   b, _, h, w, _ = z_BTHWC.shape
   s = cfg.spatial_stride
   z = z_BTHWC.astype(jnp.dtype(cfg.dtype))
-  decoder = Decoder(cfg)
-
-  def step(c, frame, is_first=False):
-    y, c = decoder.apply({"params": params["decoder"]}, frame, c, is_first)
-    return c, y
-
-  outs = []
-  if first:
-    cache, y = step(init_decoder_cache(cfg, b, h * s, w * s), z[:, :1], True)
-    outs, z = [y], z[:, 1:]
-  else:
-    _check_cache(cache, _cache_spec(Decoder, cfg, b, h * s, w * s), "decode_chunk",
-                 "init_decoder_cache")
-  if z.shape[1]:
-    for i in range(z.shape[1]):  # unrolled, as in encode_chunk
-      cache, y = step(cache, z[:, i:i + 1])
-      outs.append(y)
-  video = jnp.concatenate(outs, axis=1)
+  cache, video = _run_stream(
+      Decoder(cfg), params["decoder"], cache, z, first, 1,
+      lambda: init_decoder_cache(cfg, b, h * s, w * s),
+      lambda c: _check_cache(c, _cache_spec(Decoder, cfg, b, h * s, w * s), "decode_chunk",
+                             "init_decoder_cache"))
   return cache, (jnp.clip(video, -1.0, 1.0) if clamp else video)
 
 
