@@ -4,7 +4,8 @@ The trainer is data-source-agnostic: it asks for an iterator of per-process batc
 numpy arrays with a leading batch axis) that has `get_state()` / `set_state()`, and saves that
 state with every checkpoint.
 
-  make_train_iterator(cfg)           latent clips of the synthetic source (the teacher demo)
+  make_train_iterator(cfg)           latent clips for the DiT: the synthetic source (the teacher
+                                     demo) or the latent cache (`relic encode`)
   make_clip_iterator(cfg, data_dir)  video clips cut from episode shards (`relic data`)
 
 Both shuffle by config.seed, repeat forever, batch the global batch and deal it out: process p
@@ -27,12 +28,63 @@ from data_pipeline.episode import DataError
 from data_pipeline.synthetic import SyntheticLatents
 
 
-def make_source(cfg: ml_collections.ConfigDict):
+def make_source(cfg: ml_collections.ConfigDict, latent_dir: str = ""):
+  """The DiT's examples: {"latents", "text"} (+ "actions", "poses" from the latent cache)."""
   d, m = cfg.data, cfg.model
   if d.source == "synthetic":
     return SyntheticLatents(d.num_examples, d.latent_frames, d.latent_height, d.latent_width,
                             m.in_channels, d.text_len, m.text_dim, seed=cfg.seed)
-  raise ValueError(f"config.data.source={d.source!r} is unknown. Fix: use 'synthetic'.")
+  if d.source == "latents":
+    return CachedLatents(cfg, latent_dir or d.latent_dir)
+  raise ValueError(f"config.data.source={d.source!r} is unknown. Fix: use 'synthetic' or "
+                   "'latents'.")
+
+
+class CachedLatents:
+  """The latent cache as DiT examples: latents normalised per channel by the cache's
+  latent_stats, (z - mean) / std (data.normalize_latents), caption byte tokens as "text", and
+  the per-video-frame actions and poses."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, cache_dir: str):
+    from data_pipeline.latent_cache import LatentCacheSource
+    if not cache_dir:
+      raise DataError("config.data.source='latents' needs the latent cache's directory. Fix: "
+                      "run `relic encode` and pass --workdir (the cache is <workdir>/latents) "
+                      "or set config.data.latent_dir.")
+    self._source = LatentCacheSource(cache_dir)
+    clip, d = self._source.meta["clip"], cfg.data
+    want = {"latent_frames": d.latent_frames, "text_len": d.text_len,
+            "height": d.latent_height * d.spatial_stride,
+            "width": d.latent_width * d.spatial_stride}
+    for k, v in want.items():
+      if clip[k] != v:
+        raise DataError(f"the latent cache at {cache_dir} holds clips with {k}={clip[k]}, but "
+                        f"the config asks for {v}. Fix: re-run `relic encode` with this config, "
+                        "or use the config that built the cache.")
+    self.stats = self._source.meta.get("latent_stats")
+    self._norm = None
+    if d.normalize_latents:
+      if self.stats is None:
+        raise DataError(f"the latent cache at {cache_dir} has no latent_stats. Fix: re-run "
+                        "`relic encode` to complete it.")
+      self._norm = (np.asarray(self.stats["mean"], np.float32),
+                    np.asarray(self.stats["std"], np.float32))
+    channels = len(self.stats["mean"]) if self.stats else cfg.model.in_channels
+    if channels != cfg.model.in_channels:
+      raise DataError(f"the latent cache at {cache_dir} has {channels} latent channels, but "
+                      f"model.in_channels={cfg.model.in_channels}. Fix: set model.in_channels "
+                      f"(and out_channels) to {channels}.")
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    x = self._source[index]
+    z = x["latents"]
+    if self._norm is not None:
+      z = (z - self._norm[0]) / self._norm[1]
+    return {"latents": z.astype(np.float32), "text": x["text_tokens"].astype(np.int32),
+            "actions": x["actions"], "poses": x["poses"]}
 
 
 def per_process_batch_size(global_batch: int, process_count: int) -> int:
@@ -43,13 +95,14 @@ def per_process_batch_size(global_batch: int, process_count: int) -> int:
 
 
 def make_train_iterator(cfg: ml_collections.ConfigDict, process_index: int | None = None,
-                        process_count: int | None = None):
+                        process_count: int | None = None, latent_dir: str = ""):
   """Infinite, shuffled (per epoch, by seed) batches for this process. The global batch is the
   concatenation of every process's batch in process order, and equals the batch a single
-  process would read: results do not depend on the number of hosts."""
+  process would read: results do not depend on the number of hosts. latent_dir: the latent
+  cache for data.source='latents' (default: config.data.latent_dir)."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  source = make_source(cfg)
+  source = make_source(cfg, latent_dir)
   local_batch = per_process_batch_size(cfg.train.batch_size, process_count)
   if len(source) < cfg.train.batch_size:
     raise ValueError(f"config.data.num_examples={len(source)} is smaller than one global batch "

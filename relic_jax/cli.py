@@ -110,12 +110,27 @@ def _import_wan_vae(cfg, workdir):
 
 
 def _train_teacher(cfg, workdir):
+  """Trains the teacher in <workdir>/teacher, on the synthetic latents or on the latent cache
+  (data.source='latents': config.data.latent_dir or <workdir>/latents, as `relic encode` wrote
+  it); the cache's latent_stats, which the teacher's latents are normalised by, are copied to
+  <workdir>/teacher/latent_stats.json for generation."""
+  from data_pipeline.loader import CachedLatents, make_train_iterator
+  from relic_jax.io_utils import write_json_atomic
   from relic_jax.training.teacher import TeacherTask
   from relic_jax.training.trainer import train
-  final = train(cfg, workdir, TeacherTask(cfg))
+  out = os.path.join(workdir, "teacher")
+  iterator = None
+  if cfg.data.source == "latents":
+    latent_dir = cfg.data.latent_dir or os.path.join(workdir, "latents")
+    stats = CachedLatents(cfg, latent_dir).stats  # checks the cache against the config
+    iterator = make_train_iterator(cfg, latent_dir=latent_dir)
+    if cfg.data.normalize_latents:
+      os.makedirs(out, exist_ok=True)
+      write_json_atomic(os.path.join(out, "latent_stats.json"), stats)
+  final = train(cfg, out, TeacherTask(cfg), iterator)
   print(json.dumps(final, sort_keys=True))
-  print(f"[relic] done: checkpoints in {workdir}/checkpoints, TensorBoard logs in "
-        f"{workdir}/tensorboard, final metrics in {workdir}/final_metrics.json")
+  print(f"[relic] done: checkpoints in {out}/checkpoints, TensorBoard logs in "
+        f"{out}/tensorboard, final metrics in {out}/final_metrics.json")
 
 
 def _info(cfg, workdir):

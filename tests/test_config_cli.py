@@ -366,7 +366,7 @@ def test_cli_refuses_a_checkpoint_of_a_different_model(tmp_path):
   r = run_cli(*common, "--config.train.steps=2", "--config.train.checkpoint_every=2")
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.loads(r.stdout.splitlines()[-2])["step"] == 2
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt_dir = os.path.join(workdir, "teacher", "checkpoints")
   assert os.listdir(ckpt_dir) == ["2"]
 
   r = run_cli(*common, "--config.train.steps=4", "--config.model.dim=32",

@@ -163,3 +163,33 @@ def test_yarn_only_touches_low_temporal_frequencies():
   a1 = rope_lib.rope_angles(128, (30, 2, 2), 10000.0, yarn_factor=4.0)
   np.testing.assert_array_equal(a0[:, 22:], a1[:, 22:])  # spatial parts untouched
   assert np.max(np.abs(a0[:, :22] - a1[:, :22])) > 0
+
+
+def test_byte_text_encoder_masks_padding_and_reads_the_caption():
+  from data_pipeline.loader import tokenize_caption
+  from relic_jax.models.text_encoder import ByteTextEncoder
+  enc = ByteTextEncoder(width=16, out_dim=8, num_layers=2)
+  toks = jnp.asarray(np.stack([tokenize_caption("a red room", 16),
+                               tokenize_caption("a blue hall", 16)]))
+  params = nn.meta.unbox(enc.init(jax.random.key(0), toks))["params"]
+  out = np.asarray(enc.apply({"params": params}, toks))
+  assert out.shape == (2, 16, 8)
+  pad = np.asarray(toks) == 0
+  assert pad.any() and np.all(out[pad] == 0.0) and np.all(np.abs(out[~pad]).sum(-1) > 0)
+  assert np.abs(out[0, :2] - out[1, :2]).max() > 1e-3  # "a " then context differs
+  # shared prefix, different rest: attention carries the rest back to the prefix
+  toks2 = toks.at[0, 5].set(toks[0, 5] + 1)
+  out2 = np.asarray(enc.apply({"params": params}, toks2))
+  assert np.abs(out2[0, 0] - out[0, 0]).max() > 1e-5
+
+
+def test_dit_with_byte_text_encoder():
+  x, t, _ = inputs(t=2)
+  model = make_model(text_encoder="bytes", text_encoder_width=16, text_encoder_layers=1)
+  toks = jnp.asarray(np.tile(np.arange(1, 9, dtype=np.int32), (x.shape[0], 1)))
+  params = random_params(model, x, t, toks)
+  assert "text_encoder" in params
+  y = model.apply({"params": params}, x, t, toks)
+  assert y.shape == x.shape and np.all(np.isfinite(y))
+  with pytest.raises(ValueError, match="takes byte tokens"):
+    model.apply({"params": params}, x, t, jnp.zeros((x.shape[0], 8, 32)))

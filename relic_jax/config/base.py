@@ -40,6 +40,9 @@ DEFAULT_RULES = (
     ("modulation_out", "tensor"),
     ("layers", None),
     ("norm", None),
+    ("vocab", None),
+    ("text_mlp", None),
+    ("text_out", None),
 )
 
 
@@ -58,6 +61,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.out_channels = 16
   m.patch_size = (1, 2, 2)
   m.text_dim = 32          # umT5 gives 4096; tiny configs use a small random embedding
+  # "none": text arrives as precomputed embeddings [B, L, text_dim] (umT5 for real Wan weights,
+  # the synthetic source's random ones); "bytes": as byte tokens [B, L] (our captions), embedded
+  # by a small built-in transformer trained with the DiT (models/text_encoder.py).
+  m.text_encoder = "none"
+  m.text_encoder_width = 64
+  m.text_encoder_layers = 2
   m.freq_dim = 256         # sinusoidal timestep embedding width
   m.eps = 1e-6
   m.qk_norm = True         # RMS norm across heads on q and k (Wan: "rms_norm_across_heads")
@@ -98,7 +107,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
-  d.source = "synthetic"
+  d.source = "synthetic"     # "synthetic" (no download) or "latents" (the latent cache)
   d.latent_frames = 4       # T latent frames per clip (the first is the clean image latent)
   d.latent_height = 8
   d.latent_width = 8
@@ -115,6 +124,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   d.verify_checksums = True  # SHA-256 of each shard when first opened
   d.heldout_episodes = 1     # the dataset's last episodes, kept out of training (evaluation)
   d.latent_dir = ""          # the latent cache (`relic encode`); "" = <workdir>/latents
+  d.normalize_latents = True # source "latents": (z - mean) / std per channel (cache.json stats)
   d.encode_batch_size = 8    # clips per VAE call in `relic encode`
   # ViZDoom generation (`relic data`, data_pipeline/doom.py)
   g = d.gen = ml_collections.ConfigDict()

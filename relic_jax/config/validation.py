@@ -13,7 +13,8 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_no_batch_saveable", "of
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
-DATA_SOURCES = ("synthetic",)
+DATA_SOURCES = ("synthetic", "latents")
+TEXT_ENCODERS = ("none", "bytes")
 CROPS = ("center", "random")
 CODECS = ("jpeg", "png")
 WADS = ("freedoom1", "freedoom2")
@@ -72,6 +73,14 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     v = m[f]
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
       _fail(f"{prefix}.{f}", v, "must be a non-negative integer", "use 0 (off) or the vector size")
+  _choice(m, "text_encoder", TEXT_ENCODERS, prefix)
+  for f in ("text_encoder_width", "text_encoder_layers"):
+    v = m[f]
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+      _fail(f"{prefix}.{f}", v, "must be a positive integer", "set a positive integer")
+  if m.text_encoder_width % 2:
+    _fail(f"{prefix}.text_encoder_width", m.text_encoder_width,
+          "must be even (the built-in text encoder has 2 heads)", "use an even width")
   v = m.cond_frames_per_latent
   if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
     _fail(f"{prefix}.cond_frames_per_latent", v, "must be a positive integer",
@@ -284,6 +293,17 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
           f"does not divide the {cfg.data.latent_frames // pt} patched latent frames",
           "choose latent_frames as a multiple of block_frames")
   validate_data(cfg.data)
+  if cfg.data.source == "latents":
+    m = cfg.model
+    if m.text_encoder != "bytes":
+      _fail("model.text_encoder", m.text_encoder, "the latent cache holds captions as byte "
+            "tokens, which need the built-in text encoder", "set model.text_encoder='bytes'")
+    if m.action_dim not in (0, 13):
+      _fail("model.action_dim", m.action_dim, "the latent cache holds RELIC's 13-d actions",
+            "use 13 (or 0 to train without actions)")
+    if m.pose_dim not in (0, 12):
+      _fail("model.pose_dim", m.pose_dim, "the latent cache holds 12-d poses (flattened 3x4 "
+            "camera-to-first-frame extrinsics)", "use 12 (or 0 to train without poses)")
   t = cfg.train
   for f in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
     _positive(cfg, f"train.{f}")

@@ -27,6 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from relic_jax.models import attention as attn_lib
 from relic_jax.models import rope as rope_lib
+from relic_jax.models.text_encoder import ByteTextEncoder
 from relic_jax.models.layers import (AffineLayerNorm, RMSNorm, dense, gate, layer_norm_fp32,
                                      modulate, per_frame)
 
@@ -51,6 +52,9 @@ class DiTConfig:
   out_channels: int = 16
   patch_size: tuple[int, int, int] = (1, 2, 2)
   text_dim: int = 32
+  text_encoder: str = "none"
+  text_encoder_width: int = 64
+  text_encoder_layers: int = 2
   freq_dim: int = 256
   eps: float = 1e-6
   qk_norm: bool = True
@@ -221,8 +225,10 @@ def _block_class(cfg: DiTConfig, scanned: bool):
   return cls
 
 
-# Param names RELIC adds to the Wan 2.1 backbone (encoders and per-block projections).
-RELIC_ADDITIONS = ("action_encoder", "pose_encoder", "action_proj", "pose_q", "pose_k")
+# Param names RELIC adds to the Wan 2.1 backbone (encoders and per-block projections), and our
+# built-in text encoder (instead of umT5): none of them is in a Wan checkpoint.
+RELIC_ADDITIONS = ("action_encoder", "pose_encoder", "action_proj", "pose_q", "pose_k",
+                   "text_encoder")
 
 
 class CondEncoder(nn.Module):
@@ -249,7 +255,10 @@ class CondEncoder(nn.Module):
 
 
 class WanDiT(nn.Module):
-  """x [B, T, H, W, C_in], t [B, T] or [B] (0..1000), text [B, L, text_dim] -> [B, T, H, W, C_out]."""
+  """x [B, T, H, W, C_in], t [B, T] or [B] (0..1000), text [B, L, text_dim] -> [B, T, H, W, C_out].
+
+  With cfg.text_encoder == "bytes", text is byte tokens [B, L] int32 instead, embedded by the
+  built-in encoder (param "text_encoder")."""
   cfg: DiTConfig
 
   @nn.compact
@@ -280,6 +289,13 @@ class WanDiT(nn.Module):
     e_BT6D = e.astype(jnp.float32).reshape(b, nt, 6, c.dim)
 
     # text projection
+    if c.text_encoder == "bytes":
+      if jnp.issubdtype(text_BLC.dtype, jnp.floating) or text_BLC.ndim != 2:
+        raise ValueError(f"model.text_encoder='bytes' takes byte tokens [B, L] int32; got "
+                         f"{text_BLC.dtype} {text_BLC.shape}")
+      text_BLC = ByteTextEncoder(c.text_encoder_width, c.text_dim, c.text_encoder_layers,
+                                 dtype=c.dtype, param_dtype=c.param_dtype,
+                                 name="text_encoder")(text_BLC)
     ctx = dense(c.dim, ("text_embed", "embed"), "text_embedding_1", dt, pdt)(text_BLC.astype(dt))
     ctx = dense(c.dim, ("embed", "embed_out"), "text_embedding_2", dt, pdt)(
         jax.nn.gelu(ctx, approximate=True))
