@@ -108,8 +108,10 @@ INVALID = [
     ("num_examples_zero", {"data.num_examples": 0}, "config.data.num_examples=0", "positive"),
     ("latent_width_vs_patch", {"data.latent_width": 7}, "config.data.latent_width=7",
      "not divisible by the patch size 2"),
-    ("block_frames_do_not_divide_frames", {"model.attention_mode": "block_causal"},
-     "config.model.block_frames=3", "does not divide the 4 patched latent frames"),
+    ("block_frames_do_not_divide_frames", {"model.attention_mode": "block_causal",
+                                           "model.block_frames": 2},
+     "config.model.block_frames=2",
+     "does not divide the 4 patched latent frames after the first block of 1"),
     ("one_frame_with_clean_first_frame", {"data.latent_frames": 1},
      "config.data.latent_frames=1", "no frame left to denoise"),
     # train

@@ -87,10 +87,14 @@ def test_analytic_flops_match_xla(dims):
 
 def test_block_causal_flops_count_visible_keys_only():
   bi = DiTConfig(dim=128, ffn_dim=256, num_heads=2, num_layers=2)
-  causal = dataclasses.replace(bi, attention_mode="block_causal", block_frames=2)
+  causal = dataclasses.replace(bi, attention_mode="block_causal", block_frames=2,
+                               first_block_frames=2)
   # 8 frames of 8x8/4 = 16 tokens; 4 blocks of 2 frames: a query in block k sees (k+1)*32 keys
   s, p = 8 * 16, 16
   mean_keys = sum((k + 1) * 2 * p for k in range(4)) / 4
   assert flops.mean_visible_keys(causal, 8, p) == mean_keys
+  # frame 0 alone, then blocks [1, 2], [3, 4], [5, 6], and frame 7 would be cut: use 7 frames
+  image_first = dataclasses.replace(causal, first_block_frames=1)
+  assert flops.mean_visible_keys(image_first, 7, p) == p * (1 * 1 + 2 * 3 + 2 * 5 + 2 * 7) / 7
   diff = flops.forward_flops(bi, 8, 8, 8, 4) - flops.forward_flops(causal, 8, 8, 8, 4)
   assert diff == pytest.approx(2 * 4 * s * (s - mean_keys) * 128)

@@ -33,7 +33,8 @@ def test_block_causal_earlier_blocks_ignore_later_frames(scan):
   # 6 latent frames in blocks of 2: changing frames 4..5 (block 2) must leave frames 0..3 as
   # they were, and must change frames 4..5.
   x, t, txt = inputs(t=6)
-  model = make_model(attention_mode="block_causal", block_frames=2, scan_layers=scan)
+  model = make_model(attention_mode="block_causal", block_frames=2, first_block_frames=2,
+                     scan_layers=scan)
   params = random_params(model, x, t, txt)
   y0 = model.apply({"params": params}, x, t, txt)
   y1 = model.apply({"params": params}, _perturb_frames(x, 4), t, txt)
@@ -43,6 +44,20 @@ def test_block_causal_earlier_blocks_ignore_later_frames(scan):
   y2 = model.apply({"params": params}, x.at[:, 3].add(3.0), t, txt)
   np.testing.assert_allclose(y0[:, :2], y2[:, :2], atol=ATOL)
   assert np.max(np.abs(y0[:, 2] - y2[:, 2])) > 1e-2
+
+
+def test_block_causal_image_frame_is_its_own_block():
+  # RELIC's layout (first_block_frames=1): [0], [1, 2, 3], [4, 5, 6]
+  x, t, txt = inputs(t=7)
+  model = make_model(attention_mode="block_causal", block_frames=3)
+  params = random_params(model, x, t, txt)
+  y0 = model.apply({"params": params}, x, t, txt)
+  y1 = model.apply({"params": params}, x.at[:, 1].add(3.0), t, txt)
+  np.testing.assert_allclose(y0[:, :1], y1[:, :1], atol=ATOL)
+  assert np.max(np.abs(y0[:, 3] - y1[:, 3])) > 1e-2 and np.max(np.abs(y0[:, 4] - y1[:, 4])) > 1e-2
+  y2 = model.apply({"params": params}, x.at[:, 4].add(3.0), t, txt)
+  np.testing.assert_allclose(y0[:, :4], y2[:, :4], atol=ATOL)
+  assert np.max(np.abs(y0[:, 6] - y2[:, 6])) > 1e-2
 
 
 def test_bidirectional_earlier_frames_see_later_frames():
@@ -58,7 +73,7 @@ def test_block_causal_with_one_block_equals_bidirectional():
   x, t, txt = inputs(t=4)
   bi = make_model(attention_mode="bidirectional")
   params = random_params(bi, x, t, txt)
-  causal = make_model(attention_mode="block_causal", block_frames=4)
+  causal = make_model(attention_mode="block_causal", block_frames=4, first_block_frames=4)
   np.testing.assert_allclose(bi.apply({"params": params}, x, t, txt),
                              causal.apply({"params": params}, x, t, txt), atol=ATOL)
 

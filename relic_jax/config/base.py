@@ -82,6 +82,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # frames sees itself and every earlier block).
   m.attention_mode = "bidirectional"
   m.block_frames = 3
+  m.first_block_frames = 1   # frame 0, the clean image latent, is a block of its own
   # Implementation of the attention kernel: "xla" (any backend), "cudnn" (NVIDIA flash
   # attention through cuDNN; bf16/fp16 only), "splash" (TPU Pallas splash attention; runs in
   # the slow Pallas interpreter on other backends, for testing).
@@ -143,6 +144,27 @@ def get_base_config() -> ml_collections.ConfigDict:
   g.codec = "jpeg"           # "jpeg" or "png" (lossless)
   g.jpeg_quality = 95
   g.workers = 0              # processes; 0 = one per CPU core
+
+  # ---------------------------------------------------------------- memory (student KV cache)
+  # relic_jax/memory/kv_cache.py. "relic": a window of the last `window` latent frames plus a
+  # memory of every older frame, pooled by schedule[i % len] per side; "full": nothing
+  # pooled (full history); "window": no memory. max_frames sizes the preallocated buffers
+  # (latent frames of a session, frame 0 included: 1 + 3 x 80 = 60 s at 4 latent frames/s).
+  mem = c.memory = ml_collections.ConfigDict()
+  mem.mode = "relic"
+  mem.window = 6
+  mem.schedule = (1, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4)  # RELIC's S
+  mem.kv_dtype = "float32"   # "float32", "bfloat16" or "float8_e4m3fn" (with a per-token scale)
+  mem.max_frames = 241
+  mem.overflow = "error"     # past max_frames: "error", or "drop" (stop adding to the memory)
+
+  # ---------------------------------------------------------------- generate (the student)
+  gen = c.generate = ml_collections.ConfigDict()
+  gen.timesteps = (1000, 750, 500, 250)  # few-step sampler, per block
+  gen.shift = 5.0
+  gen.action_scale = 0.1     # metres per action unit per video frame, to integrate poses
+  gen.decoder = "vae"        # "vae" (the full streaming decoder) or "tiny"
+  gen.fps = 17.5             # video frames per second (the data's)
 
   # ---------------------------------------------------------------- vae
   # The Wan 2.1 causal video VAE (relic_jax/models/vae.py; these defaults are Wan's, 127M

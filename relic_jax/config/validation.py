@@ -74,6 +74,10 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
       _fail(f"{prefix}.{f}", v, "must be a non-negative integer", "use 0 (off) or the vector size")
   _choice(m, "text_encoder", TEXT_ENCODERS, prefix)
+  if not (isinstance(m.first_block_frames, int) and 1 <= m.first_block_frames <= m.block_frames):
+    _fail(f"{prefix}.first_block_frames", m.first_block_frames,
+          f"must be in [1, block_frames={m.block_frames}]",
+          "use 1 (the image latent alone) or block_frames (equal blocks)")
   for f in ("text_encoder_width", "text_encoder_layers"):
     v = m[f]
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -234,6 +238,34 @@ def validate_sharding(cfg: ml_collections.ConfigDict, shape: dict, num_processes
             f"{' * '.join(axes)} divides {size}")
 
 
+def validate_generation(cfg: ml_collections.ConfigDict) -> None:
+  """config.memory (the student's KV cache) and config.generate (the few-step sampler)."""
+  from relic_jax.memory.kv_cache import KV_DTYPES, MODES, OVERFLOWS
+  mem, gen = cfg.memory, cfg.generate
+  _choice(mem, "mode", MODES, prefix="memory")
+  _choice(mem, "kv_dtype", KV_DTYPES, prefix="memory")
+  _choice(mem, "overflow", OVERFLOWS, prefix="memory")
+  for f in ("window", "max_frames"):
+    v = mem[f]
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+      _fail(f"memory.{f}", v, "must be a positive integer", "set a positive integer")
+  sched = tuple(mem.schedule)
+  if not sched or any(not isinstance(x, int) or x <= 0 for x in sched):
+    _fail("memory.schedule", sched, "must be a non-empty list of positive pooling factors",
+          "use e.g. RELIC's (1, 4, 2, 4, ...)")
+  if mem.max_frames < 1 + cfg.model.block_frames:
+    _fail("memory.max_frames", mem.max_frames, "holds less than frame 0 and one block",
+          f"use at least {1 + cfg.model.block_frames}")
+  steps = tuple(gen.timesteps)
+  if not steps or any(not 0 < t <= 1000 for t in steps) or list(steps) != sorted(steps, reverse=True):
+    _fail("generate.timesteps", steps, "must be decreasing values in (0, 1000]",
+          "use e.g. (1000, 750, 500, 250)")
+  for f in ("shift", "action_scale", "fps"):
+    if not gen[f] > 0:
+      _fail(f"generate.{f}", gen[f], "must be positive", "set a positive number")
+  _choice(gen, "decoder", ("vae", "tiny"), prefix="generate")
+
+
 def validate_data(d: ml_collections.ConfigDict) -> None:
   """The episode-dataset fields: clip cutting and ViZDoom generation."""
   for f in ("clip_stride", "spatial_stride"):
@@ -288,11 +320,15 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     if cfg.data[f] % p:
       _fail(f"data.{f}", cfg.data[f], f"not divisible by the patch size {p}",
             "make the latent size a multiple of model.patch_size")
-  if cfg.model.attention_mode == "block_causal" and (cfg.data.latent_frames // pt) % cfg.model.block_frames:
-    _fail("model.block_frames", cfg.model.block_frames,
-          f"does not divide the {cfg.data.latent_frames // pt} patched latent frames",
-          "choose latent_frames as a multiple of block_frames")
+  m = cfg.model
+  if m.attention_mode == "block_causal" and (
+      cfg.data.latent_frames // pt - m.first_block_frames) % m.block_frames:
+    _fail("model.block_frames", m.block_frames,
+          f"does not divide the {cfg.data.latent_frames // pt} patched latent frames after the "
+          f"first block of {m.first_block_frames}",
+          "choose latent_frames = first_block_frames + a multiple of block_frames")
   validate_data(cfg.data)
+  validate_generation(cfg)
   if cfg.data.source == "latents":
     m = cfg.model
     if m.text_encoder != "bytes":

@@ -48,15 +48,20 @@ def block_ids(num_frames: int, tokens_per_frame: int, block_frames: int, frame_o
 
 
 def dot_product_attention(q_BSNH, k_BSNH, v_BSNH, *, impl: str = "xla", scale: float | None = None,
-                          block_causal: BlockCausal | None = None, q_blocks=None, kv_blocks=None):
+                          block_causal: BlockCausal | None = None, q_blocks=None, kv_blocks=None,
+                          kv_valid=None):
   """Softmax attention; unmasked unless `block_causal` (or, xla/cudnn only, q_blocks and
-  kv_blocks) is given. `scale` defaults to 1/sqrt(head dim)."""
+  kv_blocks) is given. kv_valid [Sk] or [B, Sk] (xla only): keys that exist (the KV cache's
+  filled slots); every query must see at least one. `scale` defaults to 1/sqrt(head dim)."""
   if impl not in IMPLS:
     raise ValueError(f"attention impl {impl!r} is unknown; use one of {IMPLS}")
   if block_causal is not None and q_blocks is not None:
     raise ValueError("give either block_causal or q_blocks/kv_blocks, not both")
   if (q_blocks is None) != (kv_blocks is None):
     raise ValueError("q_blocks and kv_blocks go together")
+  if kv_valid is not None and impl != "xla":
+    raise ValueError(f"attention impl {impl!r} does not take a key mask (kv_valid); the KV "
+                     "cache path needs attention_impl='xla'")
   if impl == "splash":
     if q_blocks is not None:
       raise ValueError("splash attention needs the static block layout: pass block_causal="
@@ -69,5 +74,8 @@ def dot_product_attention(q_BSNH, k_BSNH, v_BSNH, *, impl: str = "xla", scale: f
   mask = None
   if q_blocks is not None:
     mask = (kv_blocks[None, :] <= q_blocks[:, None])[None, None]  # [1, 1, Sq, Sk]
+  if kv_valid is not None:
+    valid = kv_valid[None, None, None, :] if kv_valid.ndim == 1 else kv_valid[:, None, None, :]
+    mask = valid if mask is None else mask & valid
   return jax.nn.dot_product_attention(q_BSNH, k_BSNH, v_BSNH, mask=mask, scale=scale,
                                       implementation=impl)

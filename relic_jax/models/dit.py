@@ -66,6 +66,7 @@ class DiTConfig:
   yarn_beta_slow: float = 1.0
   attention_mode: str = "bidirectional"
   block_frames: int = 3
+  first_block_frames: int = 1  # block-causal: frame 0 (the image latent) is a block of its own
   attention_impl: str = "xla"
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -101,7 +102,10 @@ class SelfAttention(nn.Module):
   block_causal: attn_lib.BlockCausal | None = None  # static; None: bidirectional
 
   @nn.compact
-  def __call__(self, x_BSD, angles, pose_BTD=None):
+  def __call__(self, x_BSD, angles, pose_BTD=None, cache=None):
+    """cache: None, or (this layer's KV cache, the shared cache view) from `memory.kv_cache`:
+    the tokens attend to the cached keys/values and to themselves (one block, bidirectional);
+    then returns (out, (k, v)) with the tokens' own keys (before RoPE) and values, to cache."""
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     b, s, _ = x_BSD.shape
@@ -123,8 +127,16 @@ class SelfAttention(nn.Module):
       q = RMSNorm(c.eps, param_dtype=pdt, name="norm_q")(q)
       k = RMSNorm(c.eps, param_dtype=pdt, name="norm_k")(k)
     q, k, v = (y.reshape(b, s, c.num_heads, c.head_dim) for y in (q, k, v))
+    new_kv = (k, v)
     q = rope_lib.apply_rope(q, angles)
     k = rope_lib.apply_rope(k, angles)
+    kv_valid = None
+    if cache is not None:
+      from relic_jax.memory import kv_cache as kv_lib  # the cache layout lives there
+      ck, cv, valid = kv_lib.read(cache[0], cache[1], dt)
+      k = jnp.concatenate([ck, k], axis=1)
+      v = jnp.concatenate([cv, v], axis=1)
+      kv_valid = jnp.concatenate([valid, jnp.ones((b, s), bool)], axis=1)
     q = nn.with_logical_constraint(q, ("batch", "act_len", "act_heads", None))
     # Keys/values are gathered over the context axis: every query shard sees all keys.
     k = nn.with_logical_constraint(k, ("batch", None, "act_kv_heads", None))
@@ -132,9 +144,10 @@ class SelfAttention(nn.Module):
     out = attn_lib.dot_product_attention(
         q, k, v, impl=c.attention_impl,
         scale=rope_lib.yarn_attention_scale(c.yarn_factor) / (c.head_dim ** 0.5),
-        block_causal=self.block_causal)
+        block_causal=None if cache is not None else self.block_causal, kv_valid=kv_valid)
     out = nn.with_logical_constraint(out, ("batch", "act_len", "act_heads", None))
-    return dense(c.dim, ("heads", "embed"), "o", dt, pdt)(out.reshape(b, s, c.dim))
+    out = dense(c.dim, ("heads", "embed"), "o", dt, pdt)(out.reshape(b, s, c.dim))
+    return out if cache is None else (out, new_kv)
 
 
 class CrossAttention(nn.Module):
@@ -180,7 +193,9 @@ class WanBlock(nn.Module):
   block_causal: attn_lib.BlockCausal | None = None
 
   @nn.compact
-  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, action_BTD=None, pose_BTD=None):
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, action_BTD=None, pose_BTD=None,
+               cache_layer=None, cache_shared=None):
+    """Returns (x, kv): kv is None, or with a KV cache the tokens' own (k, v) to cache."""
     c = self.cfg
     x_BSD = checkpoint_name(x_BSD, "block_input")
     table = self.param(
@@ -191,7 +206,11 @@ class WanBlock(nn.Module):
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (mod[:, :, i] for i in range(6))
 
     h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_sa, scale_sa)
-    h = SelfAttention(c, self.block_causal, name="self_attn")(h, angles, pose_BTD)
+    cache = None if cache_layer is None else (cache_layer, cache_shared)
+    h = SelfAttention(c, self.block_causal, name="self_attn")(h, angles, pose_BTD, cache)
+    kv = None
+    if cache is not None:
+      h, kv = h
     x_BSD = x_BSD + gate(h.astype(jnp.float32), gate_sa)
     if action_BTD is not None:
       # RELIC: the action embedding is added to the hidden states right after self-attention
@@ -208,14 +227,17 @@ class WanBlock(nn.Module):
     h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_ff, scale_ff)
     h = FeedForward(c, name="ffn")(h)
     x_BSD = x_BSD + gate(h.astype(jnp.float32), gate_ff)
-    return nn.with_logical_constraint(x_BSD, ("batch", "act_len", "act_embed"))
+    return nn.with_logical_constraint(x_BSD, ("batch", "act_len", "act_embed")), kv
 
 
 class ScannedBlock(WanBlock):
-  """WanBlock in nn.scan's (carry, x) -> (carry, y) form."""
+  """WanBlock in nn.scan's (carry, x) -> (carry, y) form: x is the layer's KV cache (or
+  None), y the tokens' own (k, v) (or None)."""
 
-  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, action_BTD=None, pose_BTD=None):
-    return super().__call__(x_BSD, ctx_BLD, e_BT6D, angles, action_BTD, pose_BTD), None
+  def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, action_BTD=None, pose_BTD=None,
+               cache_shared=None, cache_layer=None):
+    return super().__call__(x_BSD, ctx_BLD, e_BT6D, angles, action_BTD, pose_BTD, cache_layer,
+                            cache_shared)
 
 
 def _block_class(cfg: DiTConfig, scanned: bool):
@@ -239,14 +261,19 @@ class CondEncoder(nn.Module):
   cfg: DiTConfig
 
   @nn.compact
-  def __call__(self, c_BFC, num_latent: int):
+  def __call__(self, c_BFC, num_latent: int, with_frame0: bool = True):
+    """with_frame0=False: the vectors of latent frames that do not include frame 0 (a
+    streaming block), F = 4 T."""
     c = self.cfg
     k = c.cond_frames_per_latent
     b, f, ch = c_BFC.shape
-    if f != 1 + k * (num_latent - 1):
+    want = 1 + k * (num_latent - 1) if with_frame0 else k * num_latent
+    if f != want:
       raise ValueError(f"{self.name}: got {f} per-frame vectors for {num_latent} latent frames; "
-                       f"expected 1 + {k} x ({num_latent} - 1) = {1 + k * (num_latent - 1)}")
-    x = jnp.concatenate([jnp.repeat(c_BFC[:, :1], k - 1, axis=1), c_BFC], axis=1)
+                       f"expected {want}")
+    x = c_BFC
+    if with_frame0:
+      x = jnp.concatenate([jnp.repeat(c_BFC[:, :1], k - 1, axis=1), c_BFC], axis=1)
     x = x.reshape(b, num_latent, k * ch).astype(jnp.dtype(c.dtype))
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     h = dense(c.dim, ("cond_in", "embed"), "fc1", dt, pdt)(x)
@@ -262,7 +289,14 @@ class WanDiT(nn.Module):
   cfg: DiTConfig
 
   @nn.compact
-  def __call__(self, x_BTHWC, t, text_BLC, t_offset=0, actions=None, poses=None):
+  def __call__(self, x_BTHWC, t, text_BLC, t_offset=0, actions=None, poses=None, kv_cache=None,
+               first_frame_in_input: bool = True):
+    """t_offset: the latent frame index of x's first frame (RoPE). kv_cache: None, or
+    (per-layer cache [L, ...], shared view) from `memory.kv_cache.view`: x is then one block
+    that attends to the cache and to itself, and the call returns (out, (k, v)) with the
+    block's keys (before RoPE) and values per layer [L, B, S, N, H], for `kv_cache.write`.
+    first_frame_in_input: whether x starts at frame 0 (the actions/poses patchify frame 0
+    alone); a streaming block after it passes False and 4 vectors per latent frame."""
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     b, t_in, h_in, w_in, ch = x_BTHWC.shape
@@ -307,29 +341,37 @@ class WanDiT(nn.Module):
     # splash can build the mask without materialising it).
     block_causal = None
     if c.attention_mode == "block_causal":
-      block_causal = attn_lib.BlockCausal(block_tokens=c.block_frames * p)
+      off = (c.block_frames - c.first_block_frames) * p  # frame 0 .. first-1 form block 0
+      block_causal = attn_lib.BlockCausal(block_tokens=c.block_frames * p, q_offset=off,
+                                          kv_offset=off)
 
     # RELIC conditioning: per-video-frame actions / poses -> one embedding per latent frame.
     act = pose = None
+    n_cond = (1 + c.cond_frames_per_latent * (t_in - 1) if first_frame_in_input
+              else c.cond_frames_per_latent * t_in)
     if c.action_dim:
-      actions = jnp.zeros((b, 1 + c.cond_frames_per_latent * (t_in - 1), c.action_dim)) \
-          if actions is None else actions
-      act = CondEncoder(c, name="action_encoder")(actions, t_in)[:, ::pt]
+      actions = jnp.zeros((b, n_cond, c.action_dim)) if actions is None else actions
+      act = CondEncoder(c, name="action_encoder")(actions, t_in, first_frame_in_input)[:, ::pt]
     if c.pose_dim:
-      poses = jnp.zeros((b, 1 + c.cond_frames_per_latent * (t_in - 1), c.pose_dim)) \
-          if poses is None else poses
-      pose = CondEncoder(c, name="pose_encoder")(poses, t_in)[:, ::pt]
+      poses = jnp.zeros((b, n_cond, c.pose_dim)) if poses is None else poses
+      pose = CondEncoder(c, name="pose_encoder")(poses, t_in, first_frame_in_input)[:, ::pt]
 
+    cache_layers, cache_shared = (None, None) if kv_cache is None else kv_cache
     if c.scan_layers:
       blocks = nn.scan(
           _block_class(c, scanned=True), variable_axes={"params": 0}, split_rngs={"params": True},
-          in_axes=(nn.broadcast,) * 5, length=c.num_layers,
+          in_axes=(nn.broadcast,) * 6 + (0,), length=c.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = blocks(c, block_causal, name="blocks")(x, ctx, e_BT6D, angles, act, pose)
+      x, new_kv = blocks(c, block_causal, name="blocks")(x, ctx, e_BT6D, angles, act, pose,
+                                                          cache_shared, cache_layers)
     else:
+      kvs = []
       for i in range(c.num_layers):
-        x = _block_class(c, scanned=False)(c, block_causal, name=f"blocks_{i}")(
-            x, ctx, e_BT6D, angles, act, pose)
+        layer = None if cache_layers is None else jax.tree.map(lambda a, i=i: a[i], cache_layers)
+        x, kv = _block_class(c, scanned=False)(c, block_causal, name=f"blocks_{i}")(
+            x, ctx, e_BT6D, angles, act, pose, layer, cache_shared)
+        kvs.append(kv)
+      new_kv = None if kv_cache is None else jax.tree.map(lambda *a: jnp.stack(a), *kvs)
 
     # output head with its own (shift, scale) table added to the (pre-projection) temb
     table = self.param("head_modulation",
@@ -340,7 +382,8 @@ class WanDiT(nn.Module):
     out = dense(pt * ph * pw * c.out_channels, ("embed", "patch"), "proj_out", dt, pdt,
                 kernel_init=nn.initializers.zeros)(x.astype(dt))
     out = out.astype(jnp.float32).reshape(b, nt, nh, nw, pt, ph, pw, c.out_channels)
-    return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t_in, h_in, w_in, c.out_channels)
+    out = out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, t_in, h_in, w_in, c.out_channels)
+    return out if kv_cache is None else (out, new_kv)
 
 
 def unstack_blocks(params: dict, num_layers: int) -> dict:

@@ -11,8 +11,8 @@ Per sample with S video tokens, L text tokens, T patched frames, D dim, F ffn di
     cross-attn core   2 S L D * 2
     FFN               2 S 2 D F
   head                2 S D (pt ph pw C_out)
-K = S for bidirectional attention; for block-causal attention with nb blocks of b frames of P
-tokens, query block k sees (k+1) b P keys, so the mean is b P (nb + 1) / 2.
+K = S for bidirectional attention; for block-causal attention (a first block of f frames, then
+blocks of b frames, P tokens per frame) a query sees every frame up to the end of its block.
 """
 
 from relic_jax.models.dit import DiTConfig
@@ -26,8 +26,10 @@ def tokens(cfg: DiTConfig, frames: int, height: int, width: int) -> tuple[int, i
 def mean_visible_keys(cfg: DiTConfig, frames: int, tokens_per_frame: int) -> float:
   if cfg.attention_mode == "bidirectional":
     return float(frames * tokens_per_frame)
-  nb = frames // cfg.block_frames
-  return cfg.block_frames * tokens_per_frame * (nb + 1) / 2.0
+  f, b = cfg.first_block_frames, cfg.block_frames
+  ends = [f] + [f + b * (k + 1) for k in range((frames - f) // b)]
+  sizes = [f] + [b] * (len(ends) - 1)
+  return tokens_per_frame * sum(n * e for n, e in zip(sizes, ends)) / frames
 
 
 def forward_flops(cfg: DiTConfig, frames: int, height: int, width: int, text_len: int) -> float:

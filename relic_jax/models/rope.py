@@ -39,20 +39,30 @@ def rope_angles(head_dim: int, grid: tuple[int, int, int], theta: float, t_offse
                 yarn_beta_fast: float = 32.0, yarn_beta_slow: float = 1.0):
   """Angles [S, head_dim/2] for a (T, H', W') token grid; `t_offset` shifts the temporal
   positions (a traced scalar is fine: streaming blocks start at their frame index)."""
+  return rope_angles_at(head_dim, grid_positions(grid, t_offset), theta, yarn_factor,
+                        yarn_original_frames, yarn_beta_fast, yarn_beta_slow)
+
+
+def grid_positions(grid: tuple[int, int, int], t_offset=0):
+  """(t, h, w) positions [T*H'*W', 3] float32 of a token grid in row-major order."""
   t, h, w = grid
+  tt, hh, ww = jnp.meshgrid(jnp.arange(t, dtype=jnp.float32) + jnp.asarray(t_offset, jnp.float32),
+                            jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                            indexing="ij")
+  return jnp.stack([tt, hh, ww], -1).reshape(t * h * w, 3)
+
+
+def rope_angles_at(head_dim: int, positions_S3, theta: float, yarn_factor: float = 1.0,
+                   yarn_original_frames: int = 21, yarn_beta_fast: float = 32.0,
+                   yarn_beta_slow: float = 1.0):
+  """Angles [S, head_dim/2] for tokens at arbitrary (t, h, w) positions [S, 3] (fractional
+  positions are fine: the KV memory's pooled tokens sit at the centre of what they pool)."""
   dt, dh, dw = head_dim_split(head_dim)
   inv_t = yarn_inv_frequencies(inv_frequencies(dt, theta), yarn_factor, yarn_original_frames,
                                yarn_beta_fast, yarn_beta_slow)
-  pos_t = jnp.arange(t, dtype=jnp.float32) + jnp.asarray(t_offset, jnp.float32)
-  ang_t = pos_t[:, None] * inv_t[None]
-  ang_h = jnp.arange(h, dtype=jnp.float32)[:, None] * inv_frequencies(dh, theta)[None]
-  ang_w = jnp.arange(w, dtype=jnp.float32)[:, None] * inv_frequencies(dw, theta)[None]
-  full = jnp.concatenate([
-      jnp.broadcast_to(ang_t[:, None, None], (t, h, w, dt // 2)),
-      jnp.broadcast_to(ang_h[None, :, None], (t, h, w, dh // 2)),
-      jnp.broadcast_to(ang_w[None, None, :], (t, h, w, dw // 2)),
-  ], axis=-1)
-  return full.reshape(t * h * w, head_dim // 2)
+  pos = positions_S3.astype(jnp.float32)
+  return jnp.concatenate([pos[:, 0:1] * inv_t[None], pos[:, 1:2] * inv_frequencies(dh, theta)[None],
+                          pos[:, 2:3] * inv_frequencies(dw, theta)[None]], axis=-1)
 
 
 def apply_rope(x_BSNH, angles_SH):

@@ -1,0 +1,168 @@
+"""The student's KV cache and the streaming generator (relic_jax/memory, relic_jax/inference)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from relic_jax.inference import camera
+from relic_jax.inference import streaming as st
+from relic_jax.memory import kv_cache as kv_lib
+from relic_jax.models.dit import DiTConfig, WanDiT
+from tests.helpers import random_params
+
+B, H, W, C = 2, 8, 8, 16
+DIT = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, attention_mode="block_causal",
+                block_frames=3, action_dim=13, pose_dim=12)
+
+
+def memory_cfg(mode="full", window=64, schedule=(1,), max_frames=64, kv_dtype="float32",
+               overflow="error"):
+  return ml_collections.ConfigDict({"mode": mode, "window": window, "schedule": schedule,
+                                    "max_frames": max_frames, "kv_dtype": kv_dtype,
+                                    "overflow": overflow})
+
+
+def conditioning(frames, seed=0):
+  """Latents [B, T, h, w, C], per-video-frame actions [B, F, 13] and poses [B, F, 12]."""
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  f = 1 + 4 * (frames - 1)
+  x = jax.random.normal(k1, (B, frames, H, W, C))
+  actions = jax.random.uniform(k2, (B, f, 13))
+  poses = jax.random.normal(k3, (B, f, 12))
+  text = jax.random.normal(jax.random.key(seed + 7), (B, 8, 32))
+  return x, actions, poses, text
+
+
+def model_params(dit=DIT, seed=1):
+  x, a, p, txt = conditioning(4)
+  model = WanDiT(dit)
+  params = random_params(model, x, jnp.zeros((B, 4)), txt)
+  # the zero-initialised RELIC projections made random, so actions and poses matter
+  keys = iter(jax.random.split(jax.random.key(seed + 5), 8))
+  blocks = params["blocks"]
+  for node in (blocks["action_proj"], blocks["self_attn"]["pose_q"], blocks["self_attn"]["pose_k"]):
+    node["kernel"] = 0.05 * jax.random.normal(next(keys), node["kernel"].shape)
+  return params
+
+
+def cached_forward(params, dit, mem, x, t, actions, poses, text, noisy_from):
+  """Writes frames [0, noisy_from) block by block at t = 0 through the cache, then runs the
+  remaining block against it."""
+  spec = kv_lib.spec_from_config(dit, mem, (H, W))
+  cache = kv_lib.init(spec, B)
+  model = WanDiT(dit)
+
+  def run(cache, lo, hi, tt):
+    first = lo == 0
+    a = actions[:, 0 if first else 1 + 4 * (lo - 1):1 + 4 * (hi - 1)]
+    p = poses[:, 0 if first else 1 + 4 * (lo - 1):1 + 4 * (hi - 1)]
+    return model.apply({"params": params}, x[:, lo:hi], tt, text, t_offset=lo, actions=a,
+                       poses=p, kv_cache=kv_lib.view(cache, spec, dit), first_frame_in_input=first)
+
+  bounds = [(0, 1)] + [(s, s + dit.block_frames) for s in range(1, noisy_from, dit.block_frames)]
+  for lo, hi in bounds:
+    _, (k, v) = run(cache, lo, hi, jnp.zeros((B, hi - lo)))
+    cache = kv_lib.write(cache, spec, k, v)
+  out, _ = run(cache, noisy_from, noisy_from + dit.block_frames, t[:, noisy_from:])
+  return out, cache, spec
+
+
+@pytest.mark.parametrize("window", [64, 3])
+def test_cache_with_no_pooling_equals_one_block_causal_forward(window):
+  """S all ones: with an unbounded window, or a window of 3 frames whose older frames all move
+  into the (unpooled) memory, attending to the cache equals the block-causal forward of the
+  whole sequence (clean context at t = 0, the last block noisy)."""
+  frames = 10  # [0] [1 2 3] [4 5 6] [7 8 9]
+  x, actions, poses, text = conditioning(frames)
+  params = model_params()
+  t = jnp.zeros((B, frames)).at[:, 7:].set(jnp.asarray([[900.0, 900.0, 900.0], [300.0] * 3]))
+  full = WanDiT(DIT).apply({"params": params}, x, t, text, actions=actions, poses=poses)
+  out, cache, _ = cached_forward(params, DIT, memory_cfg(window=window), x, t, actions, poses,
+                                 text, 7)
+  np.testing.assert_allclose(out, full[:, 7:], atol=2e-5)
+  assert int(cache.frames) == 7
+  assert int(cache.mem_len) == (0 if window == 64 else 4 * 16)  # frames 0..3 left the window
+
+
+def test_cache_is_not_a_no_op():
+  """The same check fails when the context differs: the cache really carries the past."""
+  frames = 7
+  x, actions, poses, text = conditioning(frames)
+  params = model_params()
+  t = jnp.zeros((B, frames)).at[:, 4:].set(500.0)
+  full = WanDiT(DIT).apply({"params": params}, x, t, text, actions=actions, poses=poses)
+  out, _, _ = cached_forward(params, DIT, memory_cfg(), x.at[:, 2].add(1.0), t, actions, poses,
+                             text, 4)
+  assert np.abs(out - full[:, 4:]).max() > 1e-3
+
+
+def test_pooling_schedule_fills_memory_as_documented():
+  """RELIC's schedule: frame i leaves the window pooled by S[i mod 18] per side; tokens and
+  their positions (the patch centres) are as documented, and pooled keys are the means."""
+  dit = dataclasses.replace(DIT, num_layers=1)
+  mem = memory_cfg(mode="relic", window=3, schedule=kv_lib.RELIC_SCHEDULE)
+  spec = kv_lib.spec_from_config(dit, mem, (H, W))  # 4 x 4 tokens per frame
+  cache = kv_lib.init(spec, 1)
+  rng = np.random.default_rng(0)
+  written = []
+  for f in range(9):
+    k = rng.standard_normal((1, 1, 16, 2, 32)).astype(np.float32)
+    written.append(k)
+    cache = kv_lib.write(cache, spec, jnp.asarray(k), jnp.asarray(2 * k))
+  # frames 0..5 left the window, pooled by 1, 4, 2, 4, 4, 4 -> 16 + 1 + 4 + 1 + 1 + 1 tokens
+  assert int(cache.mem_len) == 24 == kv_lib.attended_tokens(spec, 9) - 3 * 16
+  mk = np.asarray(cache.mem_k[0, 0])
+  np.testing.assert_allclose(mk[:16], written[0][0, 0], atol=1e-6)
+  np.testing.assert_allclose(mk[16], written[1][0, 0].mean(0), atol=1e-6)
+  grid = written[2][0, 0].reshape(4, 4, 2, 32)
+  np.testing.assert_allclose(mk[17:21], grid.reshape(2, 2, 2, 2, 2, 32).mean((1, 3)).reshape(4, 2, 32),
+                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(cache.mem_v[0, 0, :24]), 2 * mk[:24], atol=1e-5)
+  pos = np.asarray(cache.mem_pos[:24])
+  assert pos[16].tolist() == [1.0, 1.5, 1.5]  # the centre of the 4 x 4 frame 1
+  assert pos[17:21].tolist() == [[2.0, 0.5, 0.5], [2.0, 0.5, 2.5], [2.0, 2.5, 0.5],
+                                 [2.0, 2.5, 2.5]]
+  assert np.asarray(cache.win_frame).tolist() == [6, 7, 8]
+
+
+def test_pooling_pads_grids_the_factor_does_not_divide():
+  """Wan at 480x832 has 30 x 52 tokens: pooled by 4 -> 8 x 13, edge patches averaging only the
+  tokens they have."""
+  x = jnp.arange(6 * 5, dtype=jnp.float32).reshape(1, 1, 30, 1, 1)
+  pooled = kv_lib._pool(x, (6, 5), 4, 30)
+  grid = np.arange(30, dtype=np.float32).reshape(6, 5)
+  want = [grid[:4, :4].mean(), grid[:4, 4:].mean(), grid[4:, :4].mean(), grid[4:, 4:].mean()]
+  np.testing.assert_allclose(np.asarray(pooled[0, 0, :4, 0, 0]), want)
+  spec = kv_lib.CacheSpec(30, 40, 128, (30, 52), 6, kv_lib.RELIC_SCHEDULE, 81)
+  assert spec.pooled_tokens(4) == 8 * 13 and spec.pooled_tokens(2) == 15 * 26
+
+
+@pytest.mark.parametrize("kv_dtype,tol", [("bfloat16", 2e-2), ("float8_e4m3fn", 8e-2)])
+def test_low_precision_kv_storage_stays_close(kv_dtype, tol):
+  frames = 7
+  x, actions, poses, text = conditioning(frames)
+  params = model_params()
+  t = jnp.zeros((B, frames)).at[:, 4:].set(500.0)
+  ref, ref_cache, _ = cached_forward(params, DIT, memory_cfg(), x, t, actions, poses, text, 4)
+  out, cache, spec = cached_forward(params, DIT, memory_cfg(kv_dtype=kv_dtype), x, t, actions,
+                                    poses, text, 4)
+  assert cache.win_k.dtype == jnp.dtype(kv_dtype)
+  err = float(np.abs(out - ref).max() / np.abs(ref).max())
+  assert 0 < err < tol, err
+  full_spec = kv_lib.spec_from_config(DIT, memory_cfg(), (H, W))
+  ratio = spec.kv_bytes() / full_spec.kv_bytes()
+  assert ratio == (0.5 if kv_dtype == "bfloat16" else (32 + 4) / 128)
+
+
+def test_camera_integration_matches_the_data_pipeline():
+  from data_pipeline import poses as poses_lib
+  rng = np.random.default_rng(3)
+  a = np.abs(rng.standard_normal((12, 13))).astype(np.float32) * 0.05
+  first = np.eye(4)
+  want = poses_lib.integrate_actions(first, np.concatenate([np.zeros((1, 13)), a]), 0.3)[1:]
+  got = camera.integrate(jnp.eye(4)[None], jnp.asarray(a)[None], 0.3)[0]
+  np.testing.assert_allclose(got, want, atol=1e-5)
