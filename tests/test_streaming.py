@@ -11,7 +11,7 @@ import pytest
 from relic_jax.inference import camera
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
-from relic_jax.models.dit import DiTConfig, WanDiT
+from relic_jax.models.dit import DiTConfig, WanDiT, unstack_blocks
 from tests.helpers import random_params
 
 B, H, W, C = 2, 8, 8, 16
@@ -166,3 +166,163 @@ def test_camera_integration_matches_the_data_pipeline():
   want = poses_lib.integrate_actions(first, np.concatenate([np.zeros((1, 13)), a]), 0.3)[1:]
   got = camera.integrate(jnp.eye(4)[None], jnp.asarray(a)[None], 0.3)[0]
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------ sessions
+
+
+def session_config(max_frames=64, **memory):
+  from experiments.tiny import get_config
+  cfg = get_config()
+  cfg.model.update({"action_dim": 13, "pose_dim": 12, "attention_mode": "block_causal"})
+  cfg.memory.update({"max_frames": max_frames, "window": 6, **memory})
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+  return model_params()
+
+
+def walk(n_blocks, seed=0):
+  """Plausible actions: forward with a slow pan, [n, 12, 13]."""
+  a = np.zeros((n_blocks, 12, 13), np.float32)
+  a[:, :, 0] = 1.0
+  a[:, :, 8] = 0.03 * (1 + np.random.default_rng(seed).random((n_blocks, 12)))
+  return a
+
+
+def text_embedding():
+  return np.asarray(jax.random.normal(jax.random.key(5), (8, 32)))
+
+
+def start_latent(batch=1):
+  return jax.random.normal(jax.random.key(11), (batch, 1, H, W, C))
+
+
+def test_session_steps_equal_the_offline_scan(tiny_params):
+  from relic_jax.inference.session import Session
+  cfg = session_config()
+  s = Session(cfg, tiny_params)
+  state, _ = s.start(text_embedding(), latent=start_latent())
+  first = state
+  streamed = []
+  for a in walk(4):
+    state, out = s.step(state, a)
+    streamed.append(out["latents"])
+  streamed = np.concatenate(streamed, axis=1)
+  _, offline = jax.jit(lambda p, st0, a: st.rollout(p, s.spec, st0, a))(
+      tiny_params, first.stream, jnp.asarray(walk(4))[:, None])
+  np.testing.assert_allclose(streamed, offline, atol=1e-5)
+  assert np.isfinite(streamed).all() and streamed.std() > 0.1
+  # other actions from the same state make another block (the actions reach the generator)
+  _, pan = s.step(first, np.tile(np.eye(13, dtype=np.float32)[9] * 0.2, (12, 1)))
+  assert np.abs(np.asarray(pan["latents"]) - streamed[:, :3]).max() > 1e-3
+
+
+def test_a_long_session_compiles_once(tiny_params):
+  from relic_jax.inference.session import Session
+  n = 105
+  cfg = session_config(max_frames=1 + 3 * n)
+  s = Session(cfg, tiny_params)
+  state, _ = s.start(text_embedding(), latent=start_latent())
+  actions = walk(n)
+  for a in actions:
+    state, out = s.step(state, a)
+  assert state.frames == 1 + 3 * n
+  assert s.traces == 1 and s._step._cache_size() == 1
+  assert int(state.stream.cache.frames) == 1 + 3 * n
+  assert int(state.stream.cache.mem_len) == kv_lib.attended_tokens(s.spec.cache, 1 + 3 * n) - 6 * 16
+  assert np.isfinite(np.asarray(out["latents"])).all()
+
+
+def test_capacity_and_bad_actions_give_clear_errors_and_keep_the_session(tiny_params):
+  from relic_jax.inference.session import Session
+  cfg = session_config(max_frames=7)  # frame 0 and two blocks
+  s = Session(cfg, tiny_params)
+  state, _ = s.start(text_embedding(), latent=start_latent())
+  a = walk(3)
+  bad_cases = [
+      (a[0][:5], r"takes the actions of its 12 video frames .* got \[5, 13\]"),
+      (np.concatenate([a[0], a[0][:, :1]], 1), r"got \[12, 14\]"),
+      (np.where(np.eye(12, 13, dtype=bool), -1.0, a[0]), r"action \[0, 0, 0\] is -1.0: .*"
+                                                         r"non-negative .* dolly_out"),
+      (np.where(np.eye(12, 13, k=3, dtype=bool), np.nan, a[0]), r"action \[0, 0, 3\] is nan: "
+                                                                r"actions must be finite"),
+  ]
+  for bad, msg in bad_cases:
+    with pytest.raises(st.ActionError, match=msg):
+      s.step(state, bad)
+  s1, out1 = s.step(state, a[0])  # the refused calls changed nothing
+  s2, out2 = s.step(s1, a[1])
+  clean = Session(cfg, tiny_params)
+  c0, _ = clean.start(text_embedding(), latent=start_latent())
+  c1, ref1 = clean.step(c0, a[0])
+  np.testing.assert_allclose(out1["latents"], ref1["latents"], atol=1e-6)
+  with pytest.raises(kv_lib.CacheCapacityError, match=r"make 10 latent frames, but the KV cache "
+                                                      r"was sized for config.memory.max_frames=7"):
+    s.step(s2, a[2])
+  s.step(s1, a[1])  # an earlier state still steps
+  # the "drop" policy keeps going: frames that no longer fit are dropped from the memory
+  cfg = session_config(max_frames=7, overflow="drop")
+  d = Session(cfg, tiny_params)
+  state, _ = d.start(text_embedding(), latent=start_latent())
+  for x in walk(4):
+    state, out = d.step(state, x)
+  assert int(state.stream.cache.dropped) > 0 and np.isfinite(np.asarray(out["latents"])).all()
+
+
+# ------------------------------------------------------------------ RELIC's conditioning wiring
+
+
+def _record_attention(monkeypatch):
+  from relic_jax.models import attention as attn_lib
+  calls = []
+  real = attn_lib.dot_product_attention
+
+  def spy(q, k, v, **kw):
+    calls.append((np.asarray(q), np.asarray(k), np.asarray(v)))
+    return real(q, k, v, **kw)
+  monkeypatch.setattr(attn_lib, "dot_product_attention", spy)
+  return calls
+
+
+def test_pose_reaches_queries_and_keys_only(monkeypatch):
+  """Changing the poses changes the self-attention queries and keys in every layer and leaves
+  the values of layer 0 (whose input the poses have not touched yet) exactly as they were."""
+  dit = dataclasses.replace(DIT, scan_layers=False, attention_mode="bidirectional")
+  x, actions, poses, text = conditioning(4)
+  params = unstack_blocks(model_params(), DIT.num_layers)
+  calls = _record_attention(monkeypatch)
+  model = WanDiT(dit)
+  t = jnp.full((B, 4), 500.0)
+  model.apply({"params": params}, x, t, text, actions=actions, poses=poses)
+  base = list(calls)
+  calls.clear()
+  model.apply({"params": params}, x, t, text, actions=actions, poses=poses + 1.0)
+  # calls alternate self-attention, cross-attention per layer
+  q0, k0, v0 = base[0]
+  q1, k1, v1 = calls[0]
+  assert np.abs(q1 - q0).max() > 1e-3 and np.abs(k1 - k0).max() > 1e-3
+  np.testing.assert_array_equal(v1, v0)
+  # cross-attention of layer 0 sees the pose change only through the self-attention output
+  np.testing.assert_array_equal(calls[1][1], base[1][1])  # text keys untouched
+
+
+def test_action_lands_after_self_attention(monkeypatch):
+  """Changing the actions leaves layer 0's self-attention inputs (q, k, v) untouched and
+  changes what comes after it: layer 0's cross-attention queries."""
+  dit = dataclasses.replace(DIT, scan_layers=False, attention_mode="bidirectional")
+  x, actions, poses, text = conditioning(4)
+  params = unstack_blocks(model_params(), DIT.num_layers)
+  calls = _record_attention(monkeypatch)
+  model = WanDiT(dit)
+  t = jnp.full((B, 4), 500.0)
+  model.apply({"params": params}, x, t, text, actions=actions, poses=poses)
+  base = list(calls)
+  calls.clear()
+  model.apply({"params": params}, x, t, text, actions=actions + 0.5, poses=poses)
+  for i in range(3):
+    np.testing.assert_array_equal(calls[0][i], base[0][i])
+  assert np.abs(calls[1][0] - base[1][0]).max() > 1e-3  # cross-attention queries moved
+  assert np.abs(calls[2][0] - base[2][0]).max() > 1e-3  # and layer 1's self-attention
