@@ -10,9 +10,10 @@ Stages available now:
   import-wan-vae  convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params (--out)
   train_teacher   flow-matching training of the (bidirectional) DiT
   import-wan      convert a diffusers Wan 2.1 T2V transformer (--source) to params (--out)
+  generate        a video from an image, a caption and scripted actions (--actions=NAME|FILE)
+                  with the streaming generator and its KV memory
   info            print the resolved config, mesh and parameter count; trains nothing
-Planned stages (later issues): ode_init, distill, generate, evaluate,
-pipeline.
+Planned stages (later issues): ode_init, distill, evaluate, pipeline.
 """
 
 import difflib
@@ -36,6 +37,11 @@ flags.DEFINE_string("source", None, "import-wan: a diffusers WanTransformer3DMod
 flags.DEFINE_string("out", None, "import-wan: where to write the imported params; data "
                     "preview: where to write the MP4 and PNG (default <dataset>/preview).")
 flags.DEFINE_string("episode", None, "data preview: the episode's name (default: the first).")
+flags.DEFINE_string("actions", None, "generate: a built-in action script (pan_360, "
+                    "look_away_and_back, out_and_back, walk_and_look, strafe) or a script file.")
+flags.DEFINE_string("image", None, "generate: the start image (default: frame 0 of the first "
+                    "held-out episode).")
+flags.DEFINE_string("text", None, "generate: the caption (default: the episode's).")
 
 
 def _data(cfg, workdir, action="generate"):
@@ -133,6 +139,15 @@ def _train_teacher(cfg, workdir):
         f"{out}/tensorboard, final metrics in {out}/final_metrics.json")
 
 
+def _generate(cfg, workdir):
+  from relic_jax.inference.generate import generate
+  r = generate(cfg, workdir, FLAGS.actions, image_path=FLAGS.image, text=FLAGS.text,
+               out_dir=FLAGS.out)
+  print(json.dumps({k: v for k, v in r.items() if k != "actions"}, sort_keys=True))
+  print(f"[relic] {r['frames']} frames ({r['blocks']} blocks, DiT from {r['dit_from']}, memory "
+        f"{r['memory']}, {r['decoder']} decoder) at {r['fps']:.1f} frames/s: {r['video']}")
+
+
 def _info(cfg, workdir):
   del workdir
   import jax
@@ -198,12 +213,12 @@ def _import_wan(cfg, workdir):
 
 STAGES = {"data": _data, "train_vae": _train_vae, "encode": _encode,
           "train_teacher": _train_teacher, "info": _info, "import-wan": _import_wan,
-          "import-wan-vae": _import_wan_vae}
+          "import-wan-vae": _import_wan_vae, "generate": _generate}
 SUBCOMMANDS = {"data": ("generate", "ingest", "preview")}
-PLANNED = ("ode_init", "distill", "generate", "evaluate", "pipeline")
-NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode")
+PLANNED = ("ode_init", "distill", "evaluate", "pipeline")
+NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode", "generate")
 NEEDS_FLAGS = {"import-wan": ("source", "out"), "import-wan-vae": ("source", "out"),
-               "data ingest": ("source",)}
+               "data ingest": ("source",), "generate": ("actions",)}
 
 
 def _fail(message: str, code: int = 2):
@@ -256,6 +271,9 @@ def main(argv):
   from relic_jax.training.trainer import NonFiniteError
   from relic_jax.weights import SafetensorsError, WanImportError
   from data_pipeline.episode import DataError
+  from relic_jax.inference.scripts import ScriptError
+  from relic_jax.inference.streaming import ActionError
+  from relic_jax.memory.kv_cache import CacheCapacityError
   try:
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
@@ -264,7 +282,8 @@ def main(argv):
       STAGES[stage](cfg, FLAGS.workdir, sub)
     else:
       STAGES[stage](cfg, FLAGS.workdir)
-  except (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError) as e:
+  except (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError, ScriptError,
+          ActionError, CacheCapacityError) as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)

@@ -272,7 +272,8 @@ def test_every_experiment_config_validates(path):
 
 # ------------------------------------------------------------------------------ the CLI
 
-STAGE_LIST = "data, train_vae, encode, train_teacher, info, import-wan, import-wan-vae"
+STAGE_LIST = ("data, train_vae, encode, train_teacher, info, import-wan, import-wan-vae, "
+              "generate")
 FAST_CLI_ERRORS = [
     ("unknown_stage", ["nope", TINY],
      ["unknown stage 'nope'.", "Available stages: " + STAGE_LIST + "."]),

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,7 +13,6 @@ from relic_jax.inference import camera
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
 from relic_jax.models.dit import DiTConfig, WanDiT, unstack_blocks
-from tests.helpers import random_params
 
 B, H, W, C = 2, 8, 8, 16
 DIT = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, attention_mode="block_causal",
@@ -40,7 +40,10 @@ def conditioning(frames, seed=0):
 def model_params(dit=DIT, seed=1):
   x, a, p, txt = conditioning(4)
   model = WanDiT(dit)
-  params = random_params(model, x, jnp.zeros((B, 4)), txt)
+  params = nn.meta.unbox(model.init(jax.random.key(seed), x, jnp.zeros((B, 4)), txt,
+                                    actions=a, poses=p))["params"]
+  params["proj_out"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(seed + 1),
+                                                         params["proj_out"]["kernel"].shape)
   # the zero-initialised RELIC projections made random, so actions and poses matter
   keys = iter(jax.random.split(jax.random.key(seed + 5), 8))
   blocks = params["blocks"]
@@ -71,17 +74,19 @@ def cached_forward(params, dit, mem, x, t, actions, poses, text, noisy_from):
   return out, cache, spec
 
 
-@pytest.mark.parametrize("window", [64, 3])
-def test_cache_with_no_pooling_equals_one_block_causal_forward(window):
+@pytest.mark.parametrize("window,pose_format", [(64, "extrinsics"), (3, "extrinsics"),
+                                                (3, "plucker")])
+def test_cache_with_no_pooling_equals_one_block_causal_forward(window, pose_format):
   """S all ones: with an unbounded window, or a window of 3 frames whose older frames all move
   into the (unpooled) memory, attending to the cache equals the block-causal forward of the
   whole sequence (clean context at t = 0, the last block noisy)."""
   frames = 10  # [0] [1 2 3] [4 5 6] [7 8 9]
+  dit = dataclasses.replace(DIT, pose_format=pose_format)
   x, actions, poses, text = conditioning(frames)
-  params = model_params()
+  params = model_params(dit)
   t = jnp.zeros((B, frames)).at[:, 7:].set(jnp.asarray([[900.0, 900.0, 900.0], [300.0] * 3]))
-  full = WanDiT(DIT).apply({"params": params}, x, t, text, actions=actions, poses=poses)
-  out, cache, _ = cached_forward(params, DIT, memory_cfg(window=window), x, t, actions, poses,
+  full = WanDiT(dit).apply({"params": params}, x, t, text, actions=actions, poses=poses)
+  out, cache, _ = cached_forward(params, dit, memory_cfg(window=window), x, t, actions, poses,
                                  text, 7)
   np.testing.assert_allclose(out, full[:, 7:], atol=2e-5)
   assert int(cache.frames) == 7
@@ -326,3 +331,16 @@ def test_action_lands_after_self_attention(monkeypatch):
     np.testing.assert_array_equal(calls[0][i], base[0][i])
   assert np.abs(calls[1][0] - base[1][0]).max() > 1e-3  # cross-attention queries moved
   assert np.abs(calls[2][0] - base[2][0]).max() > 1e-3  # and layer 1's self-attention
+
+
+def test_plucker_rays():
+  from relic_jax.models.dit import plucker_rays
+  eye = np.eye(4)[:3].reshape(1, 1, 12)
+  rays = np.asarray(plucker_rays(jnp.asarray(eye), 2, 2, 90.0))[0, 0]  # [4, 6]
+  d = np.array([[-0.5, -0.5, 1], [0.5, -0.5, 1], [-0.5, 0.5, 1], [0.5, 0.5, 1]])
+  np.testing.assert_allclose(rays[:, :3], d / np.linalg.norm(d, axis=1, keepdims=True), atol=1e-6)
+  np.testing.assert_allclose(rays[:, 3:], 0.0, atol=1e-7)  # through the origin
+  moved = np.eye(4)[:3].copy()
+  moved[:, 3] = [1.0, 2.0, 3.0]
+  rays = np.asarray(plucker_rays(jnp.asarray(moved.reshape(1, 1, 12)), 2, 2, 90.0))[0, 0]
+  np.testing.assert_allclose(rays[:, 3:], np.cross([1.0, 2.0, 3.0], rays[:, :3]), atol=1e-6)

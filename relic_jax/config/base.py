@@ -100,6 +100,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.action_dim = 0
   m.pose_dim = 0
   m.cond_frames_per_latent = 4
+  # The pose's format inside the model (poses arrive as the 12-d extrinsics either way):
+  # "extrinsics" (one embedding per latent frame) or "plucker" (per-token Pluecker rays through
+  # the token centres of a pinhole camera of horizontal FOV plucker_fov_deg: ViZDoom's 90
+  # degrees at 4:3, centre-cropped to a square, is ~74 degrees).
+  m.pose_format = "extrinsics"
+  m.plucker_fov_deg = 74.0
 
   # ---------------------------------------------------------------- mesh
   mesh = c.mesh = ml_collections.ConfigDict()

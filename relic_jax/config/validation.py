@@ -74,6 +74,13 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
       _fail(f"{prefix}.{f}", v, "must be a non-negative integer", "use 0 (off) or the vector size")
   _choice(m, "text_encoder", TEXT_ENCODERS, prefix)
+  _choice(m, "pose_format", ("extrinsics", "plucker"), prefix)
+  if m.pose_format == "plucker" and m.pose_dim not in (0, 12):
+    _fail(f"{prefix}.pose_dim", m.pose_dim, "Pluecker rays are computed from the 12-d "
+          "extrinsics", "use pose_dim=12")
+  if not 0 < m.plucker_fov_deg < 180:
+    _fail(f"{prefix}.plucker_fov_deg", m.plucker_fov_deg, "must be in (0, 180)",
+          "use the frames' horizontal field of view in degrees")
   if not (isinstance(m.first_block_frames, int) and 1 <= m.first_block_frames <= m.block_frames):
     _fail(f"{prefix}.first_block_frames", m.first_block_frames,
           f"must be in [1, block_frames={m.block_frames}]",

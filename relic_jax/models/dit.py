@@ -76,6 +76,8 @@ class DiTConfig:
   action_dim: int = 0
   pose_dim: int = 0
   cond_frames_per_latent: int = 4
+  pose_format: str = "extrinsics"  # or "plucker": per-token rays from the 12-d extrinsics
+  plucker_fov_deg: float = 74.0    # horizontal field of view of the frames, for "plucker"
 
   @property
   def head_dim(self) -> int:
@@ -121,7 +123,9 @@ class SelfAttention(nn.Module):
         add = dense(c.dim, ("embed", "heads"), name, dt, pdt, kernel_init=nn.initializers.zeros)(
             pose_BTD.astype(dt))
         y = q if name == "pose_q" else k
-        y = (per_frame(y, nt) + add[:, :, None]).reshape(b, s, c.dim)
+        # per latent frame [B, T, D] (extrinsics) or per token [B, T, P, D] (Pluecker rays)
+        add = add[:, :, None] if add.ndim == 3 else add
+        y = (per_frame(y, nt) + add).reshape(b, s, c.dim)
         q, k = (y, k) if name == "pose_q" else (q, y)
     if c.qk_norm:
       q = RMSNorm(c.eps, param_dtype=pdt, name="norm_q")(q)
@@ -255,7 +259,7 @@ RELIC_ADDITIONS = ("action_encoder", "pose_encoder", "action_proj", "pose_q", "p
 
 class CondEncoder(nn.Module):
   """RELIC's action / pose encoder: per-video-frame vectors [B, F, c] -> [B, T, D], one per
-  latent frame. Temporal patchify by cond_frames_per_latent (4, the VAE's stride): latent frame
+  latent frame (or per-token ones [B, F, P, c] -> [B, T, P, D], Pluecker rays). Temporal patchify by cond_frames_per_latent (4, the VAE's stride): latent frame
   0 covers video frame 0 alone (as in the causal VAE), so it is repeated to fill its patch;
   then a two-layer MLP. F must be 1 + 4 (T - 1)."""
   cfg: DiTConfig
@@ -266,7 +270,7 @@ class CondEncoder(nn.Module):
     streaming block), F = 4 T."""
     c = self.cfg
     k = c.cond_frames_per_latent
-    b, f, ch = c_BFC.shape
+    b, f, ch = c_BFC.shape[0], c_BFC.shape[1], c_BFC.shape[-1]
     want = 1 + k * (num_latent - 1) if with_frame0 else k * num_latent
     if f != want:
       raise ValueError(f"{self.name}: got {f} per-frame vectors for {num_latent} latent frames; "
@@ -274,11 +278,34 @@ class CondEncoder(nn.Module):
     x = c_BFC
     if with_frame0:
       x = jnp.concatenate([jnp.repeat(c_BFC[:, :1], k - 1, axis=1), c_BFC], axis=1)
-    x = x.reshape(b, num_latent, k * ch).astype(jnp.dtype(c.dtype))
+    # [B, T * k, ..., C] -> [B, T, ..., k * C]: per latent frame (and per token, if given)
+    rest = x.shape[2:-1]
+    x = x.reshape(b, num_latent, k, *rest, ch)
+    x = jnp.moveaxis(x, 2, -2).reshape(b, num_latent, *rest, k * x.shape[-1])
+    x = x.astype(jnp.dtype(c.dtype))
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     h = dense(c.dim, ("cond_in", "embed"), "fc1", dt, pdt)(x)
     h = dense(c.dim, ("embed", "embed_out"), "fc2", dt, pdt)(nn.silu(h))
     return h.astype(jnp.float32)
+
+
+def plucker_rays(poses_BF12, nh: int, nw: int, fov_deg: float):
+  """Pluecker rays (direction, moment = origin x direction) [B, F, nh * nw, 6] through the
+  centres of an nh x nw token grid, for camera-to-first-frame extrinsics [B, F, 12] (our
+  convention: OpenCV camera axes) and a pinhole camera of horizontal field of view fov_deg
+  (square pixels)."""
+  b, f, _ = poses_BF12.shape
+  e = poses_BF12.reshape(b, f, 3, 4).astype(jnp.float32)
+  r, o = e[..., :3], e[..., 3]
+  tan = jnp.tan(jnp.deg2rad(fov_deg) / 2)
+  xs = ((jnp.arange(nw) + 0.5) / nw * 2 - 1) * tan
+  ys = ((jnp.arange(nh) + 0.5) / nh * 2 - 1) * tan * nh / nw
+  yy, xx = jnp.meshgrid(ys, xs, indexing="ij")
+  d_cam = jnp.stack([xx, yy, jnp.ones_like(xx)], -1).reshape(-1, 3)
+  d_cam = d_cam / jnp.linalg.norm(d_cam, axis=-1, keepdims=True)
+  d = jnp.einsum("bfij,pj->bfpi", r, d_cam)
+  m = jnp.cross(jnp.broadcast_to(o[:, :, None], d.shape), d)
+  return jnp.concatenate([d, m], -1)
 
 
 class WanDiT(nn.Module):
@@ -354,6 +381,8 @@ class WanDiT(nn.Module):
       act = CondEncoder(c, name="action_encoder")(actions, t_in, first_frame_in_input)[:, ::pt]
     if c.pose_dim:
       poses = jnp.zeros((b, n_cond, c.pose_dim)) if poses is None else poses
+      if c.pose_format == "plucker":
+        poses = plucker_rays(poses, nh, nw, c.plucker_fov_deg)  # [B, F, P, 6]
       pose = CondEncoder(c, name="pose_encoder")(poses, t_in, first_frame_in_input)[:, ::pt]
 
     cache_layers, cache_shared = (None, None) if kv_cache is None else kv_cache

@@ -58,3 +58,22 @@ def train_step_flops(cfg: DiTConfig, batch: int, frames: int, height: int, width
                      text_len: int) -> float:
   """Model FLOPs of a training step: forward + backward = 3x forward (recompute not counted)."""
   return 3.0 * batch * forward_flops(cfg, frames, height, width, text_len)
+
+
+def block_forward_flops(cfg: DiTConfig, block_frames: int, tokens_per_frame: int,
+                        cached_keys: int, text_len: int) -> float:
+  """Matmul FLOPs of one DiT forward of a streaming block (block_frames latent frames of
+  tokens_per_frame tokens) attending to `cached_keys` cached tokens plus itself."""
+  p = tokens_per_frame
+  s, t = block_frames * p, block_frames
+  d, f, l = cfg.dim, cfg.ffn_dim, text_len
+  patch = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+  k = cached_keys + s
+  per_layer = (2 * s * 4 * d * d + 4 * s * k * d
+               + 2 * s * 2 * d * d + 2 * l * 2 * d * d + 4 * s * l * d
+               + 2 * s * 2 * d * f)
+  return float(2 * s * patch * cfg.in_channels * d
+               + 2 * t * (cfg.freq_dim * d + d * d + 6 * d * d)
+               + 2 * l * (cfg.text_dim * d + d * d)
+               + cfg.num_layers * per_layer
+               + 2 * s * d * patch * cfg.out_channels)

@@ -40,6 +40,8 @@ class TeacherTask:
     else:
       batch["text"] = np.zeros((batch_size, d.text_len, c.text_dim), np.float32)
     frames = 1 + c.cond_frames_per_latent * (t - 1)
+    if d.source != "latents":  # only the latent cache has actions and poses (else zeros)
+      return batch
     if c.action_dim:
       batch["actions"] = np.zeros((batch_size, frames, c.action_dim), np.float32)
     if c.pose_dim:

@@ -318,3 +318,19 @@ def load_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task, step: i
   state, _ = ckpt.restore(step, with_shardings(abstract, shardings), meta)
   ckpt.close()
   return state
+
+
+def save_initial_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task) -> None:
+  """Writes a step-0 checkpoint of freshly initialised params (and optimizer state) to
+  workdir/checkpoints without compiling a train step: an untrained model for smoke runs and
+  tests of the stages that load one (generate, evaluate)."""
+  validate(cfg)
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  rules = mesh_lib.rules(cfg.mesh)
+  tx = make_optimizer(cfg.train)
+  state, _, _ = create_sharded_state(task.init_params, tx, mesh, rules, jax.random.key(cfg.seed))
+  abstract, _ = state_shardings(task.init_params, tx, mesh, rules, jax.random.key(cfg.seed))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints,
+                               async_save=False)
+  ckpt.save(0, state, {}, ckpt_lib.describe_model(task.model_config, abstract.params))
+  ckpt.close()

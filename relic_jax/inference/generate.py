@@ -1,0 +1,144 @@
+"""`relic generate`: a video from a start image, a caption and a scripted action sequence.
+
+Models come from the run's workdir: the student from <workdir>/distill, else <workdir>/ode_init,
+else the teacher's params (<workdir>/teacher) run block-causally with the KV cache (a teacher
+trained bidirectionally is not a trained student: that fallback is for trying the pipeline
+before distillation); the VAE from <workdir>/vae (and the tiny decoder from <workdir>/vae_tiny
+with config.generate.decoder='tiny'); the latent normalisation from
+<workdir>/teacher/latent_stats.json when the teacher trained on the latent cache.
+
+The start image is --image (any size: centre-cropped and resized to the model's), else frame 0
+of the first held-out episode of the dataset, whose caption is then the text (--text overrides).
+Writes <workdir>/generate/<script>.mp4 (each frame captioned with its time and active actions)
+and <script>.json (the actions, the source of each model, the timing).
+"""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from data_pipeline.episode import DataError
+from relic_jax.inference import scripts as scripts_lib
+from relic_jax.inference.session import Decoder, Session
+from relic_jax.io_utils import write_json_atomic
+
+STUDENT_STAGES = ("distill", "ode_init", "teacher")
+
+
+def _latest(path: str) -> bool:
+  d = os.path.join(path, "checkpoints")
+  return os.path.isdir(d) and any(x.isdigit() for x in os.listdir(d))
+
+
+def load_dit(cfg, workdir: str):
+  """(params, which stage they come from) of the newest trained DiT in workdir."""
+  from relic_jax.training.teacher import TeacherTask
+  from relic_jax.training.trainer import load_state
+  for stage in STUDENT_STAGES:
+    path = os.path.join(workdir, stage)
+    if _latest(path):
+      return load_state(cfg, path, TeacherTask(cfg)).params, stage
+  raise DataError(f"no trained DiT in {workdir} (looked in {', '.join(STUDENT_STAGES)}). Fix: "
+                  "run `relic train_teacher` (and later ode_init/distill) with this --workdir.")
+
+
+def load_decoder(cfg, workdir: str) -> Decoder:
+  from relic_jax.training import vae_train
+  from relic_jax.training.trainer import load_state
+  vdir = vae_train.stage_workdir(workdir)
+  if not _latest(vdir):
+    raise DataError(f"no trained VAE in {vdir}. Fix: run `relic train_vae` with this --workdir.")
+  run_cfg = vae_train.stage_config(cfg)
+  task = vae_train.VAETask(run_cfg)
+  vae_params = load_state(run_cfg, vdir, task).params
+  tiny_params = tiny_cfg = None
+  if cfg.generate.decoder == "tiny":
+    tdir = os.path.join(workdir, "vae_tiny")
+    if not _latest(tdir):
+      raise DataError(f"config.generate.decoder='tiny' but there is no tiny decoder in {tdir}. "
+                      "Fix: run `relic train_vae` with config.vae.tiny_steps > 0, or use "
+                      "--config.generate.decoder=vae.")
+    tcfg = vae_train.tiny_stage_config(cfg)
+    ttask = vae_train.TinyDecoderTask(tcfg, vae_params)
+    tiny_params, tiny_cfg = load_state(tcfg, tdir, ttask).params, ttask.tiny
+  stats = None
+  path = os.path.join(workdir, "teacher", "latent_stats.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      stats = json.load(f)
+  return Decoder(cfg.generate.decoder, task.vae, vae_params, stats, tiny_cfg, tiny_params)
+
+
+def start_image(cfg, workdir: str, image_path: str | None):
+  """(uint8 [H, W, 3] at the model's size, caption or None)."""
+  from PIL import Image
+
+  from data_pipeline import loader
+  h = cfg.data.latent_height * cfg.data.spatial_stride
+  w = cfg.data.latent_width * cfg.data.spatial_stride
+  if image_path:
+    try:
+      img = np.asarray(Image.open(image_path).convert("RGB"))
+    except OSError as e:
+      raise DataError(f"--image={image_path}: cannot read it as an image ({e}). Fix: pass a "
+                      "PNG or JPEG file.") from None
+    caption = None
+  else:
+    from data_pipeline.generate import dataset_dir
+    src = loader.make_clip_source(cfg, dataset_dir(cfg, workdir), split="heldout")
+    clip = src[0]
+    img, caption = clip["frames"][0], bytes(
+        (np.asarray(clip["text_tokens"])[np.asarray(clip["text_tokens"]) > 0] - 1)
+        .astype(np.uint8)).decode("utf-8", "replace")
+  y0, x0, ch, cw = loader.crop_box(img.shape[0], img.shape[1], h, w)
+  img = np.asarray(Image.fromarray(img[y0:y0 + ch, x0:x0 + cw]).resize((w, h),
+                                                                       Image.Resampling.BILINEAR))
+  return img, caption
+
+
+def generate(cfg, workdir: str, script: str, image_path: str | None = None,
+             text: str | None = None, out_dir: str | None = None, seed: int = 0) -> dict:
+  from data_pipeline.preview import frame_captions, write_video
+  actions = scripts_lib.load(script, cfg.generate.fps)
+  params, source = load_dit(cfg, workdir)
+  decoder = load_decoder(cfg, workdir)
+  image, caption = start_image(cfg, workdir, image_path)
+  text = text if text is not None else (caption or "")
+  if cfg.model.text_encoder != "bytes":
+    # the model reads precomputed embeddings (umT5 for Wan) that this command cannot make
+    print("[relic] note: model.text_encoder='none' takes precomputed text embeddings; "
+          "generating with an all-zero text context")
+    text = np.zeros((cfg.data.text_len, cfg.model.text_dim), np.float32)
+  bf = cfg.model.block_frames
+  blocks = scripts_lib.to_blocks(actions, 4 * bf)
+  frames_needed = 1 + bf * len(blocks)
+  max_frames = max(cfg.memory.max_frames, frames_needed)
+  session = Session(cfg, params, decoder=decoder, max_frames=max_frames)
+  t0 = time.perf_counter()
+  state, video0 = session.start(text, image=image, seed=seed)
+  frames = [video0[0]]
+  times = []
+  for a in blocks:
+    t1 = time.perf_counter()
+    state, out = session.step(state, a)
+    frames.append(out["video"][0])
+    times.append(time.perf_counter() - t1)
+  total = time.perf_counter() - t0
+  video = np.concatenate(frames)[:1 + len(actions)]
+  all_actions = np.concatenate([np.eye(13, dtype=np.float32)[12:13], actions])
+  name = os.path.splitext(os.path.basename(script))[0]
+  out_dir = out_dir or os.path.join(workdir, "generate")
+  os.makedirs(out_dir, exist_ok=True)
+  caps = frame_captions(all_actions, -np.ones(len(video), int), cfg.generate.fps)
+  path = write_video(os.path.join(out_dir, f"{name}.mp4"), video, cfg.generate.fps, caps)
+  steady = times[1:] or times
+  result = {"video": path, "script": script, "frames": int(len(video)), "blocks": len(blocks),
+            "dit_from": source, "decoder": cfg.generate.decoder, "memory": cfg.memory.mode,
+            "text": text if isinstance(text, str) else "", "seconds": total, "first_block_s": times[0],
+            "block_latency_s": float(np.median(steady)),
+            "fps": 4 * bf / float(np.median(steady)), "actions": actions.tolist()}
+  write_json_atomic(os.path.join(out_dir, f"{name}.json"), result)
+  return result
