@@ -145,8 +145,8 @@ def check_actions(spec: StreamSpec, actions, batch: int) -> np.ndarray:
   """Host-side validation of one block's actions -> float32 [B, F, 13]."""
   a = np.asarray(actions, np.float32)
   f = spec.video_frames_per_block
-  if a.ndim == 2:
-    a = a[None]
+  if a.ndim == 2 and a.shape == (f, ACTION_DIM):
+    a = np.broadcast_to(a, (batch, f, ACTION_DIM))  # the same actions for every session
   if a.shape != (batch, f, ACTION_DIM):
     raise ActionError(
         f"a step takes the actions of its {f} video frames ({spec.block_frames} latent frames x "

@@ -236,8 +236,10 @@ def _pool_positions(grid: tuple[int, int], factor: int, slots: int):
   return jnp.pad(out, ((0, slots - out.shape[0]), (0, 0)))
 
 
-def _evict(cache: KVCache, spec: CacheSpec, slot, frame) -> KVCache:
-  """Pools the frame held in window `slot` into the memory (appended at mem_len)."""
+def _evict(cache: KVCache, spec: CacheSpec, slot, frame, evict) -> KVCache:
+  """Pools the frame held in window `slot` into the memory (appended at mem_len) if `evict`
+  (traced). Computed either way and written to the slack when not evicting: no lax.cond over
+  the whole cache, whose operands XLA would copy."""
   p = spec.tokens_per_frame
   start = slot * p
   take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, p, axis=2)
@@ -256,7 +258,8 @@ def _evict(cache: KVCache, spec: CacheSpec, slot, frame) -> KVCache:
   pk, pv, ppos = jax.lax.switch(branch, [pooled(f) for f in factors], (k, v))
   ppos = jnp.concatenate([jnp.full((p, 1), frame, jnp.float32), ppos], axis=-1)
   fits = cache.mem_len + count <= spec.memory_tokens
-  at = jnp.where(fits, cache.mem_len, spec.memory_tokens)  # the slack: harmless, stays invalid
+  keep = evict & fits
+  at = jnp.where(keep, cache.mem_len, spec.memory_tokens)  # the slack: harmless, stays invalid
   dt = jnp.dtype(spec.kv_dtype)
   sk, sk_scale = _quantize(pk, spec.quantized, dt)
   sv, sv_scale = _quantize(pv, spec.quantized, dt)
@@ -267,8 +270,8 @@ def _evict(cache: KVCache, spec: CacheSpec, slot, frame) -> KVCache:
   return cache.replace(
       mem_k=put(cache.mem_k, sk), mem_v=put(cache.mem_v, sv), mem_scale=mem_scale,
       mem_pos=jax.lax.dynamic_update_slice_in_dim(cache.mem_pos, ppos, at, axis=0),
-      mem_len=jnp.where(fits, cache.mem_len + count, cache.mem_len),
-      dropped=cache.dropped + jnp.where(fits, 0, 1).astype(jnp.int32))
+      mem_len=jnp.where(keep, cache.mem_len + count, cache.mem_len),
+      dropped=cache.dropped + (evict & ~fits).astype(jnp.int32))
 
 
 def write(cache: KVCache, spec: CacheSpec, k_LBSNH, v_LBSNH) -> KVCache:
@@ -283,7 +286,7 @@ def write(cache: KVCache, spec: CacheSpec, k_LBSNH, v_LBSNH) -> KVCache:
     slot = frame % spec.window
     old = cache.win_frame[slot]
     if spec.use_memory:
-      cache = jax.lax.cond(old >= 0, lambda c: _evict(c, spec, slot, old), lambda c: c, cache)
+      cache = _evict(cache, spec, slot, jnp.maximum(old, 0), old >= 0)
     sk, sk_scale = _quantize(k_LBSNH[:, :, j * p:(j + 1) * p], spec.quantized, dt)
     sv, sv_scale = _quantize(v_LBSNH[:, :, j * p:(j + 1) * p], spec.quantized, dt)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype),
