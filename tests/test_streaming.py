@@ -21,10 +21,10 @@ DIT = DiTConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, attention_mode="
 
 
 def memory_cfg(mode="full", window=64, schedule=(1,), max_frames=64, kv_dtype="float32",
-               overflow="error"):
+               overflow="error", pool="mean"):
   return ml_collections.ConfigDict({"mode": mode, "window": window, "schedule": schedule,
                                     "max_frames": max_frames, "kv_dtype": kv_dtype,
-                                    "overflow": overflow})
+                                    "overflow": overflow, "pool": pool})
 
 
 def conditioning(frames, seed=0):
@@ -150,6 +150,12 @@ def test_pooling_pads_grids_the_factor_does_not_divide():
   np.testing.assert_allclose(np.asarray(pooled[0, 0, :4, 0, 0]), want)
   spec = kv_lib.CacheSpec(30, 40, 128, (30, 52), 6, kv_lib.RELIC_SCHEDULE, 81)
   assert spec.pooled_tokens(4) == 8 * 13 and spec.pooled_tokens(2) == 15 * 26
+  # "subsample" keeps each patch's middle token, and its position
+  picked = kv_lib._pool(x, (6, 5), 4, 30, "subsample")
+  assert np.asarray(picked[0, 0, :4, 0, 0]).tolist() == [grid[1, 1], grid[1, 4], grid[4, 1],
+                                                         grid[4, 4]]
+  pos = np.asarray(kv_lib._pool_positions((6, 5), 4, 30, "subsample"))[:4]
+  assert pos.tolist() == [[1, 1], [1, 4], [4, 1], [4, 4]]
 
 
 def test_low_precision_kv_storage_stays_close():

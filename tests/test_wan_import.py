@@ -140,7 +140,7 @@ def test_one_block_matches_diffusers(saved):
   dit_cfg = DiTConfig.from_config(cfg)
   e = jnp.broadcast_to(jnp.asarray(temb.numpy())[:, None], (2, t, 6, cfg.dim))
   angles = rope_lib.rope_angles(dit_cfg.head_dim, grid, 10000.0)
-  ours = WanBlock(dit_cfg).apply(  # bidirectional, as Wan
+  ours, _ = WanBlock(dit_cfg).apply(  # bidirectional, as Wan; (x, no cached K/V)
       {"params": params["blocks_0"]}, jnp.asarray(hs.numpy()), jnp.asarray(ctx.numpy()), e,
       angles)
   np.testing.assert_allclose(np.asarray(ours), ref, atol=TOL)

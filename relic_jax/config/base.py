@@ -160,6 +160,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   mem.mode = "relic"
   mem.window = 6
   mem.schedule = (1, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4)  # RELIC's S
+  mem.pool = "mean"          # how a patch becomes one token: "mean" or "subsample" (middle token)
   mem.kv_dtype = "float32"   # "float32", "bfloat16" or "float8_e4m3fn" (with a per-token scale)
   mem.max_frames = 241
   mem.overflow = "error"     # past max_frames: "error", or "drop" (stop adding to the memory)

@@ -247,9 +247,10 @@ def validate_sharding(cfg: ml_collections.ConfigDict, shape: dict, num_processes
 
 def validate_generation(cfg: ml_collections.ConfigDict) -> None:
   """config.memory (the student's KV cache) and config.generate (the few-step sampler)."""
-  from relic_jax.memory.kv_cache import KV_DTYPES, MODES, OVERFLOWS
+  from relic_jax.memory.kv_cache import KV_DTYPES, MODES, OVERFLOWS, POOLS
   mem, gen = cfg.memory, cfg.generate
   _choice(mem, "mode", MODES, prefix="memory")
+  _choice(mem, "pool", POOLS, prefix="memory")
   _choice(mem, "kv_dtype", KV_DTYPES, prefix="memory")
   _choice(mem, "overflow", OVERFLOWS, prefix="memory")
   for f in ("window", "max_frames"):

@@ -14,11 +14,13 @@ What is cached, and how pooled tokens are formed (the choice the paper leaves op
   * keys are cached *before* RoPE (after the pose embedding was added and QK-norm applied) with
     their (t, h, w) positions; RoPE is applied when they are read, so a pooled token gets the
     rotation of its own position instead of an average of rotated vectors;
-  * a pooled token's key and value are the means of the (up to) s x s tokens it covers, and its
-    position is the mean of theirs (the centre of the patch, at the frame's t). The pose
-    embedding is per latent frame, so the pooled key keeps exactly its frame's pose term (the
-    mean of keys that all carry it). Grids that s does not divide are padded: edge patches
-    average only the tokens they have (30 x 52 tokens pooled by 4 -> 8 x 13).
+  * `memory.pool="mean"` (default): a pooled token's key and value are the means of the (up
+    to) s x s tokens it covers, and its position is the mean of theirs (the centre of the
+    patch, at the frame's t). The pose embedding is per latent frame, so the pooled key keeps
+    exactly its frame's pose term (the mean of keys that all carry it). Grids that s does not
+    divide are padded: edge patches average only the tokens they have (30 x 52 tokens pooled
+    by 4 -> 8 x 13). `"subsample"`: the patch keeps its middle token (key, value and position
+    exactly as they were).
 Storage dtype (`memory.kv_dtype`): float32, bfloat16, or float8_e4m3fn with a float32 scale
 per (token, head) (amax / 448), dequantized on read.
 
@@ -35,6 +37,7 @@ import math
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import struct
 
 from relic_jax.models import rope as rope_lib
@@ -43,6 +46,7 @@ RELIC_SCHEDULE = (1, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4)
 MODES = ("relic", "full", "window")
 KV_DTYPES = ("float32", "bfloat16", "float8_e4m3fn")
 OVERFLOWS = ("error", "drop")
+POOLS = ("mean", "subsample")
 FP8_MAX = 448.0
 
 
@@ -63,6 +67,7 @@ class CacheSpec:
   kv_dtype: str = "float32"
   use_memory: bool = True
   overflow: str = "error"
+  pool: str = "mean"
 
   @property
   def tokens_per_frame(self) -> int:
@@ -112,7 +117,7 @@ def spec_from_config(model_cfg, memory_cfg: ml_collections.ConfigDict, latent_hw
                    grid=(latent_hw[0] // ph, latent_hw[1] // pw), window=memory_cfg.window,
                    schedule=schedule, max_frames=max_frames or memory_cfg.max_frames,
                    kv_dtype=memory_cfg.kv_dtype, use_memory=mode != "window",
-                   overflow=memory_cfg.overflow)
+                   overflow=memory_cfg.overflow, pool=memory_cfg.get("pool", "mean"))
 
 
 @struct.dataclass
@@ -204,12 +209,27 @@ def read(layer: dict, shared: dict, dtype):
 # ------------------------------------------------------------------ writing (between blocks)
 
 
-def _pool(x_LBPNH, grid: tuple[int, int], factor: int, slots: int):
-  """Mean over factor x factor patches (edge patches average what they have); returns
-  [L, B, slots, N, H] with the pooled tokens first and zeros after."""
+def _middle_tokens(grid: tuple[int, int], factor: int) -> np.ndarray:
+  """Flat index of the middle token of each factor x factor patch (edge patches: of the
+  tokens they have)."""
+  hh, ww = grid
+  rows = [min(i * factor + (min(factor, hh - i * factor) - 1) // 2, hh - 1)
+          for i in range(math.ceil(hh / factor))]
+  cols = [min(j * factor + (min(factor, ww - j * factor) - 1) // 2, ww - 1)
+          for j in range(math.ceil(ww / factor))]
+  return np.asarray([r * ww + c for r in rows for c in cols], np.int32)
+
+
+def _pool(x_LBPNH, grid: tuple[int, int], factor: int, slots: int, rule: str = "mean"):
+  """Pools factor x factor patches ("mean": edge patches average what they have;
+  "subsample": the middle token); returns [L, B, slots, N, H] with the pooled tokens first
+  and zeros after."""
   hh, ww = grid
   if factor == 1:
     return x_LBPNH
+  if rule == "subsample":
+    picked = x_LBPNH[:, :, _middle_tokens(grid, factor)].astype(jnp.float32)
+    return jnp.pad(picked, ((0, 0), (0, 0), (0, slots - picked.shape[2]), (0, 0), (0, 0)))
   l, b, _, n, h = x_LBPNH.shape
   ph, pw = math.ceil(hh / factor), math.ceil(ww / factor)
   x = x_LBPNH.astype(jnp.float32).reshape(l, b, hh, ww, n, h)
@@ -221,11 +241,13 @@ def _pool(x_LBPNH, grid: tuple[int, int], factor: int, slots: int):
   return jnp.pad(pooled, ((0, 0), (0, 0), (0, slots - ph * pw), (0, 0), (0, 0)))
 
 
-def _pool_positions(grid: tuple[int, int], factor: int, slots: int):
+def _pool_positions(grid: tuple[int, int], factor: int, slots: int, rule: str = "mean"):
   hh, ww = grid
   pos = rope_lib.grid_positions((1, hh, ww))[:, 1:].reshape(hh, ww, 2)
   if factor == 1:
     out = pos.reshape(-1, 2)
+  elif rule == "subsample":
+    out = pos.reshape(-1, 2)[_middle_tokens(grid, factor)]
   else:
     ph, pw = math.ceil(hh / factor), math.ceil(ww / factor)
     p = jnp.pad(pos, ((0, ph * factor - hh), (0, pw * factor - ww), (0, 0)))
@@ -253,8 +275,9 @@ def _evict(cache: KVCache, spec: CacheSpec, slot, frame, evict) -> KVCache:
   count = counts[branch]
 
   def pooled(f):
-    return lambda kv: (_pool(kv[0], spec.grid, f, p), _pool(kv[1], spec.grid, f, p),
-                       _pool_positions(spec.grid, f, p))
+    return lambda kv: (_pool(kv[0], spec.grid, f, p, spec.pool),
+                       _pool(kv[1], spec.grid, f, p, spec.pool),
+                       _pool_positions(spec.grid, f, p, spec.pool))
   pk, pv, ppos = jax.lax.switch(branch, [pooled(f) for f in factors], (k, v))
   ppos = jnp.concatenate([jnp.full((p, 1), frame, jnp.float32), ppos], axis=-1)
   fits = cache.mem_len + count <= spec.memory_tokens
