@@ -28,11 +28,11 @@ demo: $(STAMP)
 
 # The default test suite (CPU, ~12 minutes on 2 cores).
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 --dist loadscope -q tests
 
 # Also the tests marked slow.
 test-all: $(TEST_STAMP)
-	$(PY) -m pytest -n 2 -q --runslow tests
+	$(PY) -m pytest -n 2 --dist loadscope -q --runslow tests
 
 clean:
 	rm -rf runs .pytest_cache

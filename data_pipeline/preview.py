@@ -285,13 +285,15 @@ def plot_trajectory(path: str, poses, revisits, walls=None, title: str = "") -> 
 # ------------------------------------------------------------------ preview
 
 
-def frame_captions(actions, revisits, fps: float) -> list[str]:
-  """Per frame: "frame t/N  s.ss s", the active actions, and "REVISIT of frame s" if any."""
+def frame_captions(actions, revisits, fps: float,
+                   threshold: float = ACTION_THRESHOLD) -> list[str]:
+  """Per frame: "frame t/N  s.ss s", the actions above `threshold`, and "REVISIT of frame s"
+  if any."""
   names = poses_lib.ACTION_NAMES
   n = len(actions)
   out = []
   for t in range(n):
-    active = [names[i] for i in np.flatnonzero(np.asarray(actions[t]) > ACTION_THRESHOLD)]
+    active = [names[i] for i in np.flatnonzero(np.asarray(actions[t]) > threshold)]
     text = f"frame {t}/{n - 1}  {t / fps:5.2f} s\n{', '.join(active) or '-'}"
     if revisits[t] >= 0:
       text += f"\nREVISIT of frame {int(revisits[t])}"

@@ -55,7 +55,7 @@ def trained_run(tmp_path_factory):
   return cfg, workdir
 
 
-@pytest.mark.parametrize("decoder", ["vae", "tiny"])
+@pytest.mark.parametrize("decoder", ["vae", pytest.param("tiny", marks=pytest.mark.slow)])
 def test_generate_writes_a_captioned_video(trained_run, decoder, tmp_path):
   from relic_jax.inference.generate import generate
   cfg, workdir = trained_run

@@ -132,7 +132,7 @@ def generate(cfg, workdir: str, script: str, image_path: str | None = None,
   name = os.path.splitext(os.path.basename(script))[0]
   out_dir = out_dir or os.path.join(workdir, "generate")
   os.makedirs(out_dir, exist_ok=True)
-  caps = frame_captions(all_actions, -np.ones(len(video), int), cfg.generate.fps)
+  caps = frame_captions(all_actions, -np.ones(len(video), int), cfg.generate.fps, threshold=0.0)
   path = write_video(os.path.join(out_dir, f"{name}.mp4"), video, cfg.generate.fps, caps)
   steady = times[1:] or times
   result = {"video": path, "script": script, "frames": int(len(video)), "blocks": len(blocks),
