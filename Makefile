@@ -26,7 +26,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/relic train_teacher --config=experiments/tiny.py --workdir=$(WORKDIR)
 
-# The default test suite (CPU, ~12 minutes on 2 cores).
+# The default test suite (CPU, ~15 minutes on 2 cores).
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --dist loadscope -q tests
 
