@@ -95,14 +95,15 @@ def per_process_batch_size(global_batch: int, process_count: int) -> int:
 
 
 def make_train_iterator(cfg: ml_collections.ConfigDict, process_index: int | None = None,
-                        process_count: int | None = None, latent_dir: str = ""):
+                        process_count: int | None = None, latent_dir: str = "", source=None):
   """Infinite, shuffled (per epoch, by seed) batches for this process. The global batch is the
   concatenation of every process's batch in process order, and equals the batch a single
   process would read: results do not depend on the number of hosts. latent_dir: the latent
-  cache for data.source='latents' (default: config.data.latent_dir)."""
+  cache for data.source='latents' (default: config.data.latent_dir). source: an already
+  opened `make_source(cfg, ...)`, not opened again."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  source = make_source(cfg, latent_dir)
+  source = make_source(cfg, latent_dir) if source is None else source
   local_batch = per_process_batch_size(cfg.train.batch_size, process_count)
   if len(source) < cfg.train.batch_size:
     raise ValueError(f"config.data.num_examples={len(source)} is smaller than one global batch "
@@ -134,6 +135,12 @@ def tokenize_caption(caption: str, length: int) -> np.ndarray:
   """Byte-level tokens of a caption [length] int32: UTF-8 bytes + 1, 0 = padding."""
   raw = np.frombuffer(caption.encode("utf-8")[:length], np.uint8).astype(np.int32) + 1
   return np.pad(raw, (0, length - len(raw)))
+
+
+def detokenize_caption(tokens) -> str:
+  """The inverse of `tokenize_caption` (padding dropped)."""
+  t = np.asarray(tokens)
+  return bytes((t[t > 0] - 1).astype(np.uint8)).decode("utf-8", "replace")
 
 
 SPLITS = ("train", "heldout", "all")

@@ -128,11 +128,11 @@ def _train_teacher(cfg, workdir):
   iterator = None
   if cfg.data.source == "latents":
     latent_dir = cfg.data.latent_dir or os.path.join(workdir, "latents")
-    stats = CachedLatents(cfg, latent_dir).stats  # checks the cache against the config
-    iterator = make_train_iterator(cfg, latent_dir=latent_dir)
+    source = CachedLatents(cfg, latent_dir)  # checks the cache against the config
+    iterator = make_train_iterator(cfg, source=source)
     if cfg.data.normalize_latents:
       os.makedirs(out, exist_ok=True)
-      write_json_atomic(os.path.join(out, "latent_stats.json"), stats)
+      write_json_atomic(os.path.join(out, "latent_stats.json"), source.stats)
   final = train(cfg, out, TeacherTask(cfg), iterator)
   print(json.dumps(final, sort_keys=True))
   print(f"[relic] done: checkpoints in {out}/checkpoints, TensorBoard logs in "

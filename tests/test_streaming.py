@@ -306,9 +306,9 @@ def _record_attention(monkeypatch):
   return calls
 
 
-def test_pose_reaches_queries_and_keys_only(monkeypatch):
-  """Changing the poses changes the self-attention queries and keys in every layer and leaves
-  the values of layer 0 (whose input the poses have not touched yet) exactly as they were."""
+def _attention_inputs(monkeypatch, d_actions=0.0, d_poses=0.0):
+  """The (q, k, v) of every attention call (per layer: self-attention, then cross-attention)
+  of the unscanned DiT, with the given conditioning and with actions/poses shifted."""
   dit = dataclasses.replace(DIT, scan_layers=False, attention_mode="bidirectional")
   x, actions, poses, text = conditioning(4)
   params = unstack_blocks(model_params(), DIT.num_layers)
@@ -318,8 +318,14 @@ def test_pose_reaches_queries_and_keys_only(monkeypatch):
   model.apply({"params": params}, x, t, text, actions=actions, poses=poses)
   base = list(calls)
   calls.clear()
-  model.apply({"params": params}, x, t, text, actions=actions, poses=poses + 1.0)
-  # calls alternate self-attention, cross-attention per layer
+  model.apply({"params": params}, x, t, text, actions=actions + d_actions, poses=poses + d_poses)
+  return base, calls
+
+
+def test_pose_reaches_queries_and_keys_only(monkeypatch):
+  """Changing the poses changes layer 0's self-attention queries and keys and leaves its values
+  (whose input the poses have not touched yet) exactly as they were."""
+  base, calls = _attention_inputs(monkeypatch, d_poses=1.0)
   q0, k0, v0 = base[0]
   q1, k1, v1 = calls[0]
   assert np.abs(q1 - q0).max() > 1e-3 and np.abs(k1 - k0).max() > 1e-3
@@ -331,16 +337,7 @@ def test_pose_reaches_queries_and_keys_only(monkeypatch):
 def test_action_lands_after_self_attention(monkeypatch):
   """Changing the actions leaves layer 0's self-attention inputs (q, k, v) untouched and
   changes what comes after it: layer 0's cross-attention queries."""
-  dit = dataclasses.replace(DIT, scan_layers=False, attention_mode="bidirectional")
-  x, actions, poses, text = conditioning(4)
-  params = unstack_blocks(model_params(), DIT.num_layers)
-  calls = _record_attention(monkeypatch)
-  model = WanDiT(dit)
-  t = jnp.full((B, 4), 500.0)
-  model.apply({"params": params}, x, t, text, actions=actions, poses=poses)
-  base = list(calls)
-  calls.clear()
-  model.apply({"params": params}, x, t, text, actions=actions + 0.5, poses=poses)
+  base, calls = _attention_inputs(monkeypatch, d_actions=0.5)
   for i in range(3):
     np.testing.assert_array_equal(calls[0][i], base[0][i])
   assert np.abs(calls[1][0] - base[1][0]).max() > 1e-3  # cross-attention queries moved

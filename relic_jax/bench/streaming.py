@@ -96,6 +96,8 @@ def analytic(horizons) -> dict:
   import importlib
 
   from relic_jax.inference import streaming as st
+  from relic_jax.memory import kv_cache as kv_lib
+  from relic_jax.models import flops as flops_lib
   out = {}
   for name in ("wan_1_3b", "relic_14b"):
     cfg = importlib.import_module(f"experiments.{name}").get_config()
@@ -106,8 +108,6 @@ def analytic(horizons) -> dict:
       for h in horizons:
         spec = st.spec_from_config(cfg, mode=mode, max_frames=h)
         bf = spec.block_frames
-        from relic_jax.memory import kv_cache as kv_lib
-        from relic_jax.models import flops as flops_lib
         cached = kv_lib.attended_tokens(spec.cache, h - bf)
         res[mode][str(h)] = {
             "flops_per_block": (len(spec.sigmas) + 1) * flops_lib.block_forward_flops(

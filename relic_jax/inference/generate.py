@@ -90,9 +90,7 @@ def start_image(cfg, workdir: str, image_path: str | None):
     from data_pipeline.generate import dataset_dir
     src = loader.make_clip_source(cfg, dataset_dir(cfg, workdir), split="heldout")
     clip = src[0]
-    img, caption = clip["frames"][0], bytes(
-        (np.asarray(clip["text_tokens"])[np.asarray(clip["text_tokens"]) > 0] - 1)
-        .astype(np.uint8)).decode("utf-8", "replace")
+    img, caption = clip["frames"][0], loader.detokenize_caption(clip["text_tokens"])
   y0, x0, ch, cw = loader.crop_box(img.shape[0], img.shape[1], h, w)
   img = np.asarray(Image.fromarray(img[y0:y0 + ch, x0:x0 + cw]).resize((w, h),
                                                                        Image.Resampling.BILINEAR))

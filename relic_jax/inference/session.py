@@ -17,6 +17,7 @@ import numpy as np
 
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
+from relic_jax.training.vae_train import to_uint8, to_unit
 
 
 class Decoder:
@@ -49,7 +50,7 @@ class Decoder:
   def encode_image(self, image_BHW3):
     """uint8 images [B, H, W, 3] -> normalised latent frame 0 [B, 1, h, w, C]."""
     from relic_jax.models import vae as vae_lib
-    x = jnp.asarray(image_BHW3, jnp.float32)[:, None] / 127.5 - 1.0
+    x = to_unit(jnp.asarray(image_BHW3))[:, None]
     _, (mean, _) = vae_lib.encode_chunk(self.vae_params, self.vae_cfg, None, x, first=True)
     return self.normalise(mean)
 
@@ -75,10 +76,6 @@ class SessionState:
   stream: st.StreamState
   decoder_cache: Any
   frames: int  # latent frames made so far (frame 0 included), known on the host
-
-
-def to_uint8(video) -> np.ndarray:
-  return np.asarray(jnp.round((jnp.clip(video, -1, 1) + 1) * 127.5), np.uint8)
 
 
 class Session:

@@ -328,8 +328,8 @@ def save_initial_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task)
   mesh = mesh_lib.make_mesh(cfg.mesh)
   rules = mesh_lib.rules(cfg.mesh)
   tx = make_optimizer(cfg.train)
-  state, _, _ = create_sharded_state(task.init_params, tx, mesh, rules, jax.random.key(cfg.seed))
-  abstract, _ = state_shardings(task.init_params, tx, mesh, rules, jax.random.key(cfg.seed))
+  state, abstract, _ = create_sharded_state(task.init_params, tx, mesh, rules,
+                                            jax.random.key(cfg.seed))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints,
                                async_save=False)
   ckpt.save(0, state, {}, ckpt_lib.describe_model(task.model_config, abstract.params))
