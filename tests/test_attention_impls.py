@@ -185,3 +185,28 @@ def test_splash_lowers_for_tpu(monkeypatch):
   exported = jax.export.export(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=["tpu"])(
       a, a, a)
   assert exported.mlir_module().count("tpu_custom_call") == 3  # forward, dq, dkv kernels
+
+
+@pytest.mark.parametrize("masking", ["none", "kv_valid", "block_causal"])
+def test_chunked_attention_equals_xla_forward_and_grads(masking):
+  k1, k2, k3 = jax.random.split(jax.random.key(4), 3)
+  q = jax.random.normal(k1, (2, 48, 2, 16))
+  k = jax.random.normal(k2, (2, 70 if masking != "block_causal" else 48, 2, 16))
+  v = jax.random.normal(k3, k.shape)
+  kw = {"kv_valid": jnp.arange(70) < 61} if masking == "kv_valid" else (
+      {"block_causal": attn_lib.BlockCausal(12, q_offset=4, kv_offset=4)}
+      if masking == "block_causal" else {})
+
+  def loss(impl):
+    def f(q, k, v):
+      if impl == "chunked":
+        out = attn_lib.chunked_attention(q, k, v, kv_chunk=16, **kw)  # 16 does not divide 70
+      else:
+        out = attn_lib.dot_product_attention(q, k, v, impl="xla", **kw)
+      return jnp.sum(out ** 2), out
+    return f
+  (_, ref), gref = jax.value_and_grad(loss("xla"), (0, 1, 2), has_aux=True)(q, k, v)
+  (_, out), gout = jax.value_and_grad(loss("chunked"), (0, 1, 2), has_aux=True)(q, k, v)
+  np.testing.assert_allclose(out, ref, atol=2e-6)
+  for a, b in zip(gout, gref):
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -16,7 +16,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("xla", "cudnn", "splash")
+IMPLS = ("xla", "cudnn", "splash", "chunked")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,9 @@ def dot_product_attention(q_BSNH, k_BSNH, v_BSNH, *, impl: str = "xla", scale: f
     raise ValueError("give either block_causal or q_blocks/kv_blocks, not both")
   if (q_blocks is None) != (kv_blocks is None):
     raise ValueError("q_blocks and kv_blocks go together")
+  if impl == "chunked":
+    return chunked_attention(q_BSNH, k_BSNH, v_BSNH, scale=scale, block_causal=block_causal,
+                             q_blocks=q_blocks, kv_blocks=kv_blocks, kv_valid=kv_valid)
   if kv_valid is not None and impl != "xla":
     raise ValueError(f"attention impl {impl!r} does not take a key mask (kv_valid); the KV "
                      "cache path needs attention_impl='xla'")
@@ -79,3 +82,53 @@ def dot_product_attention(q_BSNH, k_BSNH, v_BSNH, *, impl: str = "xla", scale: f
     mask = valid if mask is None else mask & valid
   return jax.nn.dot_product_attention(q_BSNH, k_BSNH, v_BSNH, mask=mask, scale=scale,
                                       implementation=impl)
+
+
+def chunked_attention(q_BSNH, k_BSNH, v_BSNH, *, scale=None, block_causal=None, q_blocks=None,
+                      kv_blocks=None, kv_valid=None, kv_chunk: int = 512):
+  """Memory-efficient softmax attention in plain JAX (any backend): a `lax.scan` over key
+  chunks with a running max and sum (online softmax), its body rematerialised, so neither the
+  forward nor the backward pass holds more than one [Sq, kv_chunk] score block per head.
+  Masks as `dot_product_attention` (block layout and/or key validity). Keys are padded to a
+  multiple of kv_chunk (padding masked)."""
+  b, sq, n, h = q_BSNH.shape
+  sk = k_BSNH.shape[1]
+  scale = (1.0 / h ** 0.5) if scale is None else scale
+  if block_causal is not None:
+    q_blocks, kv_blocks = block_causal.q_ids(sq), block_causal.kv_ids(sk)
+  chunk = min(kv_chunk, sk)
+  pad = (-sk) % chunk
+  valid = jnp.ones((b, sk), bool) if kv_valid is None else jnp.broadcast_to(
+      kv_valid if kv_valid.ndim == 2 else kv_valid[None], (b, sk))
+  k = jnp.pad(k_BSNH, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  v = jnp.pad(v_BSNH, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  valid = jnp.pad(valid, ((0, 0), (0, pad)))
+  kb = None if kv_blocks is None else jnp.pad(kv_blocks, (0, pad))
+  nc = (sk + pad) // chunk
+  ks = k.reshape(b, nc, chunk, n, h).swapaxes(0, 1)
+  vs = v.reshape(b, nc, chunk, n, h).swapaxes(0, 1)
+  valids = valid.reshape(b, nc, chunk).swapaxes(0, 1)
+  kbs = None if kb is None else kb.reshape(nc, chunk)
+  q = q_BSNH.astype(jnp.float32) * scale
+
+  @jax.checkpoint
+  def body(carry, xs):
+    m, l, acc = carry
+    kc, vc, ok, kbc = xs
+    s = jnp.einsum("bqnh,bknh->bnqk", q, kc.astype(jnp.float32))
+    mask = ok[:, None, None, :]
+    if kbc is not None:
+      mask = mask & (kbc[None, None, None, :] <= q_blocks[None, None, :, None])
+    s = jnp.where(mask, s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(-1))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    p = jnp.where(mask, jnp.exp(s - m_safe[..., None]), 0.0)
+    corr = jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - m_safe) * jnp.isfinite(m)
+    l = l * corr + p.sum(-1)
+    acc = acc * corr[..., None] + jnp.einsum("bnqk,bknh->bnqh", p, vc.astype(jnp.float32))
+    return (m_new, l, acc), None
+
+  init = (jnp.full((b, n, sq), -jnp.inf), jnp.zeros((b, n, sq)), jnp.zeros((b, n, sq, h)))
+  (_, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs))
+  out = acc / jnp.maximum(l, 1e-30)[..., None]
+  return out.transpose(0, 2, 1, 3).astype(q_BSNH.dtype)
