@@ -19,3 +19,13 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes JSON atomically (see `write_bytes_atomic`)."""
   write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def write_npz_atomic(path: str, **arrays) -> None:
+  """Writes numpy arrays as an .npz atomically (see `write_bytes_atomic`)."""
+  import io
+
+  import numpy as np
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  write_bytes_atomic(path, buf.getvalue())

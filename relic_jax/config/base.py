@@ -174,6 +174,50 @@ def get_base_config() -> ml_collections.ConfigDict:
   gen.decoder = "vae"        # "vae" (the full streaming decoder) or "tiny"
   gen.fps = 17.5             # video frames per second (the data's)
 
+  # ---------------------------------------------------------------- ode_init (the student's start)
+  # `relic ode_init` (training/ode_init.py): the teacher's ODE trajectories from noise for
+  # `num_trajectories` clips (an Euler solver of `solver_steps` steps with CFG `guidance` on the
+  # text), stored in <workdir>/ode_init/trajectories; the block-causal student regresses the
+  # clean end point from their states at its few-step timesteps (config.generate.timesteps)
+  # with hybrid forcing: of `blocks` blocks the first blocks - noisy_blocks are clean and reach
+  # the noisy ones through the KV cache, pooled exactly as the memory holds them.
+  o = c.ode_init = ml_collections.ConfigDict()
+  o.num_trajectories = 64
+  o.solver_steps = 40
+  o.guidance = 1.0           # 1 = no classifier-free guidance
+  o.blocks = 1               # clip length: 1 + blocks * model.block_frames latent frames
+  o.noisy_blocks = 1         # K: the last K blocks are noised, the others clean context
+  o.train = ml_collections.ConfigDict({
+      "steps": 200, "batch_size": 8, "lr": 1e-4, "warmup_steps": 20, "ema_decay": 0.0,
+      "checkpoint_every": 100, "log_every": 10})
+
+  # ---------------------------------------------------------------- distill (self-forcing DMD)
+  # `relic distill` (training/self_forcing.py, training/distill.py). Each step rolls the student
+  # out over `blocks` blocks with its own KV cache (the inference path, a random sampler exit
+  # step per block), updates the critic (fake score) by flow matching on the rollout, and every
+  # critic_ratio-th step the generator by DMD: real score = the frozen teacher with CFG
+  # `guidance`, at a timestep in [min_timestep, max_timestep] (shifted by generate.shift).
+  ds = c.distill = ml_collections.ConfigDict()
+  ds.rollout_curriculum = ((1, 20), (2, 20))  # (blocks, steps), in order: rollout lengths
+  ds.backprop = "replayed"   # "replayed" (block by block, constant memory) or "naive"
+  ds.naive_remat = True      # naive: rematerialise each block in the backward pass
+  ds.critic_ratio = 5        # critic updates per generator update (Self-Forcing: 5)
+  ds.guidance = 3.0          # real-score CFG (Self-Forcing: 3); 1 = off
+  ds.min_timestep = 20.0     # DMD / critic timesteps (of 1000), before the shift
+  ds.max_timestep = 980.0
+  ds.same_exit_across_blocks = False  # one random exit step for all blocks (else per block)
+  ds.gen_lr = 2e-6           # RELIC: generator 2e-6, critic 4e-7, AdamW betas (0, 0.999)
+  ds.critic_lr = 4e-7
+  ds.b1 = 0.0
+  ds.b2 = 0.999
+  ds.weight_decay = 0.01
+  ds.grad_clip = 10.0
+  ds.ema_decay = 0.99        # the generator's EMA (what `relic generate` uses)
+  ds.batch_size = 4
+  ds.checkpoint_every = 20
+  ds.keep_checkpoints = 3
+  ds.log_every = 5
+
   # ---------------------------------------------------------------- vae
   # The Wan 2.1 causal video VAE (relic_jax/models/vae.py; these defaults are Wan's, 127M
   # params): strides 4 in time and 2 ** (len(dim_mult) - 1) = 8 in space, z_dim channels

@@ -85,8 +85,10 @@ class StreamState:
   rng: jax.Array
 
 
-def _apply(params, spec: StreamSpec, state: StreamState, x, t, t_offset, actions, poses,
-           first: bool):
+def apply_cached(params, spec: StreamSpec, state: StreamState, x, t, t_offset, actions, poses,
+                 first: bool):
+  """The student on x (one block, or frame 0 when `first`) attending to the state's cache ->
+  (velocity, the block's (k, v) per layer)."""
   c = spec.dit
   view = kv_lib.view(state.cache, spec.cache, c)
   return WanDiT(c).apply({"params": params}, x, t, state.text, t_offset=t_offset,
@@ -104,34 +106,73 @@ def start(params, spec: StreamSpec, latent0_B1hwC, text, rng) -> StreamState:
                       text=jnp.asarray(text), rng=rng)
   actions = jnp.zeros((b, 1, ACTION_DIM)).at[:, :, STATIC].set(1.0)
   poses = camera.pose_features(state.camera[:, None])
-  _, (k, v) = _apply(params, spec, state, latent0_B1hwC, jnp.zeros((b, 1)), 0, actions, poses,
+  _, (k, v) = apply_cached(params, spec, state, latent0_B1hwC, jnp.zeros((b, 1)), 0, actions, poses,
                      True)
   return state.replace(cache=kv_lib.write(state.cache, spec.cache, k, v))
 
 
-def step(params, spec: StreamSpec, state: StreamState, actions_BFA):
-  """One block from the actions of its 4 * block_frames video frames [B, F, 13] ->
-  (state, clean latents [B, block_frames, h, w, C])."""
+def block_input(params, spec: StreamSpec, state: StreamState, actions_BFA, pose_in, exit_step,
+                key):
+  """Self-Forcing's few-step sampler up to its exit step: x = noise at sigma_0; for
+  i < exit_step: x0 = x - sigma_i v(x, sigma_i), x = (1 - sigma_{i+1}) x0 + sigma_{i+1} fresh
+  noise. Returns the input of step `exit_step` (an int, traced or not) [B, bf, h, w, C]."""
   c, bf = spec.dit, spec.block_frames
   b = actions_BFA.shape[0]
   h, w = spec.latent_hw
-  poses = camera.integrate(state.camera, actions_BFA, spec.action_scale)
-  pose_in = camera.pose_features(poses)
+  sig = jnp.asarray(spec.sigmas + (0.0,), jnp.float32)
+  k0, kn = jax.random.split(key)
   offset = state.cache.frames
-  rng, k0, *keys = jax.random.split(state.rng, 1 + len(spec.sigmas))
+
+  def denoise(i, x):
+    t = jnp.full((b, bf), sig[i] * fm.NUM_TRAIN_TIMESTEPS, jnp.float32)
+    v, _ = apply_cached(params, spec, state, x, t, offset, actions_BFA, pose_in, False)
+    x0 = x - sig[i] * v
+    return (1.0 - sig[i + 1]) * x0 + sig[i + 1] * jax.random.normal(
+        jax.random.fold_in(kn, i), x.shape, jnp.float32)
+
   x = jax.random.normal(k0, (b, bf, h, w, c.in_channels), jnp.float32)
-  x0 = x
-  for i, sigma in enumerate(spec.sigmas):
-    t = jnp.full((b, bf), sigma * fm.NUM_TRAIN_TIMESTEPS, jnp.float32)
-    v, _ = _apply(params, spec, state, x, t, offset, actions_BFA, pose_in, False)
-    x0 = x - sigma * v
-    if i + 1 < len(spec.sigmas):
-      nxt = spec.sigmas[i + 1]
-      x = (1.0 - nxt) * x0 + nxt * jax.random.normal(keys[i], x.shape, jnp.float32)
-  _, (k, v) = _apply(params, spec, state, x0, jnp.zeros((b, bf)), offset, actions_BFA, pose_in,
-                     False)
-  cache = kv_lib.write(state.cache, spec.cache, k, v)
-  return state.replace(cache=cache, camera=poses[:, -1], rng=rng), x0
+  return jax.lax.fori_loop(0, exit_step, denoise, x)
+
+
+def block_output(params, spec: StreamSpec, state: StreamState, x_in, exit_step, actions_BFA,
+                 pose_in):
+  """The sampler's exit step: x0 = x_in - sigma v(x_in, sigma), sigma = sigmas[exit_step]."""
+  b, bf = x_in.shape[:2]
+  sigma = jnp.asarray(spec.sigmas, jnp.float32)[exit_step]
+  t = jnp.broadcast_to(sigma * fm.NUM_TRAIN_TIMESTEPS, (b, bf))
+  v, _ = apply_cached(params, spec, state, x_in, t, state.cache.frames, actions_BFA, pose_in,
+                      False)
+  return x_in - sigma * v
+
+
+def commit(params, spec: StreamSpec, state: StreamState, x0, actions_BFA, poses_BF44):
+  """Re-runs the clean block at t = 0 and writes its keys/values into the cache; the camera
+  moves to the block's last pose."""
+  b, bf = x0.shape[:2]
+  _, (k, v) = apply_cached(params, spec, state, x0, jnp.zeros((b, bf)), state.cache.frames,
+                           actions_BFA, camera.pose_features(poses_BF44), False)
+  return state.replace(cache=kv_lib.write(state.cache, spec.cache, k, v),
+                       camera=poses_BF44[:, -1])
+
+
+def block_poses(spec: StreamSpec, state: StreamState, actions_BFA):
+  """The block's camera poses [B, F, 4, 4], integrated from the actions (relative to frame 0)."""
+  return camera.integrate(state.camera, actions_BFA, spec.action_scale)
+
+
+def step(params, spec: StreamSpec, state: StreamState, actions_BFA):
+  """One block from the actions of its 4 * block_frames video frames [B, F, 13] ->
+  (state, clean latents [B, block_frames, h, w, C]): `block_input` to the last sampler step,
+  `block_output`, then `commit`. Distillation (training/self_forcing.py) runs the same three
+  with a random exit step."""
+  poses = block_poses(spec, state, actions_BFA)
+  pose_in = camera.pose_features(poses)
+  rng, key = jax.random.split(state.rng)
+  last = len(spec.sigmas) - 1
+  x_in = block_input(params, spec, state, actions_BFA, pose_in, last, key)
+  x0 = block_output(params, spec, state, x_in, last, actions_BFA, pose_in)
+  state = commit(params, spec, state, x0, actions_BFA, poses)
+  return state.replace(rng=rng), x0
 
 
 def rollout(params, spec: StreamSpec, state: StreamState, actions_NBFA):

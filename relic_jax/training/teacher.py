@@ -49,7 +49,8 @@ class TeacherTask:
     return batch
 
   def init_params(self, rng):
-    ex = {k: jnp.asarray(v) for k, v in self.example_batch(1).items()}
+    # TeacherTask's own example (subclasses train on other batches, with the same params)
+    ex = {k: jnp.asarray(v) for k, v in TeacherTask.example_batch(self, 1).items()}
     t = jnp.zeros((1, self._clip[0]), jnp.float32)
     return self.model.init(rng, ex["latents"], t, ex["text"], actions=ex.get("actions"),
                            poses=ex.get("poses"))["params"]

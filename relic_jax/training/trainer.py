@@ -150,11 +150,13 @@ def state_from_params(params, tx, shardings) -> TrainState:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
-          iterator: Any = None, hooks: Iterable[Callable[[int, dict], None]] = ()) -> dict:
+          iterator: Any = None, hooks: Iterable[Callable[[int, dict], None]] = (),
+          init_params: Any = None) -> dict:
   """Trains `task` to cfg.train.steps, resuming from the latest checkpoint in workdir.
 
   iterator: per-process batches with get_state()/set_state() (default: data_pipeline's grain
-  loader for cfg). hooks: called as hook(step, metrics) after each step's metrics are read.
+  loader for cfg). init_params: params a new run starts from (e.g. the teacher's for ODE
+  initialisation), instead of a fresh init or config.train.init_from. hooks: called as hook(step, metrics) after each step's metrics are read.
   Returns the final metrics, also written to workdir/final_metrics.json.
   """
   validate(cfg)
@@ -178,7 +180,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
   abstract, shardings = state_shardings(task.init_params, tx, mesh, rules, rng)
   meta = ckpt_lib.describe_model(task.model_config, abstract.params)
   latest = ckpt.latest_step()
-  if latest is None and t.init_from:
+  if latest is None and init_params is not None:
+    state = state_from_params(jax.device_put(init_params, shardings.params), tx, shardings)
+    logging.info("initialised from the given params")
+  elif latest is None and t.init_from:
     from relic_jax.weights.store import load_params
     params = load_params(t.init_from, with_shardings(abstract.params, shardings.params),
                          ckpt_lib.describe_model(task.model_config, abstract.params))
