@@ -31,4 +31,5 @@ def get_config():
   c.train.warmup_steps = 100
   c.train.checkpoint_every = 500
   c.train.log_every = 50
+  c.train.text_dropout = 0.1  # the unconditional branch for classifier-free guidance
   return c

@@ -1,10 +1,12 @@
 """wan_1_3b: the Wan 2.1 T2V 1.3B backbone (dim 1536, FFN 8960, 12 heads, 30 layers, umT5
 text embeddings 4096-d x 512 tokens), trained in bf16 with scanned, rematerialised blocks.
 
-Clip: 21 latent frames of 60x104 (5 s at 480x832) = 32,760 tokens. Hardware: 8+ H100 / a
-TPU v5p-8 or larger with FSDP; a step on one H100 fits only with a shorter clip (the train_step
-benchmark uses --config.data.latent_frames). Wall-clock: depends on the fleet; the
-train_step benchmark reports step time and MFU.
+Clip: 21 latent frames of 60x104 (5 s at 480x832) = 32,760 tokens. The teacher's horizon
+curriculum (train.horizon_curriculum, RELIC's) then trains 10 s (41 latent frames, ~64k tokens)
+and 20 s (81, ~126k tokens) clips with YaRN on the temporal RoPE (factors 41/21 and 81/21).
+Hardware: 8+ H100 / a TPU v5p-8 or larger with FSDP; a step on one H100 fits only with a
+shorter clip (the train_step benchmark uses --config.data.latent_frames). Wall-clock: depends
+on the fleet; the train_step benchmark reports step time and MFU.
 """
 
 from relic_jax.config import get_base_config
@@ -23,7 +25,10 @@ def get_config():
   c.train.batch_size = 8
   c.train.lr = 1e-5
   c.train.warmup_steps = 100
-  c.train.steps = 5000
+  c.train.steps = 5000       # without the curriculum; with it, each phase has its own steps
+  # RELIC: 5 s (5k iterations) -> 10 s (1k) -> 20 s (4k) at 4 latent frames/s
+  c.train.horizon_curriculum = ((21, 5000), (41, 1000), (81, 4000))
+  c.train.text_dropout = 0.1  # the unconditional branch for classifier-free guidance
   c.train.checkpoint_every = 500
   c.train.log_every = 10
   return c

@@ -9,11 +9,14 @@ Stages available now:
   encode          the trained VAE encodes every training clip into the latent cache
   import-wan-vae  convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params (--out)
   train_teacher   flow-matching training of the (bidirectional) DiT
+  ode_init        the block-causal student regresses the teacher's ODE trajectories (hybrid
+                  forcing)
+  distill         self-forcing DMD distillation of the student (critic, replayed back-prop)
   import-wan      convert a diffusers Wan 2.1 T2V transformer (--source) to params (--out)
   generate        a video from an image, a caption and scripted actions (--actions=NAME|FILE)
                   with the streaming generator and its KV memory
   info            print the resolved config, mesh and parameter count; trains nothing
-Planned stages (later issues): ode_init, distill, evaluate, pipeline.
+Planned stages (later issues): evaluate, pipeline.
 """
 
 import difflib
@@ -116,27 +119,54 @@ def _import_wan_vae(cfg, workdir):
 
 
 def _train_teacher(cfg, workdir):
-  """Trains the teacher in <workdir>/teacher, on the synthetic latents or on the latent cache
-  (data.source='latents': config.data.latent_dir or <workdir>/latents, as `relic encode` wrote
-  it); the cache's latent_stats, which the teacher's latents are normalised by, are copied to
-  <workdir>/teacher/latent_stats.json for generation."""
+  """Trains the teacher in <workdir>/teacher (through config.train.horizon_curriculum when set:
+  earlier horizons in <workdir>/teacher/horizon_<i>_<frames>f), on the synthetic latents or on
+  the latent cache (data.source='latents': config.data.latent_dir or <workdir>/latents, as
+  `relic encode` wrote it); the cache's latent_stats, which the teacher's latents are
+  normalised by, are copied to <workdir>/teacher/latent_stats.json for generation."""
   from data_pipeline.loader import CachedLatents, make_train_iterator
   from relic_jax.io_utils import write_json_atomic
-  from relic_jax.training.teacher import TeacherTask
-  from relic_jax.training.trainer import train
+  from relic_jax.training.teacher import train_teacher
   out = os.path.join(workdir, "teacher")
-  iterator = None
-  if cfg.data.source == "latents":
-    latent_dir = cfg.data.latent_dir or os.path.join(workdir, "latents")
-    source = CachedLatents(cfg, latent_dir)  # checks the cache against the config
-    iterator = make_train_iterator(cfg, source=source)
-    if cfg.data.normalize_latents:
+
+  def make_iterator(phase_cfg):
+    if phase_cfg.data.source != "latents":
+      return make_train_iterator(phase_cfg)
+    latent_dir = phase_cfg.data.latent_dir or os.path.join(workdir, "latents")
+    source = CachedLatents(phase_cfg, latent_dir)  # checks the cache against the config
+    if phase_cfg.data.normalize_latents:
       os.makedirs(out, exist_ok=True)
       write_json_atomic(os.path.join(out, "latent_stats.json"), source.stats)
-  final = train(cfg, out, TeacherTask(cfg), iterator)
+    return make_train_iterator(phase_cfg, source=source)
+
+  final = train_teacher(cfg, workdir, make_iterator)
   print(json.dumps(final, sort_keys=True))
   print(f"[relic] done: checkpoints in {out}/checkpoints, TensorBoard logs in "
         f"{out}/tensorboard, final metrics in {out}/final_metrics.json")
+
+
+def _ode_init(cfg, workdir):
+  from relic_jax.training.ode_init import ode_init, stage_workdir
+  final = ode_init(cfg, workdir, progress=cfg.train.progress_bar)
+  print(json.dumps(final, sort_keys=True))
+  out = stage_workdir(workdir)
+  print(f"[relic] ODE initialisation done: regression loss {final.get('first_loss', 0):.4f} -> "
+        f"{final.get('loss', 0):.4f}; trajectories in {out}/trajectories, the student in "
+        f"{out}/checkpoints")
+
+
+def _distill(cfg, workdir):
+  from relic_jax.training.distill import distill, stage_workdir
+  final = distill(cfg, workdir)
+  print(json.dumps(final, sort_keys=True))
+  out = stage_workdir(workdir)
+  proxy = ""
+  if "first_teacher_fm_loss" in final:
+    proxy = (f"; teacher flow-matching loss on the student's rollouts "
+             f"{final['first_teacher_fm_loss']:.4f} -> {final['last_teacher_fm_loss']:.4f}")
+  print(f"[relic] distillation done at step {final['step']} (generator from "
+        f"{final['generator_from']}, {final['backprop']} back-propagation){proxy}; checkpoints "
+        f"in {out}/checkpoints, metrics in {out}/metrics.jsonl")
 
 
 def _generate(cfg, workdir):
@@ -212,11 +242,12 @@ def _import_wan(cfg, workdir):
 
 
 STAGES = {"data": _data, "train_vae": _train_vae, "encode": _encode,
-          "train_teacher": _train_teacher, "info": _info, "import-wan": _import_wan,
+          "train_teacher": _train_teacher, "ode_init": _ode_init, "distill": _distill,
+          "info": _info, "import-wan": _import_wan,
           "import-wan-vae": _import_wan_vae, "generate": _generate}
 SUBCOMMANDS = {"data": ("generate", "ingest", "preview")}
-PLANNED = ("ode_init", "distill", "evaluate", "pipeline")
-NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode", "generate")
+PLANNED = ("evaluate", "pipeline")
+NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode", "ode_init", "distill", "generate")
 NEEDS_FLAGS = {"import-wan": ("source", "out"), "import-wan-vae": ("source", "out"),
                "data ingest": ("source",), "generate": ("actions",)}
 
@@ -274,6 +305,9 @@ def main(argv):
   from relic_jax.inference.scripts import ScriptError
   from relic_jax.inference.streaming import ActionError
   from relic_jax.memory.kv_cache import CacheCapacityError
+  from relic_jax.training.distill import DistillError
+  from relic_jax.training.ode_init import ODEInitError
+  from relic_jax.training.teacher import CurriculumError
   try:
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
@@ -283,7 +317,8 @@ def main(argv):
     else:
       STAGES[stage](cfg, FLAGS.workdir)
   except (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError, ScriptError,
-          ActionError, CacheCapacityError) as e:
+          ActionError, CacheCapacityError, DistillError, ODEInitError,
+          CurriculumError) as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)

@@ -200,7 +200,8 @@ def test_chunked_attention_equals_xla_forward_and_grads(masking):
   def loss(impl):
     def f(q, k, v):
       if impl == "chunked":
-        out = attn_lib.chunked_attention(q, k, v, kv_chunk=16, **kw)  # 16 does not divide 70
+        # 16 does not divide the 70 keys, nor 32 the 48 queries: both paddings are exercised
+        out = attn_lib.chunked_attention(q, k, v, kv_chunk=16, q_chunk=32, **kw)
       else:
         out = attn_lib.dot_product_attention(q, k, v, impl="xla", **kw)
       return jnp.sum(out ** 2), out

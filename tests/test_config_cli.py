@@ -272,13 +272,13 @@ def test_every_experiment_config_validates(path):
 
 # ------------------------------------------------------------------------------ the CLI
 
-STAGE_LIST = ("data, train_vae, encode, train_teacher, info, import-wan, import-wan-vae, "
-              "generate")
+STAGE_LIST = ("data, train_vae, encode, train_teacher, ode_init, distill, info, import-wan, "
+              "import-wan-vae, generate")
 FAST_CLI_ERRORS = [
     ("unknown_stage", ["nope", TINY],
      ["unknown stage 'nope'.", "Available stages: " + STAGE_LIST + "."]),
-    ("planned_stage", ["distill", TINY],
-     ["unknown stage 'distill'. 'distill' is planned but not implemented yet.",
+    ("planned_stage", ["evaluate", TINY],
+     ["unknown stage 'evaluate'. 'evaluate' is planned but not implemented yet.",
       "Available stages: " + STAGE_LIST + "."]),
     ("no_stage", [TINY],
      ["expected exactly one stage", "stages: " + STAGE_LIST]),

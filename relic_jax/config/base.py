@@ -258,6 +258,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.timestep_sampling = "uniform"  # "uniform" or "logit_normal"
   t.clean_first_frame = True       # image conditioning: frame 0 is the clean latent, t=0
   t.per_frame_noise = False        # diffusion forcing: an independent timestep per frame
+  # Probability that an example's text is replaced by the null text (zeros: all-zero byte
+  # tokens or zero embeddings), so the teacher also learns the unconditional velocity that
+  # classifier-free guidance (ode_init.guidance, distill.guidance) subtracts. 0 = off.
+  t.text_dropout = 0.0
+  # The teacher's horizon curriculum (training/teacher.py train_teacher): ((latent_frames,
+  # steps), ...) phases in order, each starting from the previous phase's params (RELIC: 5 s
+  # -> 10 s -> 20 s). Empty: one phase of data.latent_frames for train.steps.
+  t.horizon_curriculum = ()
+  # With a curriculum: a phase longer than model.yarn_original_frames (and every phase after
+  # it) gets model.yarn_factor = latent_frames / yarn_original_frames (the largest so far), unless
+  # model.yarn_factor was set (!= 1), which is then kept for every phase.
+  t.yarn_auto = True
   # checkpointing and logging
   t.checkpoint_every = 50
   t.keep_checkpoints = 3

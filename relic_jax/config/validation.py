@@ -308,6 +308,49 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
             f"use some of {', '.join(map(repr, WADS))}")
 
 
+def _is_int(v) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def validate_teacher_training(cfg: ml_collections.ConfigDict) -> None:
+  """train.text_dropout, train.yarn_auto and train.horizon_curriculum (the teacher's phases).
+
+  Only the curriculum's own structure is checked here: other stages (the VAE, ODE init) reuse
+  the train group with the curriculum still in it, and each phase's full config is validated
+  again when the trainer starts it."""
+  t = cfg.train
+  p = _get(cfg, "train.text_dropout")
+  if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+    _fail("train.text_dropout", p, "is a probability",
+          "use a value in [0, 1], e.g. 0.1 (0 turns caption dropout off)")
+  if not isinstance(_get(cfg, "train.yarn_auto"), bool):
+    _fail("train.yarn_auto", t.yarn_auto, "must be True or False",
+          "use True (YaRN follows the curriculum's horizon) or False")
+  cur = _get(cfg, "train.horizon_curriculum")
+  example = "e.g. ((21, 5000), (41, 1000), (81, 4000)), or () for one phase"
+  if isinstance(cur, (str, bytes)) or not isinstance(cur, (tuple, list)):
+    _fail("train.horizon_curriculum", cur, "must be a list of (latent_frames, steps) phases",
+          example)
+  pt = cfg.model.patch_size[0]
+  for i, phase in enumerate(cur):
+    if (isinstance(phase, (str, bytes)) or not isinstance(phase, (tuple, list))
+        or len(phase) != 2):
+      _fail("train.horizon_curriculum", cur, f"phase {i} ({phase!r}) is not a "
+            "(latent_frames, steps) pair", example)
+    frames, steps = phase
+    if not (_is_int(frames) and frames > 0 and _is_int(steps) and steps > 0):
+      _fail("train.horizon_curriculum", cur, f"phase {i} ({phase!r}) needs a positive integer "
+            "number of latent frames and of steps", example)
+    if frames % pt:
+      _fail("train.horizon_curriculum", cur, f"phase {i} has {frames} latent frames, not "
+            f"divisible by the temporal patch size {pt}",
+            f"use multiples of model.patch_size[0]={pt}")
+    if t.clean_first_frame and frames < 2:
+      _fail("train.horizon_curriculum", cur, f"phase {i} has {frames} latent frame, and with "
+            "train.clean_first_frame there is no frame left to denoise",
+            "use at least 2 latent frames per phase")
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int = 1) -> ml_collections.ConfigDict:
   """Checks a full experiment config; returns it unchanged or raises ConfigError.
@@ -365,6 +408,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("data.latent_frames", cfg.data.latent_frames,
           "with train.clean_first_frame there is no frame left to denoise",
           "use at least 2 latent frames or set train.clean_first_frame=False")
+  validate_teacher_training(cfg)
   shape = dict(cfg.mesh.shape)
   if num_devices is not None:
     validate_sharding(cfg, resolve_mesh_shape(shape, num_devices), num_processes)

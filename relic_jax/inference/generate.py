@@ -39,8 +39,15 @@ def load_dit(cfg, workdir: str):
   from relic_jax.training.trainer import load_state
   for stage in STUDENT_STAGES:
     path = os.path.join(workdir, stage)
-    if _latest(path):
-      return load_state(cfg, path, TeacherTask(cfg)).params, stage
+    if not _latest(path):
+      continue
+    if stage == "distill":  # the generator's EMA (its raw params when distill.ema_decay = 0)
+      from relic_jax.training.distill import load_generator
+      return load_generator(cfg, workdir, use_ema=cfg.distill.ema_decay > 0), stage
+    if stage == "ode_init":
+      from relic_jax.training.ode_init import stage_config
+      return load_state(stage_config(cfg), path, TeacherTask(cfg)).params, stage
+    return load_state(cfg, path, TeacherTask(cfg)).params, stage
   raise DataError(f"no trained DiT in {workdir} (looked in {', '.join(STUDENT_STAGES)}). Fix: "
                   "run `relic train_teacher` (and later ode_init/distill) with this --workdir.")
 
@@ -100,6 +107,8 @@ def start_image(cfg, workdir: str, image_path: str | None):
 def generate(cfg, workdir: str, script: str, image_path: str | None = None,
              text: str | None = None, out_dir: str | None = None, seed: int = 0) -> dict:
   from data_pipeline.preview import frame_captions, write_video
+  from relic_jax.training.teacher import with_teacher_rope
+  cfg = with_teacher_rope(cfg)  # the DiT runs with the final teacher's RoPE (YaRN)
   actions = scripts_lib.load(script, cfg.generate.fps)
   params, source = load_dit(cfg, workdir)
   decoder = load_decoder(cfg, workdir)

@@ -85,12 +85,13 @@ def dot_product_attention(q_BSNH, k_BSNH, v_BSNH, *, impl: str = "xla", scale: f
 
 
 def chunked_attention(q_BSNH, k_BSNH, v_BSNH, *, scale=None, block_causal=None, q_blocks=None,
-                      kv_blocks=None, kv_valid=None, kv_chunk: int = 512):
-  """Memory-efficient softmax attention in plain JAX (any backend): a `lax.scan` over key
-  chunks with a running max and sum (online softmax), its body rematerialised, so neither the
-  forward nor the backward pass holds more than one [Sq, kv_chunk] score block per head.
-  Masks as `dot_product_attention` (block layout and/or key validity). Keys are padded to a
-  multiple of kv_chunk (padding masked)."""
+                      kv_blocks=None, kv_valid=None, kv_chunk: int = 256, q_chunk: int = 256):
+  """Memory-efficient softmax attention in plain JAX (any backend): queries in chunks of
+  q_chunk (a `lax.map`), each a `lax.scan` over key chunks of kv_chunk with a running max and
+  sum (online softmax), the scan body rematerialised, so neither the forward nor the backward
+  pass holds more than one [q_chunk, kv_chunk] score block per head, whatever the sequence
+  length. Masks as `dot_product_attention` (block layout and/or key validity). Queries and keys
+  are padded to multiples of their chunks (padding masked, padded queries dropped)."""
   b, sq, n, h = q_BSNH.shape
   sk = k_BSNH.shape[1]
   scale = (1.0 / h ** 0.5) if scale is None else scale
@@ -109,26 +110,42 @@ def chunked_attention(q_BSNH, k_BSNH, v_BSNH, *, scale=None, block_causal=None, 
   vs = v.reshape(b, nc, chunk, n, h).swapaxes(0, 1)
   valids = valid.reshape(b, nc, chunk).swapaxes(0, 1)
   kbs = None if kb is None else kb.reshape(nc, chunk)
+
+  def attend(q, qb):
+    """q [B, Q, N, H] (scaled, float32), qb [Q] or None -> out [B, N, Q, H]."""
+    nq = q.shape[1]
+
+    @jax.checkpoint
+    def body(carry, xs):
+      m, l, acc = carry
+      kc, vc, ok, kbc = xs
+      s = jnp.einsum("bqnh,bknh->bnqk", q, kc.astype(jnp.float32))
+      mask = ok[:, None, None, :]
+      if kbc is not None:
+        mask = mask & (kbc[None, None, None, :] <= qb[None, None, :, None])
+      s = jnp.where(mask, s, -jnp.inf)
+      m_new = jnp.maximum(m, s.max(-1))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+      p = jnp.where(mask, jnp.exp(s - m_safe[..., None]), 0.0)
+      corr = jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - m_safe) * jnp.isfinite(m)
+      l = l * corr + p.sum(-1)
+      acc = acc * corr[..., None] + jnp.einsum("bnqk,bknh->bnqh", p, vc.astype(jnp.float32))
+      return (m_new, l, acc), None
+
+    init = (jnp.full((b, n, nq), -jnp.inf), jnp.zeros((b, n, nq)), jnp.zeros((b, n, nq, h)))
+    (_, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs))
+    return acc / jnp.maximum(l, 1e-30)[..., None]
+
   q = q_BSNH.astype(jnp.float32) * scale
-
-  @jax.checkpoint
-  def body(carry, xs):
-    m, l, acc = carry
-    kc, vc, ok, kbc = xs
-    s = jnp.einsum("bqnh,bknh->bnqk", q, kc.astype(jnp.float32))
-    mask = ok[:, None, None, :]
-    if kbc is not None:
-      mask = mask & (kbc[None, None, None, :] <= q_blocks[None, None, :, None])
-    s = jnp.where(mask, s, -jnp.inf)
-    m_new = jnp.maximum(m, s.max(-1))
-    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-    p = jnp.where(mask, jnp.exp(s - m_safe[..., None]), 0.0)
-    corr = jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - m_safe) * jnp.isfinite(m)
-    l = l * corr + p.sum(-1)
-    acc = acc * corr[..., None] + jnp.einsum("bnqk,bknh->bnqh", p, vc.astype(jnp.float32))
-    return (m_new, l, acc), None
-
-  init = (jnp.full((b, n, sq), -jnp.inf), jnp.zeros((b, n, sq)), jnp.zeros((b, n, sq, h)))
-  (_, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs))
-  out = acc / jnp.maximum(l, 1e-30)[..., None]
+  if sq <= q_chunk:
+    out = attend(q, q_blocks)
+  else:
+    qpad = (-sq) % q_chunk
+    nqc = (sq + qpad) // q_chunk
+    qs = jnp.pad(q, ((0, 0), (0, qpad), (0, 0), (0, 0))).reshape(b, nqc, q_chunk, n, h)
+    qbs = None if q_blocks is None else jnp.pad(q_blocks, (0, qpad),
+                                                constant_values=-1).reshape(nqc, q_chunk)
+    # padded queries see no key (block -1): their rows are zeros, and are dropped
+    outs = jax.lax.map(lambda xs: attend(xs[0], xs[1]), (qs.swapaxes(0, 1), qbs))
+    out = outs.transpose(1, 2, 0, 3, 4).reshape(b, n, nqc * q_chunk, h)[:, :, :sq]
   return out.transpose(0, 2, 1, 3).astype(q_BSNH.dtype)

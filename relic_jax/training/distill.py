@@ -17,9 +17,10 @@ Checkpoints hold the whole state and the data iterator (Orbax, atomic), every
 distill.checkpoint_every steps and at the end: a killed run resumes where its last checkpoint
 left it, and then continues exactly as an uninterrupted run. Logged (metrics.jsonl,
 TensorBoard): critic_loss every step; on generator steps dmd_loss (the DMD objective's
-value, 0.5 mean g^2 of the normalised direction), score_diff (the proxy for the divergence
-DMD minimises: mean squared distance between the teacher's and the critic's x0 predictions on
-the student's noised samples), gen_grad_norm and the mean exit step.
+value, 0.5 mean g^2 of the normalised direction), teacher_fm_loss (the teacher's denoising
+loss on this step's rollout: one noise level of the proxy `self_forcing.teacher_fit`),
+score_diff (mean squared distance between the teacher's and the critic's x0 predictions),
+gen_grad_norm and the mean exit step.
 """
 
 import json
@@ -236,12 +237,15 @@ def ode_stage_config(cfg):
 
 
 def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher=None,
-            gen_init=None) -> dict:
+            gen_init=None, hooks=()) -> dict:
   """Runs (or resumes) the distillation stage in <workdir>/distill. teacher / gen_init: params
-  to use instead of loading them from <workdir> (tests)."""
+  to use instead of loading them from <workdir> (tests). hooks: called as hook(step, metrics)
+  after each step's metrics are read, before its checkpoint."""
+  from relic_jax.training.teacher import with_teacher_rope
   from relic_jax.training.trainer import _progress, _Writer, NonFiniteError, compiled_stats
   validate(cfg)
   validate_distill(cfg)
+  cfg = with_teacher_rope(cfg)  # the student runs with the final teacher's RoPE (YaRN)
   d = cfg.distill
   out = stage_workdir(workdir)
   os.makedirs(out, exist_ok=True)
@@ -249,6 +253,11 @@ def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher
   if is_main:
     write_json_atomic(os.path.join(out, "config.json"), json.loads(cfg.to_json()))
   mesh, rules = mesh_lib.make_mesh(cfg.mesh), mesh_lib.rules(cfg.mesh)
+  split = mesh.shape["data"] * mesh.shape["fsdp"]
+  if d.batch_size % split or (d.batch_size // jax.process_count()) % max(
+      split // jax.process_count(), 1):
+    raise DistillError(f"config.distill.batch_size={d.batch_size} does not split over the mesh's "
+                       f"data x fsdp = {split} devices. Fix: use a multiple of {split}.")
   tx_gen, tx_critic = optimizers(d)
   abstract, shardings = state_layout(cfg, tx_gen, tx_critic, mesh, rules)
   meta = ckpt_lib.describe_model(TeacherTask(cfg).model_config, abstract.gen)
@@ -326,6 +335,8 @@ def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher
       if bool(m["gen_step"]):
         row |= {k: float(m[k]) for k in GEN_METRICS}
       history.append(row)
+      for hook in hooks:
+        hook(step + 1, row)
       if (step + 1) % d.log_every == 0 or bool(m["gen_step"]):
         writer.write(step + 1, {k: v for k, v in row.items() if k != "step"})
       if bar is not None:
@@ -347,7 +358,9 @@ def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher
   if gen_rows:
     final |= {"first_dmd_loss": gen_rows[0]["dmd_loss"], "last_dmd_loss": gen_rows[-1]["dmd_loss"],
               "first_score_diff": gen_rows[0]["score_diff"],
-              "last_score_diff": gen_rows[-1]["score_diff"]}
+              "last_score_diff": gen_rows[-1]["score_diff"],
+              "first_teacher_fm_loss": gen_rows[0]["teacher_fm_loss"],
+              "last_teacher_fm_loss": gen_rows[-1]["teacher_fm_loss"]}
   if history:
     final["last_critic_loss"] = history[-1]["critic_loss"]
   if is_main:

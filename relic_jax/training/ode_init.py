@@ -286,8 +286,10 @@ class ODEInitTask(TeacherTask):
 
 def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progress: bool = False):
   """The stage: trajectories (resumable), then the regression (resumable) -> final metrics."""
+  from relic_jax.training.teacher import with_teacher_rope
   from relic_jax.training.trainer import load_state, train
   validate_ode(cfg)
+  cfg = with_teacher_rope(cfg)
   if teacher is None:
     tdir = os.path.join(workdir, "teacher")
     if not os.path.isdir(os.path.join(tdir, "checkpoints")):

@@ -7,10 +7,27 @@ Batches: {"latents" [B, T, h, w, C], "text" [B, L, text_dim] float} from the syn
 or from the latent cache (data.source = "latents") {"latents" (normalised), "text" [B, L] byte
 tokens, "actions" [B, F, 13], "poses" [B, F, 12]} with F = 1 + 4 (T - 1) video frames; actions
 and poses are used when model.action_dim / pose_dim are set.
+
+config.train.text_dropout replaces an example's text by the null text (zeros) so that the
+teacher learns the unconditional velocity classifier-free guidance needs.
+
+The horizon curriculum (config.train.horizon_curriculum, RELIC: 5 s -> 10 s -> 20 s) runs in
+`train_teacher`: phase i trains clips of its own latent_frames for its own steps, starting from
+phase i-1's final params, with YaRN extending the temporal RoPE once a phase is longer than the
+pretrained horizon (train.yarn_auto). Layout under <workdir>/teacher:
+  horizon_<i>_<frames>f/   every phase but the last (checkpoints, metrics, TensorBoard)
+  .                        the last phase, so whatever loads <workdir>/teacher gets the final
+                           teacher; load it with `final_teacher_config(cfg)` (its yarn_factor)
+  curriculum.json          the phases, their yarn factors, directories and progress
 """
 
 import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Iterable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -18,6 +35,23 @@ import numpy as np
 from relic_jax.diffusion import flow_matching as fm
 from relic_jax.models import flops as flops_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
+
+CURRICULUM_FILE = "curriculum.json"
+# fold_in constant for the text-dropout key: the noise keeps its own stream, so a run's noise and
+# timesteps do not change when text_dropout is turned on or off.
+_TEXT_DROPOUT_STREAM = 0x7E47
+
+
+class CurriculumError(ValueError):
+  """<workdir>/teacher was trained with another horizon curriculum; the message says how."""
+
+
+def drop_text(rng, text, p: float):
+  """Replaces each example's text ([B, L] tokens or [B, L, D] embeddings) by the null text,
+  zeros, with probability p: the same null text ode_init and distill give the unconditional
+  branch of classifier-free guidance."""
+  drop_B = jax.random.bernoulli(rng, p, (text.shape[0],))
+  return jnp.where(drop_B.reshape((-1,) + (1,) * (text.ndim - 1)), jnp.zeros_like(text), text)
 
 
 class TeacherTask:
@@ -57,10 +91,13 @@ class TeacherTask:
 
   def loss_fn(self, params, batch, rng):
     tc = self.cfg.train
+    text = batch["text"]
+    if tc.text_dropout > 0:
+      text = drop_text(jax.random.fold_in(rng, _TEXT_DROPOUT_STREAM), text, tc.text_dropout)
     x_t, t, target, weight = fm.noisy_inputs(
         rng, batch["latents"], shift=tc.timestep_shift, sampling=tc.timestep_sampling,
         clean_first_frame=tc.clean_first_frame, per_frame_noise=tc.per_frame_noise)
-    pred = self.model.apply({"params": params}, x_t, t, batch["text"],
+    pred = self.model.apply({"params": params}, x_t, t, text,
                             actions=batch.get("actions") if self.dit.action_dim else None,
                             poses=batch.get("poses") if self.dit.pose_dim else None)
     return fm.velocity_loss(pred, target, weight)
@@ -70,3 +107,182 @@ class TeacherTask:
 
   def tokens_per_example(self) -> int:
     return flops_lib.tokens(self.dit, *self._clip)[2]
+
+
+# ------------------------------------------------------------------ the horizon curriculum
+
+
+def phases(cfg: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+  """[(latent_frames, steps)] of the teacher's phases; one phase of data.latent_frames for
+  train.steps when train.horizon_curriculum is empty."""
+  cur = cfg.train.horizon_curriculum
+  if not cur:
+    return [(int(cfg.data.latent_frames), int(cfg.train.steps))]
+  return [(int(frames), int(steps)) for frames, steps in cur]
+
+
+def yarn_factors(cfg: ml_collections.ConfigDict) -> list[float]:
+  """model.yarn_factor of each phase. With train.yarn_auto, a phase longer than the horizon
+  the model was pretrained on (model.yarn_original_frames) stretches the temporal RoPE by
+  frames / original; later phases keep the largest factor so far, since the model has adapted
+  to it (a shorter phase after a longer one is still inside the stretched range). A factor the
+  user set (!= 1), or an empty curriculum, applies as it is to every phase."""
+  m, t = cfg.model, cfg.train
+  n = len(phases(cfg))
+  if not t.horizon_curriculum or not t.yarn_auto or m.yarn_factor != 1.0:
+    return [float(m.yarn_factor)] * n
+  out, factor = [], 1.0
+  for frames, _ in phases(cfg):
+    factor = max(factor, frames / m.yarn_original_frames)
+    out.append(float(factor))
+  return out
+
+
+def phase_config(cfg: ml_collections.ConfigDict, i: int) -> ml_collections.ConfigDict:
+  """A copy of cfg for phase i: its data.latent_frames, train.steps and model.yarn_factor."""
+  ph = phases(cfg)
+  if not 0 <= i < len(ph):
+    raise IndexError(f"phase {i} does not exist: config.train.horizon_curriculum has "
+                     f"{len(ph)} phase(s). Fix: use a phase index in [0, {len(ph)}).")
+  frames, steps = ph[i]
+  out = cfg.copy_and_resolve_references()
+  out.data.latent_frames = frames
+  out.train.steps = steps
+  out.model.yarn_factor = yarn_factors(cfg)[i]
+  return out
+
+
+def final_teacher_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config that describes the teacher train_teacher leaves in <workdir>/teacher: its
+  model fields (yarn_factor in particular, which the checkpoint's param shapes do not reveal)
+  and the horizon it was last trained on (data.latent_frames). cfg itself when the curriculum
+  is empty."""
+  if not cfg.train.horizon_curriculum:
+    return cfg
+  return phase_config(cfg, len(phases(cfg)) - 1)
+
+
+def with_teacher_rope(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """cfg with model.yarn_factor of the final teacher: what every stage after the teacher
+  (ODE init, distillation, generation) runs the DiT with, so the student's RoPE is the one the
+  teacher was last trained with (YaRN-extended to its longest horizon)."""
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    out.model.yarn_factor = final_teacher_config(cfg).model.yarn_factor
+  return out
+
+
+def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Each phase's run directory: <workdir>/teacher/horizon_<i>_<frames>f, the last phase
+  <workdir>/teacher itself."""
+  teacher = os.path.join(workdir, "teacher")
+  ph = phases(cfg)
+  return [teacher if i == len(ph) - 1 else os.path.join(teacher, f"horizon_{i}_{frames}f")
+          for i, (frames, _) in enumerate(ph)]
+
+
+def _latest_step(run_dir: str) -> int | None:
+  from relic_jax.training import checkpoint as ckpt_lib
+  if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    return None  # (opening a Checkpointer would create the directory)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), 1, async_save=False)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
+def _check_plan(teacher_dir: str, plan: list[dict]) -> None:
+  """Refuses to continue a teacher trained with another curriculum: its last phase shares
+  <workdir>/teacher with ours and would silently resume from the wrong run. Only the last
+  phase's steps may change (training it longer, as train.steps may grow on resume)."""
+  path = os.path.join(teacher_dir, CURRICULUM_FILE)
+  fix = (f"Fix: set config.train.horizon_curriculum back to the recorded phases, or train in a "
+         f"fresh --workdir (or delete {teacher_dir}).")
+  if not os.path.exists(path):
+    if len(plan) > 1 and _latest_step(teacher_dir) is not None:
+      raise CurriculumError(
+          f"{teacher_dir} holds a teacher trained without a horizon curriculum, but "
+          f"config.train.horizon_curriculum has {len(plan)} phases whose last would resume "
+          f"from it. {fix}")
+    return
+  with open(path) as f:
+    old = json.load(f)["phases"]
+
+  def same(a, b, last):
+    return (a["latent_frames"] == b["latent_frames"] and a["dir"] == b["dir"]
+            and math.isclose(a["yarn_factor"], b["yarn_factor"])
+            and (last or a["steps"] == b["steps"]))
+  if len(old) != len(plan) or not all(same(a, b, i == len(plan) - 1)
+                                      for i, (a, b) in enumerate(zip(old, plan))):
+    def desc(ps):
+      return [(p["latent_frames"], p["steps"], round(p["yarn_factor"], 4)) for p in ps]
+    raise CurriculumError(
+        f"{path} records the phases (latent_frames, steps, yarn_factor) {desc(old)}, but this "
+        f"config asks for {desc(plan)}. {fix}")
+
+
+def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
+                  make_iterator: Callable[[ml_collections.ConfigDict], Any],
+                  hooks: Iterable[Callable[[int, dict], None]] = ()) -> dict:
+  """Trains (or resumes) the teacher through its horizon curriculum into <workdir>/teacher.
+
+  Phase i runs `trainer.train` on phase_config(cfg, i) in phase_dirs(cfg, workdir)[i] with
+  the batches of make_iterator(phase_config(cfg, i)). A phase after the first starts from the
+  previous phase's final params (fresh optimizer, EMA and LR schedule: each phase is a
+  fine-tuning run of its own). A finished phase (a checkpoint at its step count) is skipped
+  without compiling anything; an interrupted one resumes from its latest checkpoint. hooks go
+  to every phase's trainer (steps restart at 0 in each phase).
+  Returns the final phase's final metrics; <workdir>/teacher/curriculum.json records the plan
+  and each phase's progress.
+  """
+  from relic_jax.config import validate
+  from relic_jax.io_utils import write_json_atomic
+  from relic_jax.training.trainer import load_state, train
+  validate(cfg)
+  teacher_dir = os.path.join(workdir, "teacher")
+  dirs, ph, factors = phase_dirs(cfg, workdir), phases(cfg), yarn_factors(cfg)
+  plan = [{"latent_frames": frames, "steps": steps, "yarn_factor": f,
+           "dir": os.path.relpath(d, teacher_dir), "done": False}
+          for (frames, steps), f, d in zip(ph, factors, dirs)]
+  _check_plan(teacher_dir, plan)
+  is_main = jax.process_index() == 0
+
+  def record():
+    if is_main:
+      os.makedirs(teacher_dir, exist_ok=True)
+      write_json_atomic(os.path.join(teacher_dir, CURRICULUM_FILE),
+                        {"phases": plan, "yarn_original_frames": cfg.model.yarn_original_frames,
+                         "yarn_auto": bool(cfg.train.yarn_auto)})
+
+  record()
+  final: dict = {}
+  for i, run_dir in enumerate(dirs):
+    pcfg = phase_config(cfg, i)
+    latest = _latest_step(run_dir)
+    where = (f"phase {i + 1}/{len(dirs)} ({ph[i][0]} latent frames, {ph[i][1]} steps, "
+             f"yarn_factor {factors[i]:.4g}) in {run_dir}")
+    if latest is not None and latest >= ph[i][1]:
+      if is_main:
+        print(f"[relic] teacher {where}: already done (step {latest}), skipped", flush=True)
+      metrics_path = os.path.join(run_dir, "final_metrics.json")
+      final = {"step": latest}
+      if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+          final = json.load(f)
+    else:
+      init = None
+      if i > 0 and latest is None:  # a new phase starts where the previous one ended
+        prev = phase_config(cfg, i - 1)
+        init = load_state(prev, dirs[i - 1], TeacherTask(prev)).params
+      if is_main:
+        how = ("resuming" if latest is not None else
+               f"starting from phase {i}'s params" if init is not None else "starting")
+        print(f"[relic] teacher {where}: {how}", flush=True)
+      final = train(pcfg, run_dir, TeacherTask(pcfg), make_iterator(pcfg), hooks,
+                    init_params=init)
+    plan[i]["done"] = True
+    if "loss" in final:
+      plan[i]["final_loss"] = final["loss"]
+    record()
+  return final
