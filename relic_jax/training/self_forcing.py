@@ -106,24 +106,35 @@ def _blocks(actions_BFA, spec: DistillSpec):
   return jnp.moveaxis(actions_BFA.reshape(b, spec.blocks, f, -1), 1, 0)
 
 
-def rollout(params, spec: DistillSpec, latent0, text, actions, exits, rng):
-  """Step (a), no gradient: -> dict of per-block x_in and x0 [N, B, bf, h, w, C] and the
-  block poses [N, B, F, 4, 4]. actions [B, N * F, 13] (F video frames per block)."""
-  params = jax.lax.stop_gradient(params)
+def _scan_blocks(params, spec: DistillSpec, latent0, text, actions, exits, rng,
+                 remat: bool = False):
+  """The block scan of `rollout` and `naive_rollout`: gradient (if any) reaches params only
+  through each block's exit step; the sampler steps before it and the cache writes see
+  stop_gradient(params) and the detached block. -> per-block (x_in, x0, poses)."""
   s = spec.stream
   k_start, k_blocks = jax.random.split(rng)
-  state = st.start(params, s, latent0, text, k_start)
+  frozen = jax.lax.stop_gradient(params)
+  state = st.start(frozen, s, latent0, text, k_start)
 
   def body(state, xs):
     j, a, e = xs
     poses = st.block_poses(s, state, a)
     pose_in = camera.pose_features(poses)
-    x_in = st.block_input(params, s, state, a, pose_in, e, jax.random.fold_in(k_blocks, j))
+    x_in = st.block_input(frozen, s, state, a, pose_in, e, jax.random.fold_in(k_blocks, j))
     x0 = st.block_output(params, s, state, x_in, e, a, pose_in)
-    return st.commit(params, s, state, x0, a, poses), (x_in, x0, poses)
+    return st.commit(frozen, s, state, jax.lax.stop_gradient(x0), a, poses), (x_in, x0, poses)
 
-  _, (x_in, x0, poses) = jax.lax.scan(
-      body, state, (jnp.arange(spec.blocks), _blocks(actions, spec), exits))
+  if remat:
+    body = jax.checkpoint(body)
+  _, out = jax.lax.scan(body, state, (jnp.arange(spec.blocks), _blocks(actions, spec), exits))
+  return out
+
+
+def rollout(params, spec: DistillSpec, latent0, text, actions, exits, rng):
+  """Step (a), no gradient: -> dict of per-block x_in and x0 [N, B, bf, h, w, C] and the
+  block poses [N, B, F, 4, 4]. actions [B, N * F, 13] (F video frames per block)."""
+  x_in, x0, poses = _scan_blocks(jax.lax.stop_gradient(params), spec, latent0, text, actions,
+                                 exits, rng)
   return {"x_in": x_in, "x0": x0, "poses": poses}
 
 
@@ -256,23 +267,8 @@ def naive_rollout(params, spec: DistillSpec, latent0, text, actions, exits, rng)
   """The rollout with gradient through each block's exit step only (sampler steps before it
   and cache writes detached): -> per-block x0 [N, B, bf, ...] and poses, differentiable in
   params. Each block is rematerialised in the backward pass when spec.naive_remat."""
-  s = spec.stream
-  k_start, k_blocks = jax.random.split(rng)
-  frozen = jax.lax.stop_gradient(params)
-  state = st.start(frozen, s, latent0, text, k_start)
-
-  def body(state, xs):
-    j, a, e = xs
-    poses = st.block_poses(s, state, a)
-    pose_in = camera.pose_features(poses)
-    x_in = st.block_input(frozen, s, state, a, pose_in, e, jax.random.fold_in(k_blocks, j))
-    x0 = st.block_output(params, s, state, x_in, e, a, pose_in)
-    return st.commit(frozen, s, state, jax.lax.stop_gradient(x0), a, poses), (x0, poses)
-
-  if spec.naive_remat:
-    body = jax.checkpoint(body)
-  _, (x0, poses) = jax.lax.scan(body, state,
-                                (jnp.arange(spec.blocks), _blocks(actions, spec), exits))
+  _, x0, poses = _scan_blocks(params, spec, latent0, text, actions, exits, rng,
+                              remat=spec.naive_remat)
   return x0, poses
 
 
