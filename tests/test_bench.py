@@ -17,7 +17,8 @@ TRAIN_STEP_KEYS = {"step_time_s", "tokens_per_s", "tflops_per_device", "mfu", "p
 
 def _bench(module, *args, out):
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # one CPU device, not the 8 fake ones of conftest.py
+  # one CPU device, not the 8 fake ones of conftest.py (these tests check the JSON, not speed)
+  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
   r = subprocess.run([sys.executable, "-m", f"relic_jax.bench.{module}", *args, f"--out={out}"],
                      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -89,3 +90,34 @@ def test_vae(tmp_path):
   assert s["encode_frames_per_s"] > 0 and s["decode_frames_per_s"] > 0
   assert s["tiny_decode_frames_per_s"] > 0 and s["stream_decode_latency_s"] > 0
   assert s["heldout_psnr"] is None and s["trained"] is False  # no --workdir
+
+
+STREAMING_KEYS = {"block_latency_s", "fps", "kv_bytes", "attended_tokens", "capacity_tokens",
+                  "flops_per_block", "first_block_s"}
+
+
+def test_streaming(tmp_path):
+  s = _bench("streaming", "--config=experiments/tiny.py", "--modes=relic,full",
+             "--horizons=16", "--blocks=1", out=str(tmp_path / "streaming.json"))
+  for mode in ("relic", "full"):
+    r = s[mode]["16"]
+    assert STREAMING_KEYS <= set(r), sorted(r)
+    assert r["block_latency_s"] > 0 and r["fps"] == pytest.approx(12 / r["block_latency_s"])
+  # 16 frames with a window of 6: relic pools what left the window, full keeps it all
+  assert s["relic"]["16"]["kv_bytes"] < s["full"]["16"]["kv_bytes"]
+  assert s["relic"]["16"]["attended_tokens"] < s["full"]["16"]["attended_tokens"]
+  assert s["relic_over_full_kv_bytes"]["16"] < 1.0
+  assert set(s["analytic"]) >= {"wan_1_3b", "relic_14b"}
+
+
+def test_distill_memory(tmp_path):
+  s = _bench("distill_memory", "--config=experiments/tiny.py", "--blocks=1,3", "--repeats=1",
+             out=str(tmp_path / "distill_memory.json"))
+  for mode in ("replayed", "naive"):
+    for n in ("1", "3"):
+      r = s[mode][n]
+      assert r["temp_bytes"] > 0 and r["peak_bytes"] > r["temp_bytes"] and r["step_time_s"] > 0
+      assert r["latent_frames"] == 1 + 3 * int(n)
+    assert s["growth"][mode] == pytest.approx(s[mode]["3"]["temp_bytes"] /
+                                              s[mode]["1"]["temp_bytes"])
+  assert s["attention_impl"] == "chunked" and s["naive_remat"] is True
