@@ -24,13 +24,9 @@ from data_pipeline.episode import DataError
 from relic_jax.inference import scripts as scripts_lib
 from relic_jax.inference.session import Decoder, Session
 from relic_jax.io_utils import write_json_atomic
+from relic_jax.training.checkpoint import has_checkpoint
 
 STUDENT_STAGES = ("distill", "ode_init", "teacher")
-
-
-def _latest(path: str) -> bool:
-  d = os.path.join(path, "checkpoints")
-  return os.path.isdir(d) and any(x.isdigit() for x in os.listdir(d))
 
 
 def load_dit(cfg, workdir: str):
@@ -39,7 +35,7 @@ def load_dit(cfg, workdir: str):
   from relic_jax.training.trainer import load_state
   for stage in STUDENT_STAGES:
     path = os.path.join(workdir, stage)
-    if not _latest(path):
+    if not has_checkpoint(path):
       continue
     if stage == "distill":  # the generator's EMA (its raw params when distill.ema_decay = 0)
       from relic_jax.training.distill import load_generator
@@ -56,7 +52,7 @@ def load_decoder(cfg, workdir: str) -> Decoder:
   from relic_jax.training import vae_train
   from relic_jax.training.trainer import load_state
   vdir = vae_train.stage_workdir(workdir)
-  if not _latest(vdir):
+  if not has_checkpoint(vdir):
     raise DataError(f"no trained VAE in {vdir}. Fix: run `relic train_vae` with this --workdir.")
   run_cfg = vae_train.stage_config(cfg)
   task = vae_train.VAETask(run_cfg)
@@ -64,7 +60,7 @@ def load_decoder(cfg, workdir: str) -> Decoder:
   tiny_params = tiny_cfg = None
   if cfg.generate.decoder == "tiny":
     tdir = os.path.join(workdir, "vae_tiny")
-    if not _latest(tdir):
+    if not has_checkpoint(tdir):
       raise DataError(f"config.generate.decoder='tiny' but there is no tiny decoder in {tdir}. "
                       "Fix: run `relic train_vae` with config.vae.tiny_steps > 0, or use "
                       "--config.generate.decoder=vae.")

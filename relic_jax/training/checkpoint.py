@@ -62,6 +62,12 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
       + "Fix: use the config that wrote it, or a fresh --workdir.")
 
 
+def has_checkpoint(run_dir: str) -> bool:
+  """Whether a run directory (a stage's workdir) holds at least one saved step."""
+  d = os.path.join(run_dir, "checkpoints")
+  return os.path.isdir(d) and any(x.isdigit() for x in os.listdir(d))
+
+
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager with items state / data / meta."""
 

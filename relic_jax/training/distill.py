@@ -189,15 +189,20 @@ def make_step(spec: sf.DistillSpec, tx_gen, tx_critic, d: ml_collections.ConfigD
   return step_fn
 
 
+def _new_state(gen, critic, tx_gen, tx_critic) -> DistillState:
+  """Step 0: the generator's EMA starts at the generator, both optimizers fresh."""
+  return DistillState(step=jnp.zeros((), jnp.int32), gen=gen, gen_ema=gen,
+                      gen_opt=tx_gen.init(gen), critic=critic, critic_opt=tx_critic.init(critic))
+
+
 def state_layout(cfg, tx_gen, tx_critic, mesh, rules):
-  """(abstract DistillState, its NamedShardings, the params' shardings) from the model's
-  logical axes, without allocating anything."""
+  """(abstract DistillState, its NamedShardings) from the model's logical axes, without
+  allocating anything."""
   task = TeacherTask(cfg)
 
   def init(rng):
     p = task.init_params(rng)
-    return DistillState(step=jnp.zeros((), jnp.int32), gen=p, gen_ema=p, gen_opt=tx_gen.init(p),
-                        critic=p, critic_opt=tx_critic.init(p))
+    return _new_state(p, p, tx_gen, tx_critic)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init, jax.random.key(0))
@@ -206,27 +211,17 @@ def state_layout(cfg, tx_gen, tx_critic, mesh, rules):
 
 
 def initial_state(gen_params, critic_params, tx_gen, tx_critic, shardings) -> DistillState:
-  def build(g, c):
-    return DistillState(step=jnp.zeros((), jnp.int32), gen=g, gen_ema=g, gen_opt=tx_gen.init(g),
-                        critic=c, critic_opt=tx_critic.init(c))
-  return jax.jit(build, out_shardings=shardings)(gen_params, critic_params)
-
-
-def _latest(path: str) -> bool:
-  d = os.path.join(path, "checkpoints")
-  return os.path.isdir(d) and any(x.isdigit() for x in os.listdir(d))
+  return jax.jit(lambda g, c: _new_state(g, c, tx_gen, tx_critic),
+                 out_shardings=shardings)(gen_params, critic_params)
 
 
 def load_teacher_and_init(cfg, workdir: str):
   """(teacher params, generator init params, where the generator starts from)."""
+  from relic_jax.training.teacher import load_teacher
   from relic_jax.training.trainer import load_state
-  tdir = os.path.join(workdir, "teacher")
-  if not _latest(tdir):
-    raise DistillError(f"no trained teacher in {tdir}. Fix: run `relic train_teacher` with this "
-                       "--workdir first.")
-  teacher = load_state(cfg, tdir, TeacherTask(cfg)).params
+  teacher = load_teacher(cfg, workdir)
   odir = os.path.join(workdir, "ode_init")
-  if _latest(odir):
+  if ckpt_lib.has_checkpoint(odir):
     return teacher, load_state(ode_stage_config(cfg), odir, TeacherTask(cfg)).params, "ode_init"
   return teacher, teacher, "teacher"
 
@@ -297,12 +292,11 @@ def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher
       bsh = {k: mesh_lib.batch_sharding(mesh, rules, v.ndim) for k, v in example.items()}
       abatch = {k: jax.ShapeDtypeStruct((d.batch_size,) + v.shape[1:], v.dtype, sharding=bsh[k])
                 for k, v in example.items()}
-      ssh = jax.tree.map(lambda a: a.sharding, with_shardings(abstract, shardings))
       t0 = time.time()
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         fn = jax.jit(make_step(spec, tx_gen, tx_critic, d, cfg.seed),
-                     in_shardings=(ssh, shardings.critic, bsh),
-                     out_shardings=(ssh, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+                     in_shardings=(shardings, shardings.critic, bsh),
+                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
         compiled[blocks] = fn.lower(with_shardings(abstract, shardings),
                                     with_shardings(abstract.critic, shardings.critic),
                                     abatch).compile()

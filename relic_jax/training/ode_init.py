@@ -252,50 +252,42 @@ class ODEInitTask(TeacherTask):
     actions, poses = batch["actions"], _poses44(batch["poses"])
     b = x0.shape[0]
     n_clean = o.blocks - o.noisy_blocks
+
+    def block(j):
+      """Block j's latent frames and its video frames (actions, poses)."""
+      return (slice(1 + j * bf, 1 + (j + 1) * bf),
+              slice(1 + j * bf * k4, 1 + (j + 1) * bf * k4))
+
     state = st.start(params, spec, x0[:, :1], text, rng)
     for j in range(n_clean):  # clean context, cached as generation caches it
-      lo, hi = 1 + j * bf, 1 + (j + 1) * bf
-      a, p = actions[:, 1 + (lo - 1) * k4:1 + (hi - 1) * k4], poses[:, 1 + (lo - 1) * k4:1 + (hi - 1) * k4]
-      state = st.commit(params, spec, state, x0[:, lo:hi], a, p)
+      lat, vid = block(j)
+      state = st.commit(params, spec, state, x0[:, lat], actions[:, vid], poses[:, vid])
     steps = jax.random.randint(rng, (b, o.noisy_blocks), 0, len(spec.sigmas))
     losses = []
     for i, j in enumerate(range(n_clean, o.blocks)):  # noised blocks, block-causally
-      lo, hi = 1 + j * bf, 1 + (j + 1) * bf
-      sl = slice(1 + (lo - 1) * k4, 1 + (hi - 1) * k4)
-      a, pose_in = actions[:, sl], camera.pose_features(poses[:, sl])
+      lat, vid = block(j)
+      a, pose_in = actions[:, vid], camera.pose_features(poses[:, vid])
       k = steps[:, i]
-      x = jnp.take_along_axis(states[:, :, lo:hi], k[:, None, None, None, None, None],
+      x = jnp.take_along_axis(states[:, :, lat], k[:, None, None, None, None, None],
                               axis=1)[:, 0]
       sigma = self.sigmas[k]
       t = jnp.broadcast_to(sigma[:, None] * fm.NUM_TRAIN_TIMESTEPS, (b, bf))
       v, (kk, vv) = st.apply_cached(params, spec, state, x, t, state.cache.frames, a, pose_in,
                                     False)
       pred = x - sigma[:, None, None, None, None] * v
-      losses.append(jnp.mean(jnp.square(pred - x0[:, lo:hi])))
+      losses.append(jnp.mean(jnp.square(pred - x0[:, lat])))
       state = state.replace(cache=kv_lib.write(state.cache, spec.cache, kk, vv))
     return jnp.mean(jnp.stack(losses))
-
-  def flops_per_example(self) -> float:
-    from relic_jax.models import flops as flops_lib
-    return flops_lib.forward_flops(self.dit, *self._clip, self.cfg.data.text_len)
-
-  def tokens_per_example(self) -> int:
-    from relic_jax.models import flops as flops_lib
-    return flops_lib.tokens(self.dit, *self._clip)[2]
 
 
 def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progress: bool = False):
   """The stage: trajectories (resumable), then the regression (resumable) -> final metrics."""
-  from relic_jax.training.teacher import with_teacher_rope
-  from relic_jax.training.trainer import load_state, train
+  from relic_jax.training.teacher import load_teacher, with_teacher_rope
+  from relic_jax.training.trainer import train
   validate_ode(cfg)
   cfg = with_teacher_rope(cfg)
   if teacher is None:
-    tdir = os.path.join(workdir, "teacher")
-    if not os.path.isdir(os.path.join(tdir, "checkpoints")):
-      raise ODEInitError(f"no trained teacher in {tdir}. Fix: run `relic train_teacher` with "
-                         "this --workdir first.")
-    teacher = load_state(cfg, tdir, TeacherTask(cfg)).params
+    teacher = load_teacher(cfg, workdir)
   data_cfg = cfg.copy_and_resolve_references()
   with data_cfg.unlocked():
     if data_cfg.data.source != "latents":
@@ -304,5 +296,6 @@ def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progres
   traj_dir = write_trajectories(data_cfg, workdir, teacher, _data_iterator(data_cfg, workdir),
                                 progress)
   run_cfg = stage_config(cfg)
-  it = TrajectoryIterator(traj_dir, run_cfg.train.batch_size, run_cfg.seed, jax.process_index(), jax.process_count())
+  it = TrajectoryIterator(traj_dir, run_cfg.train.batch_size, run_cfg.seed, jax.process_index(),
+                          jax.process_count())
   return train(run_cfg, stage_workdir(workdir), ODEInitTask(run_cfg), it, init_params=teacher)

@@ -158,20 +158,33 @@ def _bidirectional(params, cfg: DiTConfig, x, t, text, actions, poses):
 # ------------------------------------------------------------------ DMD and the critic
 
 
+def _noised(video, sigma_B, noise):
+  """The sequence at noise level sigma_B [B] on every frame but frame 0 (the clean image):
+  -> (x_t, model timesteps [B, T], sigma broadcast [B, T, 1, 1, 1], loss weight [B, T] that
+  leaves frame 0 out)."""
+  b, t = video.shape[:2]
+  sigma = jnp.broadcast_to(sigma_B[:, None], (b, t)).at[:, 0].set(0.0)
+  s = sigma[:, :, None, None, None]
+  weight = jnp.ones((b, t)).at[:, 0].set(0.0)
+  return (1.0 - s) * video + s * noise, sigma * fm.NUM_TRAIN_TIMESTEPS, s, weight
+
+
+def _random_noised(spec: DistillSpec, video, rng):
+  """`_noised` at a sigma drawn uniformly in the DMD range per example -> (noise, its outputs)."""
+  k_s, k_n = jax.random.split(rng)
+  sigma = jax.random.uniform(k_s, (video.shape[0],), minval=spec.min_sigma,
+                             maxval=spec.max_sigma)
+  noise = jax.random.normal(k_n, video.shape, video.dtype)
+  return noise, _noised(video, sigma, noise)
+
+
 def dmd_direction(teacher, critic, spec: DistillSpec, video, text, actions, poses, rng):
   """Step (b): the DMD direction g [B, T, h, w, C] for the whole sequence (zero on frame 0)
   and metrics. No gradient flows into teacher or critic."""
   teacher, critic, video = jax.lax.stop_gradient((teacher, critic, video))
-  b, t = video.shape[:2]
-  k_s, k_n = jax.random.split(rng)
-  sigma = jax.random.uniform(k_s, (b, 1), minval=spec.min_sigma, maxval=spec.max_sigma)
-  sigma = jnp.broadcast_to(sigma, (b, t)).at[:, 0].set(0.0)  # frame 0 stays the clean image
-  s = sigma[:, :, None, None, None]
-  noise = jax.random.normal(k_n, video.shape, video.dtype)
-  x_t = (1.0 - s) * video + s * noise
-  ts = sigma * fm.NUM_TRAIN_TIMESTEPS
+  t = video.shape[1]
+  noise, (x_t, ts, s, weight) = _random_noised(spec, video, rng)
   v_real = _bidirectional(teacher, spec.teacher, x_t, ts, text, actions, poses)
-  weight = jnp.ones((b, t)).at[:, 0].set(0.0)
   teacher_fm = fm.velocity_loss(v_real, noise - video, weight)
   if spec.guidance != 1.0:
     v_null = _bidirectional(teacher, spec.teacher, x_t, ts, jnp.zeros_like(text), actions, poses)
@@ -198,15 +211,11 @@ def teacher_fit(gen, teacher, spec: DistillSpec, batch: dict, rng, num_sigmas: i
   checkpoints: lower means the student's samples sit where the teacher puts its mass."""
   k_roll, k_noise = jax.random.split(rng)
   video, acts, poses = student_sequence(gen, spec, batch, k_roll)
-  b, t = video.shape[:2]
-  weight = jnp.ones((b, t)).at[:, 0].set(0.0)
   losses = []
   for i, sig in enumerate(np.linspace(spec.min_sigma, spec.max_sigma, num_sigmas)):
-    sigma = jnp.full((b, t), sig, jnp.float32).at[:, 0].set(0.0)
-    s = sigma[:, :, None, None, None]
     noise = jax.random.normal(jax.random.fold_in(k_noise, i), video.shape, video.dtype)
-    v = _bidirectional(teacher, spec.teacher, (1.0 - s) * video + s * noise,
-                       sigma * fm.NUM_TRAIN_TIMESTEPS, batch["text"], acts, poses)
+    x_t, ts, _, weight = _noised(video, jnp.full((video.shape[0],), sig, jnp.float32), noise)
+    v = _bidirectional(teacher, spec.teacher, x_t, ts, batch["text"], acts, poses)
     losses.append(fm.velocity_loss(v, noise - video, weight))
   return jnp.mean(jnp.stack(losses))
 
@@ -215,16 +224,8 @@ def critic_loss(critic, spec: DistillSpec, video, text, actions, poses, rng):
   """The critic's flow-matching loss on the (detached) student sequence: it learns the
   student's distribution, so its x0 prediction is the fake score."""
   video = jax.lax.stop_gradient(video)
-  b, t = video.shape[:2]
-  k_s, k_n = jax.random.split(rng)
-  sigma = jax.random.uniform(k_s, (b, 1), minval=spec.min_sigma, maxval=spec.max_sigma)
-  sigma = jnp.broadcast_to(sigma, (b, t)).at[:, 0].set(0.0)
-  s = sigma[:, :, None, None, None]
-  noise = jax.random.normal(k_n, video.shape, video.dtype)
-  x_t = (1.0 - s) * video + s * noise
-  pred = _bidirectional(critic, spec.teacher, x_t, sigma * fm.NUM_TRAIN_TIMESTEPS, text,
-                        actions, poses)
-  weight = jnp.ones((b, t)).at[:, 0].set(0.0)
+  noise, (x_t, ts, _, weight) = _random_noised(spec, video, rng)
+  pred = _bidirectional(critic, spec.teacher, x_t, ts, text, actions, poses)
   return fm.velocity_loss(pred, noise - video, weight)
 
 

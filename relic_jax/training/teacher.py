@@ -172,6 +172,17 @@ def with_teacher_rope(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return out
 
 
+def load_teacher(cfg: ml_collections.ConfigDict, workdir: str):
+  """The trained teacher's params from <workdir>/teacher, for the stages after it."""
+  from relic_jax.training.checkpoint import CheckpointError, has_checkpoint
+  from relic_jax.training.trainer import load_state
+  tdir = os.path.join(workdir, "teacher")
+  if not has_checkpoint(tdir):
+    raise CheckpointError(f"no trained teacher in {tdir}. Fix: run `relic train_teacher` with "
+                          "this --workdir first.")
+  return load_state(cfg, tdir, TeacherTask(cfg)).params
+
+
 def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Each phase's run directory: <workdir>/teacher/horizon_<i>_<frames>f, the last phase
   <workdir>/teacher itself."""
