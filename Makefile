@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-relic_jax
-WORKDIR ?= runs/tiny
+WORKDIR ?= runs/demo
 
 .PHONY: demo test test-all venv clean
 
@@ -22,9 +22,10 @@ $(TEST_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
-# The main job on its embedded default: train the tiny teacher on synthetic latents.
+# The main job on its embedded default: the whole pipeline on the tiny config (data, pose
+# estimator, VAE, latent cache, teacher, ODE init, distillation, evaluation with videos).
 demo: $(STAMP)
-	$(VENV)/bin/relic train_teacher --config=experiments/tiny.py --workdir=$(WORKDIR)
+	$(VENV)/bin/relic pipeline --config=experiments/tiny.py --workdir=$(WORKDIR)
 
 # The default test suite (CPU, ~15 minutes on 2 cores).
 test: $(TEST_STAMP)

@@ -31,6 +31,10 @@ from data_pipeline.episode import DataError, Episode, make_episode
 
 UNITS_PER_METRE = 32.0
 TICS_PER_SECOND = 35.0
+# Steady-state speed of the player, in map units per tic, per unit of a MOVE_*_DELTA button:
+# Doom's thrust against its ground friction (measured: 0.652 units per 2-tic frame per unit at
+# speeds 2, 5 and 10). Speeds reach it with a time constant of about 10 tics (momentum).
+MOVE_UNITS_PER_TIC = 0.326
 WADS = ("freedoom1", "freedoom2")
 
 
@@ -418,5 +422,67 @@ def generate_episode(map_path: str, seed: int, cfg: GenConfig, name: str | None 
   frames = np.stack(cam.frames[:cfg.frames_per_episode])
   poses = np.stack(cam.poses[:cfg.frames_per_episode])
   name = name or f"{map_path.replace('/', '-')}-{seed}"
+  return make_episode(name, frames, poses, caption_for(map_path, frames), cfg.fps,
+                      source=f"vizdoom:{map_path}", map_name=map_path, seed=seed)
+
+
+# ------------------------------------------------------------------ scripted truth
+
+
+def _open_heading(game, rng, tries: int = 8) -> None:
+  """Turn to the most open of `tries` evenly spaced headings (from a random offset): the one
+  whose view straight ahead is farthest (depth buffer), so scripted walks start into space."""
+  offset = rng.uniform(0, 360.0 / tries)
+  game.make_action([0.0, 0.0, -offset, 0.0], 1)
+  best, best_depth = 0, -1.0
+  for i in range(tries):
+    d = game.get_state().depth_buffer
+    h, w = d.shape
+    ahead = float(np.percentile(d[h // 2 - h // 8: h // 2, w // 3: 2 * w // 3], 10))
+    if ahead > best_depth:
+      best, best_depth = i, ahead
+    game.make_action([0.0, 0.0, -360.0 / tries, 0.0], 1)
+  game.make_action([0.0, 0.0, -360.0 / tries * best, 0.0], 1)  # full circle, then to the best
+
+
+def render_actions(map_path: str, seed: int, actions, action_scale: float, cfg: GenConfig,
+                   name: str | None = None) -> Episode:
+  """The truth for a scripted camera: the frames and poses the engine renders when the camera
+  follows `actions` [N - 1, 13] (RELIC's channels, the motion into frames 1..N-1) from a random
+  open spot of the map (seeded) facing its most open direction. Translations are action units
+  of `action_scale` metres per frame, turned into the engine's movement buttons at their
+  steady-state speed (so speed changes ramp over ~5 frames, as in the training episodes, and
+  walls stop the camera); pan and tilt are exact. Pedestal and roll have no engine control
+  here. The episode's poses are what the engine did: the actions to condition a model on are
+  poses.actions_from_poses(episode.poses, action_scale)."""
+  a = np.asarray(actions, np.float64)
+  if a.ndim != 2 or a.shape[1] != poses_lib.ACTION_DIM:
+    raise DataError(f"render_actions: actions must be [N, {poses_lib.ACTION_DIM}], got {a.shape}")
+  dp, ang = poses_lib.signed_motion(a, 1.0)  # action units; angles in radians
+  if np.abs(dp[:, 1]).max(initial=0) > 0 or np.abs(ang[:, 2]).max(initial=0) > 0:
+    raise DataError("render_actions: the ViZDoom camera cannot pedestal (up/down) or roll. "
+                    "Fix: script only dolly, truck, pan, tilt and static.")
+  rng = np.random.default_rng([int(seed) % (2**63), 1])
+  game = make_game(map_path, seed, cfg.render_resolution)
+  try:
+    game.send_game_command("god")
+    x, y = spawn_point(map_path, rng)
+    game.send_game_command(f"warp {x:.3f} {y:.3f}")
+    game.make_action([0.0, 0.0, 0.0, 0.0], 2 * int(TICS_PER_SECOND))
+    _open_heading(game, rng)
+    cam = _Camera(game, dataclasses.replace(cfg, frames_per_episode=len(a) + 1), rng)
+    per_frame = MOVE_UNITS_PER_TIC * cfg.tics_per_frame / UNITS_PER_METRE  # metres per unit
+    # the heading and pitch track the script's running totals (closed loop), so the engine's
+    # angle rounding does not accumulate: turning away and back returns to the same view
+    yaw, pitch = cam.yaw, cam.pitch_up
+    for (right, _, forward), (pan, tilt, _) in zip(dp, ang):
+      yaw, pitch = yaw - np.degrees(pan), pitch + np.degrees(tilt)
+      cam.step(forward=forward * action_scale / per_frame,
+               side=right * action_scale / per_frame,
+               yaw_rate=_angle_diff(yaw, cam.yaw), pitch_rate=pitch - cam.pitch_up)
+  finally:
+    game.close()
+  frames, poses = np.stack(cam.frames), np.stack(cam.poses)
+  name = name or f"{map_path.replace('/', '-')}-{seed}-scripted"
   return make_episode(name, frames, poses, caption_for(map_path, frames), cfg.fps,
                       source=f"vizdoom:{map_path}", map_name=map_path, seed=seed)

@@ -210,20 +210,26 @@ def relative_motion(poses) -> tuple[np.ndarray, np.ndarray]:
   return dp, euler_yxz(q)
 
 
-def actions_from_poses(poses) -> tuple[np.ndarray, float]:
+def actions_from_poses(poses, scale: float | None = None) -> tuple[np.ndarray, float]:
   """RELIC's 13-d actions [N, 13] (float32) of a clip of poses [N, 4, 4], and the translation
-  scale (the clip's mean displacement per frame, metres) they were normalised by."""
+  scale they were normalised by: `scale` metres per action unit if given (generation and
+  evaluation: config.generate.action_scale), else the clip's mean displacement per frame
+  (training clips)."""
   poses = np.asarray(poses, np.float64)
   n = len(poses)
   actions = np.zeros((n, ACTION_DIM), np.float32)
   actions[0, 12] = 1.0
   if n < 2:
-    return actions, 1.0
+    return actions, 1.0 if scale is None else float(scale)
   dp, ang = relative_motion(poses)
   norms = np.linalg.norm(dp, axis=-1)
-  scale = float(norms.mean())
-  if scale <= STATIC_TRANSLATION:
-    scale = 1.0
+  if scale is None:
+    scale = float(norms.mean())
+    if scale <= STATIC_TRANSLATION:
+      scale = 1.0
+  elif not scale > 0:
+    raise PoseError(f"actions_from_poses: scale must be positive, got {scale}")
+  scale = float(scale)
   t = dp / scale
   # channel pairs: (+, -) of dolly (z), truck (x: left is -x), pedestal (y: up is -y)
   signed = np.stack([t[:, 2], -t[:, 0], -t[:, 1], ang[:, 1], -ang[:, 0], ang[:, 2]], -1)

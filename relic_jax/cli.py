@@ -15,8 +15,14 @@ Stages available now:
   import-wan      convert a diffusers Wan 2.1 T2V transformer (--source) to params (--out)
   generate        a video from an image, a caption and scripted actions (--actions=NAME|FILE)
                   with the streaming generator and its KV memory
+  pose_estimator  train the pose estimator behind the action-following metrics on real frames
+  evaluate        action following, spatial memory, stability and speed on held-out maps,
+                  against window-only, full-history and copy-last-frame baselines
+  pipeline        every stage above in order (data, pose_estimator, train_vae, encode,
+                  train_teacher, ode_init, distill, evaluate), skipping what is done
+  sweep           `relic sweep experiments/sweeps/<name>.py [--workdir=DIR]`: the ablation's
+                  variants as pipelines sharing the baseline's stages, one comparison table
   info            print the resolved config, mesh and parameter count; trains nothing
-Planned stages (later issues): evaluate, pipeline.
 """
 
 import difflib
@@ -28,6 +34,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from relic_jax import stages
 from relic_jax.config import ConfigError, validate
 
 FLAGS = flags.FLAGS
@@ -41,7 +48,8 @@ flags.DEFINE_string("out", None, "import-wan: where to write the imported params
                     "preview: where to write the MP4 and PNG (default <dataset>/preview).")
 flags.DEFINE_string("episode", None, "data preview: the episode's name (default: the first).")
 flags.DEFINE_string("actions", None, "generate: a built-in action script (pan_360, "
-                    "look_away_and_back, out_and_back, walk_and_look, strafe) or a script file.")
+                    "look_away_and_back, out_and_back, walk_and_look, strafe, explore_20s, "
+                    "explore_60s) or a script file.")
 flags.DEFINE_string("image", None, "generate: the start image (default: frame 0 of the first "
                     "held-out episode).")
 flags.DEFINE_string("text", None, "generate: the caption (default: the episode's).")
@@ -51,50 +59,23 @@ def _data(cfg, workdir, action="generate"):
   """`relic data [generate|ingest|preview]`: the episode dataset in config.data.dir or
   <workdir>/data."""
   import time
-  from data_pipeline.generate import dataset_dir, generate
+  from data_pipeline.generate import dataset_dir
+  if action == "generate":
+    return stages.data(cfg, workdir)
   out = dataset_dir(cfg, workdir)
   t0 = time.time()
-  if action == "generate":
-    m = generate(cfg, out, progress=cfg.train.progress_bar)
-  elif action == "ingest":
+  if action == "ingest":
     from data_pipeline.ingest import ingest
     g = cfg.data.gen
     m = ingest(FLAGS.source, out, g.height, g.width, codec=g.codec, quality=g.jpeg_quality,
                episodes_per_shard=g.episodes_per_shard, workers=g.workers or os.cpu_count() or 1,
                progress=cfg.train.progress_bar)
-  else:
-    from data_pipeline.preview import preview
-    result = preview(out, FLAGS.out or os.path.join(out, "preview"), episode=FLAGS.episode)
-    print(json.dumps(result, sort_keys=True))
-    print(f"[relic] preview of {result['episode']}: video {result['video']}, top-down "
-          f"trajectory {result['topdown']}")
-    return
-  timing = m["timing"]
-  print(json.dumps({k: m[k] for k in ("num_shards", "num_episodes", "num_frames")} | timing,
-                   sort_keys=True))
-  rate = timing["frames_written"] / max(timing["seconds"], 1e-9)
-  print(f"[relic] dataset in {out}: {m['num_episodes']} episodes, {m['num_frames']} frames in "
-        f"{m['num_shards']} shards ({timing['shards_written']} written now at {rate:.0f} "
-        f"frames/s, {timing['shards_skipped']} already complete) in {time.time() - t0:.1f}s")
-
-
-def _train_vae(cfg, workdir):
-  from relic_jax.training.vae_train import stage_workdir, train_vae
-  final = train_vae(cfg, workdir)
-  print(json.dumps(final, sort_keys=True))
-  ev = final["eval"]
-  print(f"[relic] VAE done: checkpoints in {stage_workdir(workdir)}/checkpoints; held-out PSNR "
-        f"{ev['heldout_psnr']:.2f} dB, SSIM {ev['heldout_ssim']:.3f} over {ev['frames']} "
-        f"frames; input | reconstruction video {ev['video']}")
-
-
-def _encode(cfg, workdir):
-  from relic_jax.training.vae_train import encode_dataset
-  r = encode_dataset(cfg, workdir, progress=cfg.train.progress_bar)
-  print(json.dumps(r, sort_keys=True))
-  why = f" (rebuilt: {r['rebuilt']})" if r["rebuilt"] else ""
-  print(f"[relic] latent cache {r['dir']}: {r['num_clips']} clips, {r['encoded_now']} encoded "
-        f"now in {r['seconds']:.1f}s, {r['skipped']} already there{why}")
+    return stages.report_dataset(m, out, t0)
+  from data_pipeline.preview import preview
+  result = preview(out, FLAGS.out or os.path.join(out, "preview"), episode=FLAGS.episode)
+  print(json.dumps(result, sort_keys=True))
+  print(f"[relic] preview of {result['episode']}: video {result['video']}, top-down "
+        f"trajectory {result['topdown']}")
 
 
 def _import_wan_vae(cfg, workdir):
@@ -118,55 +99,7 @@ def _import_wan_vae(cfg, workdir):
         "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
 
 
-def _train_teacher(cfg, workdir):
-  """Trains the teacher in <workdir>/teacher (through config.train.horizon_curriculum when set:
-  earlier horizons in <workdir>/teacher/horizon_<i>_<frames>f), on the synthetic latents or on
-  the latent cache (data.source='latents': config.data.latent_dir or <workdir>/latents, as
-  `relic encode` wrote it); the cache's latent_stats, which the teacher's latents are
-  normalised by, are copied to <workdir>/teacher/latent_stats.json for generation."""
-  from data_pipeline.loader import CachedLatents, make_train_iterator
-  from relic_jax.io_utils import write_json_atomic
-  from relic_jax.training.teacher import train_teacher
-  out = os.path.join(workdir, "teacher")
 
-  def make_iterator(phase_cfg):
-    if phase_cfg.data.source != "latents":
-      return make_train_iterator(phase_cfg)
-    latent_dir = phase_cfg.data.latent_dir or os.path.join(workdir, "latents")
-    source = CachedLatents(phase_cfg, latent_dir)  # checks the cache against the config
-    if phase_cfg.data.normalize_latents:
-      os.makedirs(out, exist_ok=True)
-      write_json_atomic(os.path.join(out, "latent_stats.json"), source.stats)
-    return make_train_iterator(phase_cfg, source=source)
-
-  final = train_teacher(cfg, workdir, make_iterator)
-  print(json.dumps(final, sort_keys=True))
-  print(f"[relic] done: checkpoints in {out}/checkpoints, TensorBoard logs in "
-        f"{out}/tensorboard, final metrics in {out}/final_metrics.json")
-
-
-def _ode_init(cfg, workdir):
-  from relic_jax.training.ode_init import ode_init, stage_workdir
-  final = ode_init(cfg, workdir, progress=cfg.train.progress_bar)
-  print(json.dumps(final, sort_keys=True))
-  out = stage_workdir(workdir)
-  print(f"[relic] ODE initialisation done: regression loss {final.get('first_loss', 0):.4f} -> "
-        f"{final.get('loss', 0):.4f}; trajectories in {out}/trajectories, the student in "
-        f"{out}/checkpoints")
-
-
-def _distill(cfg, workdir):
-  from relic_jax.training.distill import distill, stage_workdir
-  final = distill(cfg, workdir)
-  print(json.dumps(final, sort_keys=True))
-  out = stage_workdir(workdir)
-  proxy = ""
-  if "first_teacher_fm_loss" in final:
-    proxy = (f"; teacher flow-matching loss on the student's rollouts "
-             f"{final['first_teacher_fm_loss']:.4f} -> {final['last_teacher_fm_loss']:.4f}")
-  print(f"[relic] distillation done at step {final['step']} (generator from "
-        f"{final['generator_from']}, {final['backprop']} back-propagation){proxy}; checkpoints "
-        f"in {out}/checkpoints, metrics in {out}/metrics.jsonl")
 
 
 def _generate(cfg, workdir):
@@ -176,6 +109,31 @@ def _generate(cfg, workdir):
   print(json.dumps({k: v for k, v in r.items() if k != "actions"}, sort_keys=True))
   print(f"[relic] {r['frames']} frames ({r['blocks']} blocks, DiT from {r['dit_from']}, memory "
         f"{r['memory']}, {r['decoder']} decoder) at {r['fps']:.1f} frames/s: {r['video']}")
+
+
+
+
+
+def _sweep(argv):
+  """`relic sweep experiments/sweeps/<name>.py[:arg] [--workdir=DIR]` (no --config: the sweep
+  file names its experiment)."""
+  if len(argv) != 3:
+    _fail("usage: relic sweep experiments/sweeps/<name>.py [--workdir=DIR]; sweeps: "
+          + ", ".join(sorted(f for f in os.listdir(os.path.join("experiments", "sweeps"))
+                             if f.endswith(".py") and not f.startswith("_")))
+          if os.path.isdir(os.path.join("experiments", "sweeps")) else
+          "usage: relic sweep experiments/sweeps/<name>.py [--workdir=DIR]")
+  from relic_jax.config import ConfigError
+  from relic_jax.pipeline import PipelineError
+  from relic_jax.sweep import SweepError, main_cli
+  from relic_jax.training.trainer import NonFiniteError
+  from data_pipeline.episode import DataError
+  try:
+    main_cli(argv[2], FLAGS.workdir)
+  except (SweepError, ConfigError, PipelineError, DataError) as e:
+    _fail(str(e))
+  except NonFiniteError as e:
+    _fail(str(e), code=3)
 
 
 def _info(cfg, workdir):
@@ -241,13 +199,16 @@ def _import_wan(cfg, workdir):
           + "; train it with a config whose model matches (see model_config.json).")
 
 
-STAGES = {"data": _data, "train_vae": _train_vae, "encode": _encode,
-          "train_teacher": _train_teacher, "ode_init": _ode_init, "distill": _distill,
-          "info": _info, "import-wan": _import_wan,
-          "import-wan-vae": _import_wan_vae, "generate": _generate}
+STAGES = {"data": _data, "train_vae": stages.train_vae, "encode": stages.encode,
+          "train_teacher": stages.train_teacher, "ode_init": stages.ode_init,
+          "distill": stages.distill, "info": _info, "import-wan": _import_wan,
+          "import-wan-vae": _import_wan_vae, "generate": _generate,
+          "pose_estimator": stages.pose_estimator, "evaluate": stages.evaluate,
+          "pipeline": stages.pipeline,
+          "sweep": None}  # `relic sweep FILE`: handled by _sweep (no --config)
 SUBCOMMANDS = {"data": ("generate", "ingest", "preview")}
-PLANNED = ("evaluate", "pipeline")
-NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode", "ode_init", "distill", "generate")
+NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode", "ode_init", "distill", "generate",
+                 "pose_estimator", "evaluate", "pipeline")
 NEEDS_FLAGS = {"import-wan": ("source", "out"), "import-wan-vae": ("source", "out"),
                "data ingest": ("source",), "generate": ("actions",)}
 
@@ -263,8 +224,11 @@ def main(argv):
           f"--config=experiments/<name>.py --workdir=DIR; stages: {', '.join(STAGES)}")
   stage = argv[1]
   if stage not in STAGES:
-    hint = (f" '{stage}' is planned but not implemented yet." if stage in PLANNED else "")
+    close = difflib.get_close_matches(stage, list(STAGES), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
     _fail(f"unknown stage '{stage}'.{hint} Available stages: {', '.join(STAGES)}.")
+  if stage == "sweep":
+    return _sweep(argv)
   sub = argv[2] if len(argv) == 3 else None
   if sub is not None and sub not in SUBCOMMANDS.get(stage, ()):
     options = SUBCOMMANDS.get(stage)
@@ -308,6 +272,8 @@ def main(argv):
   from relic_jax.training.distill import DistillError
   from relic_jax.training.ode_init import ODEInitError
   from relic_jax.training.teacher import CurriculumError
+  from relic_jax.pipeline import PipelineError
+  from relic_jax.evaluation.pose_estimation import PoseEstimatorError
   try:
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
@@ -318,7 +284,7 @@ def main(argv):
       STAGES[stage](cfg, FLAGS.workdir)
   except (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError, ScriptError,
           ActionError, CacheCapacityError, DistillError, ODEInitError,
-          CurriculumError) as e:
+          CurriculumError, PipelineError, PoseEstimatorError) as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)

@@ -273,13 +273,14 @@ def test_every_experiment_config_validates(path):
 # ------------------------------------------------------------------------------ the CLI
 
 STAGE_LIST = ("data, train_vae, encode, train_teacher, ode_init, distill, info, import-wan, "
-              "import-wan-vae, generate")
+              "import-wan-vae, generate, pose_estimator, evaluate, pipeline, sweep")
 FAST_CLI_ERRORS = [
     ("unknown_stage", ["nope", TINY],
      ["unknown stage 'nope'.", "Available stages: " + STAGE_LIST + "."]),
-    ("planned_stage", ["evaluate", TINY],
-     ["unknown stage 'evaluate'. 'evaluate' is planned but not implemented yet.",
+    ("misspelt_stage", ["evalute", TINY],
+     ["unknown stage 'evalute'. Did you mean 'evaluate'?",
       "Available stages: " + STAGE_LIST + "."]),
+    ("pipeline_without_workdir", ["pipeline", TINY], ["stage 'pipeline' needs --workdir=DIR"]),
     ("no_stage", [TINY],
      ["expected exactly one stage", "stages: " + STAGE_LIST]),
     ("missing_config", ["info"], ["--config is required, e.g. --config=experiments/tiny.py"]),

@@ -117,14 +117,14 @@ def test_teacher_trains_on_the_latent_cache(data, tmp_path):
 
   import jax
 
-  from relic_jax import cli
+  from relic_jax import stages
   from relic_jax.training.teacher import TeacherTask
   from relic_jax.training.trainer import load_state
   cfg, out = data
   cache = str(tmp_path / "latents")
   lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, progress=False)
   c = latent_teacher_config(cfg, steps=40)
-  cli._train_teacher(c, str(tmp_path))  # the cache is <workdir>/latents
+  stages.train_teacher(c, str(tmp_path))  # the cache is <workdir>/latents
   teacher = tmp_path / "teacher"
   losses = [json.loads(line)["loss"] for line in (teacher / "metrics.jsonl").open()
             if "loss" in json.loads(line)]

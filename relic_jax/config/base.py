@@ -218,6 +218,26 @@ def get_base_config() -> ml_collections.ConfigDict:
   ds.keep_checkpoints = 3
   ds.log_every = 5
 
+  # ---------------------------------------------------------------- evaluate
+  # `relic evaluate` (relic_jax/evaluation/evaluate.py): on held-out maps, the data source
+  # renders the truth for each scripted action sequence; the student generates from the
+  # truth's frame 0, caption and actions, once per method: "relic" (the configured memory),
+  # "window" (no memory), "full" (full history), "copy_last" (frame 0 repeated). Scripts are
+  # built-in names or files (relic_jax/inference/scripts.py).
+  ev = c.evaluate = ml_collections.ConfigDict()
+  ev.scripts = ("look_away_and_back", "pan_360", "out_and_back", "explore_20s", "explore_60s")
+  ev.maps = ()               # "wad/MAP" names; () = data.gen.heldout_maps
+  ev.episodes_per_map = 1    # start points (random open spots) per map and script
+  ev.methods = ("relic", "window", "full", "copy_last")
+  ev.revisit_distance = 0.3  # metres: a frame revisits an earlier one closer than this ...
+  ev.revisit_angle_deg = 10.0  # ... whose viewing direction is within this angle
+  ev.videos = True           # MP4s (generated | truth) per script and map
+  # The pose estimator behind the action-following metrics
+  # (relic_jax/evaluation/pose_estimation.py): a small CNN trained on the real frames of the
+  # training episodes to predict the camera motion between frames t and t + stride.
+  ev.pose_estimator = ml_collections.ConfigDict({
+      "stride": 4, "width": 32, "steps": 1000, "batch_size": 32, "lr": 1e-3, "seed": 0})
+
   # ---------------------------------------------------------------- vae
   # The Wan 2.1 causal video VAE (relic_jax/models/vae.py; these defaults are Wan's, 127M
   # params): strides 4 in time and 2 ** (len(dim_mult) - 1) = 8 in space, z_dim channels

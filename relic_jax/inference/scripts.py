@@ -28,6 +28,15 @@ BUILTIN = {
     "walk_and_look": "4.0 dolly_in+pan_left x0.5\n2.0 tilt_up x0.5\n2.0 tilt_down x0.5\n"
                      "4.0 dolly_in+pan_right x0.5",
     "strafe": "2.0 truck_left\n2.0 truck_right\n2.0 static",
+    # 20 s: out and back (a half turn each way), then look away and back
+    "explore_20s": "1.0 static\n3.0 dolly_in\n4.0 pan_left\n3.0 dolly_in\n4.0 pan_left\n"
+                   "2.0 pan_right\n2.0 pan_left\n1.0 static",
+    # 60 s: two out-and-back loops, strafes, two full pans and a look away and back
+    "explore_60s": "1.0 static\n3.0 dolly_in\n4.0 pan_left\n3.0 dolly_in\n4.0 pan_left\n"
+                   "2.0 truck_left\n2.0 truck_right\n8.0 pan_right\n"
+                   "3.0 dolly_in\n4.0 pan_right\n3.0 dolly_in\n4.0 pan_right\n"
+                   "2.0 pan_left\n2.0 pan_right\n8.0 pan_left\n"
+                   "2.0 pan_left\n1.0 static\n2.0 pan_right\n2.0 static",
 }
 
 

@@ -1,0 +1,383 @@
+"""`relic evaluate`: action following, spatial memory, stability and speed of the student.
+
+For each case (a script of config.evaluate.scripts on a held-out map, from a seeded random
+open spot):
+  1. the truth: ViZDoom renders the scripted camera (data_pipeline.doom.render_actions); the
+     actions the model is given are those of the poses the engine really took
+     (poses.actions_from_poses at config.generate.action_scale);
+  2. each method of config.evaluate.methods generates the video from the truth's frame 0,
+     caption and actions: "relic" (the configured memory), "window" (memory.mode='window', no
+     memory), "full" (memory.mode='full', the whole history uncompressed), and "copy_last"
+     (frame 0 repeated: a model that never moves);
+  3. metrics against the truth:
+     * action following: the pose estimator (evaluation/pose_estimation.py, trained on real
+       frames) estimates the camera path of the generated video every `stride` frames; RPE
+       (translation in metres, rotation in degrees) against the true path after Sim(3)
+       alignment (evaluation/trajectory.py). The estimator's own error is its RPE on the true
+       frames (the "truth" row), and a static camera's RPE is the "static" row;
+     * spatial memory: PSNR / SSIM of generated frames against the true frames at revisits
+       beyond the uncompressed window (data_pipeline.preview.find_revisits with a minimum gap
+       of (memory.window + model.block_frames) latent frames), and the consistency PSNR of each
+       revisit frame against the generated frame it revisits;
+     * stability: PSNR against the truth per second, and per-second image statistics (mean,
+       contrast, sharpness), on the scripts of 20 s and longer;
+     * speed: per-block latency (median over the blocks after the first, which compiles) and
+       frames per second.
+Generated videos are cached in <workdir>/evaluate/<method>/<case>.npz, so an interrupted
+evaluation resumes where it stopped. Results: <workdir>/results/metrics.json (method ->
+metrics), metrics.md, details.json (per case and per second), videos/*.mp4 (relic | window |
+truth) and plots/*.png.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from data_pipeline.episode import DataError
+from relic_jax.evaluation import metrics as img_metrics
+from relic_jax.evaluation import trajectory
+from relic_jax.io_utils import write_bytes_atomic, write_json_atomic, write_npz_atomic
+
+METHODS = ("relic", "window", "full", "copy_last")
+MODES = {"relic": None, "window": "window", "full": "full"}  # None: the configured memory
+SUMMARY_KEYS = ("revisit_psnr", "revisit_ssim", "consistency_psnr", "rpe_trans", "rpe_rot",
+                "psnr", "psnr_last_10s", "fps", "block_latency_ms")
+LONG_SCRIPT_S = 20.0  # scripts at least this long get the per-second stability curves
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  script: str
+  map_path: str
+  seed: int
+
+
+def cases(cfg) -> list[Case]:
+  ev = cfg.evaluate
+  maps = list(ev.maps) or list(cfg.data.gen.heldout_maps)
+  if not maps:
+    raise DataError("config.evaluate.maps and config.data.gen.heldout_maps are both empty: "
+                    "there is no held-out map to evaluate on. Fix: set config.evaluate.maps.")
+  out = []
+  for script in ev.scripts:
+    stem = os.path.splitext(os.path.basename(script))[0]
+    for m in maps:
+      for k in range(ev.episodes_per_map):
+        seed = int(np.random.SeedSequence([cfg.seed, 7, k]).generate_state(1, np.uint32)[0])
+        out.append(Case(f"{stem}-{m.replace('/', '-')}-{k}", script, m, seed))
+  return out
+
+
+def _to_model_size(frames: np.ndarray, h: int, w: int) -> np.ndarray:
+  from PIL import Image
+
+  from data_pipeline.loader import crop_box
+  if frames.shape[1:3] == (h, w):
+    return frames
+  y0, x0, ch, cw = crop_box(frames.shape[1], frames.shape[2], h, w)
+  return np.stack([np.asarray(Image.fromarray(f[y0:y0 + ch, x0:x0 + cw]).resize(
+      (w, h), Image.Resampling.BILINEAR)) for f in frames])
+
+
+def render_truth(cfg, workdir: str, case: Case) -> dict:
+  """The true video of a case (cached in <workdir>/evaluate/truth): frames at the model's size,
+  poses, the model's actions [N, 13] and the caption."""
+  from data_pipeline import doom
+  from data_pipeline import poses as poses_lib
+  from relic_jax.inference import scripts as scripts_lib
+  path = os.path.join(workdir, "evaluate", "truth", f"{case.name}.npz")
+  if os.path.exists(path):
+    with np.load(path) as z:
+      return {k: z[k] for k in z.files} | {"caption": str(z["caption"])}
+  fpb = 4 * cfg.model.block_frames
+  script = scripts_lib.load(case.script, cfg.generate.fps)
+  script = scripts_lib.to_blocks(script, fpb).reshape(-1, script.shape[-1])  # whole blocks
+  ep = doom.render_actions(case.map_path, case.seed, script, cfg.generate.action_scale,
+                           doom.GenConfig.from_config(cfg.data.gen), name=case.name)
+  h = cfg.data.latent_height * cfg.data.spatial_stride
+  w = cfg.data.latent_width * cfg.data.spatial_stride
+  actions, _ = poses_lib.actions_from_poses(ep.poses, cfg.generate.action_scale)
+  truth = {"frames": _to_model_size(ep.frames, h, w), "poses": ep.poses, "actions": actions,
+           "script_actions": script, "caption": np.asarray(ep.caption)}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_npz_atomic(path, **truth)
+  return truth | {"caption": ep.caption}
+
+
+# ------------------------------------------------------------------ generation
+
+
+class _Generators:
+  """One streaming session per method, compiled once for the longest case."""
+
+  def __init__(self, cfg, workdir: str, max_latent_frames: int):
+    from relic_jax.inference.generate import load_decoder, load_dit
+    from relic_jax.training.teacher import with_teacher_rope
+    self.cfg = with_teacher_rope(cfg)
+    self.params, self.dit_from = load_dit(self.cfg, workdir)
+    self.decoder = load_decoder(self.cfg, workdir)
+    self.max_frames = max(self.cfg.memory.max_frames, max_latent_frames)
+    self._sessions = {}
+
+  def session(self, method: str):
+    from relic_jax.inference.session import Session
+    if method not in self._sessions:
+      self._sessions[method] = Session(self.cfg, self.params, decoder=self.decoder,
+                                       mode=MODES[method], max_frames=self.max_frames)
+    return self._sessions[method]
+
+
+def generate_case(gens: _Generators, method: str, truth: dict, seed: int):
+  """(video uint8 [N, H, W, 3], per-block seconds) of one method on one case."""
+  frames = truth["frames"]
+  if method == "copy_last":
+    return np.repeat(frames[:1], len(frames), 0), np.zeros(0)
+  session = gens.session(method)
+  fpb = 4 * gens.cfg.model.block_frames
+  blocks = truth["actions"][1:].reshape(-1, fpb, truth["actions"].shape[-1])
+  state, video0 = session.start(str(truth["caption"]), image=frames[0], seed=seed)
+  out, times = [video0[0]], []
+  for a in blocks:
+    t0 = time.perf_counter()
+    state, res = session.step(state, a)
+    video = np.asarray(res["video"][0])
+    times.append(time.perf_counter() - t0)
+    out.append(video)
+  return np.concatenate(out)[:len(frames)], np.asarray(times)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def image_stats(frames) -> np.ndarray:
+  """Per frame [N, 3]: mean intensity, contrast (std of luma) and sharpness (mean absolute
+  luma gradient), all on a 0..1 scale."""
+  y = np.asarray(frames, np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
+  grad = np.abs(np.diff(y, axis=-1)).mean((-2, -1)) + np.abs(np.diff(y, axis=-2)).mean((-2, -1))
+  return np.stack([y.mean((-2, -1)), y.std((-2, -1)), grad], -1)
+
+
+def per_second(values, fps: float) -> np.ndarray:
+  """Means of consecutive 1-second spans of a per-frame series [N, ...]."""
+  values = np.asarray(values)
+  n = int(len(values) // fps)
+  return np.stack([values[int(round(i * fps)):int(round((i + 1) * fps))].mean(0)
+                   for i in range(n)]) if n else values[:0]
+
+
+def case_metrics(cfg, truth: dict, video: np.ndarray, times: np.ndarray, estimator,
+                 revisits: np.ndarray) -> dict:
+  """The metrics of one generated video against its truth."""
+  from relic_jax.evaluation.pose_estimation import estimate_trajectory
+  fps = cfg.generate.fps
+  frames = truth["frames"]
+  psnr = img_metrics.psnr(video, frames)
+  psnr = np.minimum(psnr, 100.0)  # identical frames (frame 0) count as 100 dB, not inf
+  out = {"psnr": float(psnr[1:].mean())}
+  hit = np.flatnonzero(revisits >= 0)
+  if len(hit):
+    out["revisit_psnr"] = float(psnr[hit].mean())
+    out["revisit_ssim"] = float(img_metrics.ssim(video[hit], frames[hit]).mean())
+    out["consistency_psnr"] = float(np.minimum(
+        img_metrics.psnr(video[hit], video[revisits[hit]]), 100.0).mean())
+    out["revisit_frames"] = int(len(hit))
+  stride = estimator.stride
+  est = estimate_trajectory(estimator, video)
+  ref = truth["poses"][::stride][:len(est)]
+  out.update({k: v for k, v in trajectory.rpe(est, ref).items() if k != "pairs"})
+  seconds = len(frames) / fps
+  if seconds >= LONG_SCRIPT_S:
+    out["psnr_per_second"] = per_second(psnr, fps).tolist()
+    out["stats_per_second"] = per_second(image_stats(video), fps).tolist()
+    last = psnr[-int(round(10 * fps)):]
+    out["psnr_last_10s"] = float(last.mean())
+  if len(times) > 1:
+    lat = float(np.median(times[1:]))
+    out["block_latency_ms"] = 1000 * lat
+    out["fps"] = 4 * cfg.model.block_frames / lat
+  return out
+
+
+def _mean(rows, key):
+  vals = [r[key] for r in rows if r.get(key) is not None]
+  return float(np.mean(vals)) if vals else None
+
+
+# ------------------------------------------------------------------ reports
+
+
+def _table(summary: dict) -> str:
+  cols = ("revisit_psnr", "revisit_ssim", "consistency_psnr", "rpe_trans", "rpe_rot", "psnr",
+          "psnr_last_10s", "fps")
+  lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  for method, row in summary.items():
+    cells = []
+    for c in cols:
+      v = row.get(c)
+      cells.append("-" if v is None else f"{v:.3f}" if c in ("revisit_ssim", "rpe_trans")
+                   else f"{v:.2f}")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _plots(results_dir: str, details: dict, summary: dict, fps: float) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  out_dir = os.path.join(results_dir, "plots")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+
+  def save(fig, name):
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = os.path.join(out_dir, name)
+    write_bytes_atomic(path, buf.getvalue())
+    paths.append(path)
+
+  # stability: per-second PSNR of the longest script, averaged over its cases
+  longest = max(details["cases"].values(), key=lambda c: c["frames"], default=None)
+  if longest is not None:
+    script = longest["script"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for method in summary:
+      curves = [c["methods"][method]["psnr_per_second"] for c in details["cases"].values()
+                if c["script"] == script and "psnr_per_second" in c["methods"].get(method, {})]
+      if curves:
+        n = min(len(c) for c in curves)
+        ax.plot(np.arange(n) + 0.5, np.mean([c[:n] for c in curves], 0), label=method)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("PSNR vs truth (dB)")
+    ax.set_title(f"stability: {script}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save(fig, "stability_psnr.png")
+  # bars of the headline metrics per method
+  keys = [k for k in ("revisit_psnr", "consistency_psnr", "rpe_trans", "rpe_rot")
+          if any(summary[m].get(k) is not None for m in summary)]
+  if keys:
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
+    for ax, k in zip(np.atleast_1d(axes), keys):
+      names = [m for m in summary if summary[m].get(k) is not None]
+      ax.bar(names, [summary[m][k] for m in names], color="tab:blue")
+      ax.set_title(k)
+      ax.tick_params(axis="x", rotation=45)
+    save(fig, "metrics.png")
+  del fps
+  return paths
+
+
+def _video(results_dir: str, case: Case, truth: dict, videos: dict, fps: float) -> str:
+  from data_pipeline.preview import find_revisits, frame_captions, write_video
+  panels = [videos[m] for m in ("relic", "window") if m in videos] + [truth["frames"]]
+  labels = [m for m in ("relic", "window") if m in videos] + ["truth"]
+  sep = np.full((len(truth["frames"]), truth["frames"].shape[1], 2, 3), 255, np.uint8)
+  joined = np.concatenate(sum([[p, sep] for p in panels], [])[:-1], axis=2)
+  rev = find_revisits(truth["poses"], min_gap_frames=30)
+  caps = frame_captions(truth["actions"], rev, fps, threshold=0.0)
+  caps = [" | ".join(labels) + "\n" + c for c in caps]
+  path = os.path.join(results_dir, "videos", f"{case.name}.mp4")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  return write_video(path, joined, fps, caps)
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
+  """Runs the evaluation (see the module docstring); returns {"metrics": method -> summary,
+  "results": the results directory, "videos", "plots"}."""
+  from tqdm import tqdm
+
+  from data_pipeline.preview import find_revisits
+  from relic_jax.evaluation.pose_estimation import estimate_trajectory, load_pose_estimator
+  ev = cfg.evaluate
+  methods = list(ev.methods)
+  unknown = sorted(set(methods) - set(METHODS))
+  if unknown:
+    raise DataError(f"config.evaluate.methods has unknown {unknown}. Fix: choose from "
+                    f"{', '.join(METHODS)}.")
+  estimator = load_pose_estimator(os.path.join(workdir, "pose_estimator"))
+  all_cases = cases(cfg)
+  t0 = time.time()
+  truths = {}
+  for case in tqdm(all_cases, desc="truth", disable=not progress):
+    truths[case.name] = render_truth(cfg, workdir, case)
+  bf = cfg.model.block_frames
+  longest = max(len(t["frames"]) for t in truths.values())
+  gens = None
+  min_gap = 4 * (cfg.memory.window + bf)
+  details = {"cases": {}, "min_gap_frames": min_gap}
+  rows = {m: [] for m in methods}
+  truth_rows = []
+  static_rows = []
+  videos_written = []
+  bar = tqdm(total=len(all_cases) * len(methods), desc="evaluate", disable=not progress)
+  for ci, case in enumerate(all_cases):
+    truth = truths[case.name]
+    revisits = find_revisits(truth["poses"], min_gap_frames=min_gap,
+                             max_distance=ev.revisit_distance, max_angle_deg=ev.revisit_angle_deg)
+    entry = {"script": case.script, "map": case.map_path, "seed": case.seed,
+             "frames": int(len(truth["frames"])), "revisit_frames": int((revisits >= 0).sum()),
+             "methods": {}}
+    ref = truth["poses"][::estimator.stride]
+    est_truth = trajectory.rpe(estimate_trajectory(estimator, truth["frames"]), ref)
+    entry["truth"] = {k: v for k, v in est_truth.items() if k != "pairs"}
+    truth_rows.append(entry["truth"])
+    static = trajectory.rpe(np.repeat(ref[:1], len(ref), 0), ref)
+    static_rows.append({k: v for k, v in static.items() if k != "pairs"})
+    videos = {}
+    for method in methods:
+      path = os.path.join(workdir, "evaluate", method, f"{case.name}.npz")
+      if os.path.exists(path):
+        with np.load(path) as z:
+          video, times = z["video"], z["times"]
+      else:
+        if gens is None and method != "copy_last":
+          gens = _Generators(cfg, workdir, 1 + bf * ((longest - 1) // (4 * bf)))
+        video, times = generate_case(gens, method, truth, seed=cfg.seed + ci)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_npz_atomic(path, video=video, times=times)
+      videos[method] = video
+      m = case_metrics(cfg, truth, video, times, estimator, revisits)
+      entry["methods"][method] = m
+      rows[method].append(m)
+      bar.update(1)
+    if ev.videos:
+      videos_written.append(_video(os.path.join(workdir, "results"), case, truth, videos,
+                                   cfg.generate.fps))
+    details["cases"][case.name] = entry
+  bar.close()
+  summary = {m: {k: _mean(rows[m], k) for k in SUMMARY_KEYS} for m in methods}
+  summary["truth"] = {"rpe_trans": _mean(truth_rows, "rpe_trans"),
+                      "rpe_rot": _mean(truth_rows, "rpe_rot")}
+  summary["static"] = {"rpe_trans": _mean(static_rows, "rpe_trans"),
+                       "rpe_rot": _mean(static_rows, "rpe_rot")}
+  results = os.path.join(workdir, "results")
+  os.makedirs(results, exist_ok=True)
+  details.update({"dit_from": gens.dit_from if gens else None, "seconds": time.time() - t0,
+                  "pose_estimator": estimator.meta, "memory": cfg.memory.to_dict()})
+  write_json_atomic(os.path.join(results, "details.json"), details)
+  write_json_atomic(os.path.join(results, "metrics.json"), summary)
+  notes = (f"\n{len(all_cases)} cases ({', '.join(ev.scripts)} on "
+           f"{', '.join(sorted({c.map_path for c in all_cases}))}); revisits are frames at least "
+           f"{min_gap} frames after a frame within {ev.revisit_distance} m and "
+           f"{ev.revisit_angle_deg} deg of their pose. PSNR in dB; rpe_trans in metres, rpe_rot "
+           "in degrees per stride of the pose estimator; 'truth' is the pose estimator on the "
+           "true frames (its own error), 'static' a camera that never moves.\n")
+  write_bytes_atomic(os.path.join(results, "metrics.md"),
+                     ("# Evaluation\n\n" + _table(summary) + notes).encode())
+  plots = _plots(results, details, {m: summary[m] for m in methods}, cfg.generate.fps)
+  return {"metrics": summary, "results": results, "videos": videos_written, "plots": plots,
+          "seconds": time.time() - t0}
+
+
+def load_metrics(workdir: str) -> dict:
+  with open(os.path.join(workdir, "results", "metrics.json")) as f:
+    return json.load(f)
