@@ -391,6 +391,19 @@ def caption_for(map_path: str, frames: np.ndarray) -> str:
 # ------------------------------------------------------------------ episodes
 
 
+def _place(game, map_path: str, rng, spawn: str) -> None:
+  """Invulnerable (damaging floors must not end the episode), at a random open spot of the map
+  (spawn='random', drawn from rng) or the map's player start ('start'), landed on the floor."""
+  game.send_game_command("god")
+  if spawn == "random":
+    x, y = spawn_point(map_path, rng)
+    game.send_game_command(f"warp {x:.3f} {y:.3f}")
+  elif spawn != "start":
+    raise DataError(f"config.data.gen.spawn={spawn!r} is unknown. Fix: use 'random' (a "
+                    "random open spot of the map) or 'start' (the map's player start).")
+  game.make_action([0.0, 0.0, 0.0, 0.0], 2 * int(TICS_PER_SECOND))
+
+
 def generate_episode(map_path: str, seed: int, cfg: GenConfig, name: str | None = None,
                      game=None) -> Episode:
   """One exploration episode of cfg.frames_per_episode frames on `map_path`, fully determined
@@ -403,14 +416,7 @@ def generate_episode(map_path: str, seed: int, cfg: GenConfig, name: str | None 
     game.set_seed(int(seed) % (2**31 - 1))
     game.new_episode()
   try:
-    game.send_game_command("god")  # damaging floors must not end the episode
-    if cfg.spawn == "random":
-      x, y = spawn_point(map_path, rng)
-      game.send_game_command(f"warp {x:.3f} {y:.3f}")
-    elif cfg.spawn != "start":
-      raise DataError(f"config.data.gen.spawn={cfg.spawn!r} is unknown. Fix: use 'random' (a "
-                      "random open spot of the map) or 'start' (the map's player start).")
-    game.make_action([0.0, 0.0, 0.0, 0.0], 2 * int(TICS_PER_SECOND))  # land on the floor
+    _place(game, map_path, rng, cfg.spawn)
     cam = _Camera(game, cfg, rng)
     # a random initial heading, so episodes on one map start differently
     _turn_by(cam, rng.uniform(-180, 180), 12.0)
@@ -465,10 +471,7 @@ def render_actions(map_path: str, seed: int, actions, action_scale: float, cfg: 
   rng = np.random.default_rng([int(seed) % (2**63), 1])
   game = make_game(map_path, seed, cfg.render_resolution)
   try:
-    game.send_game_command("god")
-    x, y = spawn_point(map_path, rng)
-    game.send_game_command(f"warp {x:.3f} {y:.3f}")
-    game.make_action([0.0, 0.0, 0.0, 0.0], 2 * int(TICS_PER_SECOND))
+    _place(game, map_path, rng, "random")
     _open_heading(game, rng)
     cam = _Camera(game, dataclasses.replace(cfg, frames_per_episode=len(a) + 1), rng)
     per_frame = MOVE_UNITS_PER_TIC * cfg.tics_per_frame / UNITS_PER_METRE  # metres per unit

@@ -99,9 +99,6 @@ def _import_wan_vae(cfg, workdir):
         "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
 
 
-
-
-
 def _generate(cfg, workdir):
   from relic_jax.inference.generate import generate
   r = generate(cfg, workdir, FLAGS.actions, image_path=FLAGS.image, text=FLAGS.text,
@@ -109,9 +106,6 @@ def _generate(cfg, workdir):
   print(json.dumps({k: v for k, v in r.items() if k != "actions"}, sort_keys=True))
   print(f"[relic] {r['frames']} frames ({r['blocks']} blocks, DiT from {r['dit_from']}, memory "
         f"{r['memory']}, {r['decoder']} decoder) at {r['fps']:.1f} frames/s: {r['video']}")
-
-
-
 
 
 def _sweep(argv):

@@ -72,34 +72,40 @@ class PipelineError(ValueError):
   """A workdir whose finished stages do not match the config, or a bad stage list."""
 
 
-def _flatten(cfg, prefix=""):
+def flatten_config(cfg, prefix: str = "") -> dict:
+  """A config (or nested mapping) as {dotted field: value}."""
   out = {}
   for k, v in cfg.items():
     key = f"{prefix}{k}"
     if hasattr(v, "items"):
-      out.update(_flatten(v, key + "."))
+      out.update(flatten_config(v, key + "."))
     else:
-      out[key] = list(v) if isinstance(v, tuple) else v
+      out[key] = v
   return out
+
+
+def stage_of_prefix(field: str) -> str | None:
+  """The stage FIRST_STAGE_OF gives a dotted field (its longest matching prefix), or None."""
+  best = None
+  for prefix in FIRST_STAGE_OF:
+    if (field == prefix or field.startswith(prefix + ".")) and (
+        best is None or len(prefix) > len(best)):
+      best = prefix
+  return FIRST_STAGE_OF[best] if best else None
 
 
 def first_stage_of(field: str) -> str | None:
   """The first stage a dotted config field feeds (None: it feeds no stage's results)."""
   if field.rsplit(".", 1)[-1] in _NOT_INPUTS:
     return None
-  best = None
-  for prefix, stage in FIRST_STAGE_OF.items():
-    if (field == prefix or field.startswith(prefix + ".")) and (
-        best is None or len(prefix) > len(best[0])):
-      best = (prefix, stage)
-  return best[1] if best else None
+  return stage_of_prefix(field)
 
 
 def stage_inputs(cfg, stage: str) -> dict:
   """The config fields `stage`'s results depend on: those feeding it or an earlier stage."""
   upto = PIPELINE_STAGES.index(stage)
   out = {}
-  for field, value in _flatten(cfg).items():
+  for field, value in flatten_config(cfg).items():
     first = first_stage_of(field)
     if first is not None and PIPELINE_STAGES.index(first) <= upto:
       out[field] = value

@@ -261,20 +261,10 @@ def variant_config(sweep: Sweep, name: str) -> ml_collections.ConfigDict:
 
 # ------------------------------------------------------------------------------- first stage
 
-def _flatten(cfg, prefix: str = "") -> dict:
-  out = {}
-  for k, v in cfg.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, (ml_collections.ConfigDict, Mapping)):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def changed_fields(base_cfg, variant_cfg) -> list:
   """The dotted fields whose values differ (or exist in one config only), sorted."""
-  a, b = _flatten(base_cfg), _flatten(variant_cfg)
+  from relic_jax.pipeline import flatten_config
+  a, b = flatten_config(base_cfg), flatten_config(variant_cfg)
   return sorted(k for k in set(a) | set(b) if k not in a or k not in b or a[k] != b[k])
 
 
@@ -282,12 +272,7 @@ def stage_of_field(field: str) -> str:
   """The first stage a dotted field feeds (FIRST_STAGE_OF, longest prefix); a field no prefix
   covers feeds the first stage of all, to be safe."""
   from relic_jax import pipeline
-  best = None
-  for prefix in pipeline.FIRST_STAGE_OF:
-    if (field == prefix or field.startswith(prefix + ".")) and (
-        best is None or len(prefix) > len(best)):
-      best = prefix
-  return pipeline.FIRST_STAGE_OF[best] if best else pipeline.PIPELINE_STAGES[0]
+  return pipeline.stage_of_prefix(field) or pipeline.PIPELINE_STAGES[0]
 
 
 def first_stage(base_cfg, variant_cfg, from_stage: str | None = None) -> str | None:

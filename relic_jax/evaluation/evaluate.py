@@ -30,7 +30,6 @@ truth) and plots/*.png.
 """
 
 import dataclasses
-import json
 import os
 import time
 
@@ -224,7 +223,7 @@ def _table(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _plots(results_dir: str, details: dict, summary: dict, fps: float) -> list[str]:
+def _plots(results_dir: str, details: dict, summary: dict) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -269,7 +268,6 @@ def _plots(results_dir: str, details: dict, summary: dict, fps: float) -> list[s
       ax.set_title(k)
       ax.tick_params(axis="x", rotation=45)
     save(fig, "metrics.png")
-  del fps
   return paths
 
 
@@ -373,11 +371,6 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
            "true frames (its own error), 'static' a camera that never moves.\n")
   write_bytes_atomic(os.path.join(results, "metrics.md"),
                      ("# Evaluation\n\n" + _table(summary) + notes).encode())
-  plots = _plots(results, details, {m: summary[m] for m in methods}, cfg.generate.fps)
+  plots = _plots(results, details, {m: summary[m] for m in methods})
   return {"metrics": summary, "results": results, "videos": videos_written, "plots": plots,
           "seconds": time.time() - t0}
-
-
-def load_metrics(workdir: str) -> dict:
-  with open(os.path.join(workdir, "results", "metrics.json")) as f:
-    return json.load(f)
