@@ -27,7 +27,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/relic pipeline --config=experiments/tiny.py --workdir=$(WORKDIR)
 
-# The default test suite (CPU, ~15 minutes on 2 cores).
+# The default test suite (CPU, 14-20 minutes on 2 cores).
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --dist loadscope -q tests
 

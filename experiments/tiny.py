@@ -5,7 +5,7 @@ A 2-layer, 64-wide DiT (4 latent frames of 8x8x16 per clip). Hardware: any CPU.
 `relic pipeline` (README command 1) runs everything on it: 8 ViZDoom episodes of 64x64
 frames, the pose estimator, a narrow VAE (150 steps) and its tiny decoder, the latent cache,
 the teacher on it (200 steps), ODE initialisation and distillation of the student, and the
-evaluation on the 2 held-out maps; ~12 minutes on 2 CPU cores. On its own, `relic
+evaluation on the 2 held-out maps; 10-15 minutes on 2 CPU cores. On its own, `relic
 train_teacher` trains the teacher on the synthetic latent dataset instead: ~20 s for 200 steps
 (~8 s of it compilation), the loss falls from ~1.4 to ~0.5.
 """
