@@ -28,6 +28,7 @@ from PIL import Image
 
 from data_pipeline import poses as poses_lib
 from data_pipeline.episode import DataError, Episode, make_episode
+from relic_jax.config.choices import Wad
 
 UNITS_PER_METRE = 32.0
 TICS_PER_SECOND = 35.0
@@ -35,7 +36,7 @@ TICS_PER_SECOND = 35.0
 # Doom's thrust against its ground friction (measured: 0.652 units per 2-tic frame per unit at
 # speeds 2, 5 and 10). Speeds reach it with a time constant of about 10 tics (momentum).
 MOVE_UNITS_PER_TIC = 0.326
-WADS = ("freedoom1", "freedoom2")
+WADS = Wad.values()
 
 
 def all_maps(wad: str) -> list[str]:

@@ -17,7 +17,7 @@ Alignment of the 4x temporal stride: latent frame 0 encodes video frame 0 alone;
 (k >= 1) encodes video frames 4k-3 .. 4k. Actions and poses stay per video frame; the DiT's
 condition encoders patchify them by 4 the same way (frame 0 alone).
 
-Clip i is cut and augmented exactly as the clip loader does (data_pipeline/loader.py), with
+Clip i is cut and augmented exactly as the clip loader does (data_pipeline/clips.py), with
 its own generator seeded by (config.seed, i): the palindrome with probability
 data.palindrome_prob, the centre crop and resize. So the cache holds a fixed, deterministic
 augmentation of every clip.
@@ -35,9 +35,10 @@ from typing import Callable
 
 import numpy as np
 
-from data_pipeline import loader as loader_lib
+from data_pipeline import clips as clips_lib
 from data_pipeline import shards as shards_lib
 from data_pipeline.episode import DataError
+from relic_jax.config.choices import Crop
 from relic_jax.io_utils import write_json_atomic
 
 FORMAT = "relic_jax.latent_cache/1"
@@ -67,8 +68,8 @@ def cache_description(cfg, data_dir: str, vae_fingerprint: str) -> dict:
   return {"format": FORMAT, "vae": vae_fingerprint,
           "data": {"config_hash": manifest["config_hash"],
                    "num_episodes": manifest["num_episodes"]},
-          "clip": {"frames": loader_lib.clip_frames(d.latent_frames,
-                                                    cfg.model.cond_frames_per_latent),
+          "clip": {"frames": clips_lib.clip_frames(d.latent_frames,
+                                                   cfg.model.cond_frames_per_latent),
                    "latent_frames": d.latent_frames, "height": d.latent_height * d.spatial_stride,
                    "width": d.latent_width * d.spatial_stride, "stride": d.clip_stride,
                    "palindrome_prob": d.palindrome_prob, "text_len": d.text_len,
@@ -99,7 +100,7 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     with open(meta_path) as f:
       old = json.load(f)
     rebuilt = _difference(old, {**desc, "num_clips": old.get("num_clips")})
-  source = loader_lib.make_clip_source(cfg, data_dir)
+  source = clips_lib.make_clip_source(cfg, data_dir)
   n = len(source)
   d = cfg.data
   c = desc["clip"]
@@ -126,7 +127,7 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     arrays = {k: _open(os.path.join(cache_dir, k)) for k in ARRAYS}
   done = np.asarray(arrays["done"].read().result())
   todo = np.flatnonzero(done == 0)
-  augment = loader_lib.ClipAugment(c["height"], c["width"], d.palindrome_prob, "center")
+  augment = clips_lib.ClipAugment(c["height"], c["width"], d.palindrome_prob, Crop.CENTER)
   t0 = time.perf_counter()
   bar = None
   if progress:

@@ -31,11 +31,12 @@ import numpy as np
 from PIL import Image
 
 from data_pipeline.episode import DataError, Episode
+from relic_jax.config.choices import Codec
 from relic_jax.io_utils import write_json_atomic
 
 FORMAT = "relic_jax.episodes/1"
 MAGIC = b"RLF1"
-CODECS = {"jpeg": 1, "png": 2}
+CODECS = {Codec.JPEG: 1, Codec.PNG: 2}  # the codec's id in a record header
 _HEADER = struct.Struct("<4sIiiB16d13d")  # magic, crc, episode, frame, codec, pose, action
 MANIFEST = "manifest.json"
 
@@ -50,9 +51,9 @@ def index_name(index: int) -> str:
 
 def encode_image(frame: np.ndarray, codec: str, quality: int = 95) -> bytes:
   buf = io.BytesIO()
-  if codec == "jpeg":
+  if codec == Codec.JPEG:
     Image.fromarray(frame).save(buf, "JPEG", quality=quality, subsampling=0)
-  elif codec == "png":
+  elif codec == Codec.PNG:
     Image.fromarray(frame).save(buf, "PNG", compress_level=1)
   else:
     raise DataError(f"image codec {codec!r} is unknown. Fix: use 'jpeg' or 'png'.")

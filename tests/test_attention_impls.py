@@ -11,8 +11,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from relic_jax.config import validate
 from relic_jax.config.base import DEFAULT_RULES
 from relic_jax.models import attention as attn_lib
+from relic_jax.models.block_causal import BlockCausal, block_ids
 from relic_jax.models import splash as splash_lib
 from relic_jax.parallel import mesh as mesh_lib
 from relic_jax.training.optimizer import make_optimizer
@@ -56,15 +58,15 @@ def _check_fwd_and_grads(q, k, v, block_causal):
 ])
 def test_splash_equals_xla_forward_and_grads(frames, tokens, block_frames, head_dim):
   s = frames * tokens
-  layout = None if block_frames is None else attn_lib.BlockCausal(block_frames * tokens)
+  layout = None if block_frames is None else BlockCausal(block_frames * tokens)
   _check_fwd_and_grads(*_qkv(2, s, s, 2, head_dim), layout)
 
 
 def test_block_causal_layout_equals_block_ids():
   """The static layout gives the xla path exactly the mask the per-token block ids give."""
   frames, tokens, block_frames = 6, 24, 2
-  ids = attn_lib.block_ids(frames, tokens, block_frames)
-  layout = attn_lib.BlockCausal(block_frames * tokens)
+  ids = block_ids(frames, tokens, block_frames)
+  layout = BlockCausal(block_frames * tokens)
   np.testing.assert_array_equal(layout.q_ids(frames * tokens), ids)
   q, k, v = _qkv(2, frames * tokens, frames * tokens, 2, 16)
   np.testing.assert_array_equal(
@@ -79,7 +81,7 @@ def test_splash_cross_attention_and_offset_blocks():
   _check_fwd_and_grads(*_qkv(2, 64, 8, 2, 16), None)
   # queries are the last 2 frames of a 6-frame clip (offset), keys the whole clip
   tokens = 24
-  layout = attn_lib.BlockCausal(2 * tokens, q_offset=4 * tokens)
+  layout = BlockCausal(2 * tokens, q_offset=4 * tokens)
   q, k, v = _qkv(1, 2 * tokens, 6 * tokens, 2, 16, seed=1)
   np.testing.assert_allclose(*(attn_lib.dot_product_attention(q, k, v, impl=impl, block_causal=layout)
                                for impl in ("splash", "xla")), **FWD_TOL)
@@ -87,7 +89,7 @@ def test_splash_cross_attention_and_offset_blocks():
 
 def test_mask_is_lazy_and_right():
   mask = splash_lib.SplashMask((256, 256), q_len=200, kv_len=190,
-                               block_causal=attn_lib.BlockCausal(48))
+                               block_causal=BlockCausal(48))
   q = np.arange(128, 256)[:, None]
   kv = np.arange(0, 128)[None, :]
   np.testing.assert_array_equal(mask[128:256, 0:128], (kv // 48 <= q // 48) | (q >= 200))
@@ -98,7 +100,7 @@ def test_mask_is_lazy_and_right():
   # frames. The kernel's host-side tables are per 512 x 512 tile plus one index per token,
   # never S x S (which would be 1 GiB of bools).
   s, s_pad = 32760, 32768
-  kernel = splash_lib.make_kernel(s, s, s_pad, s_pad, 40, attn_lib.BlockCausal(3 * 1560),
+  kernel = splash_lib.make_kernel(s, s, s_pad, s_pad, 40, BlockCausal(3 * 1560),
                                   interpret=True)
   sizes = [x.size for x in jax.tree.leaves(kernel)]
   assert max(sizes) == s_pad  # q_sequence; data_next / block_mask are (1, 64, 64)
@@ -122,7 +124,7 @@ def test_sharded_attention_grads_with_context_parallelism():
   cfg = tiny_config()
   cfg.mesh.shape = {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  layout = attn_lib.BlockCausal(48)
+  layout = BlockCausal(48)
   q, k, v = _qkv(2, 144, 144, 4, 16)
   (_, ref), ref_grads = jax.value_and_grad(_loss("xla", layout), argnums=(0, 1, 2),
                                            has_aux=True)(q, k, v)
@@ -177,7 +179,7 @@ def test_splash_lowers_for_tpu(monkeypatch):
                       lambda: tpu_info._get_tpu_info_impl(tpu_info.ChipVersion.TPU_V5E, 1))
 
   def loss(q, k, v):
-    out = splash_lib.splash_attention(q, k, v, block_causal=attn_lib.BlockCausal(72),
+    out = splash_lib.splash_attention(q, k, v, block_causal=BlockCausal(72),
                                       interpret=False)
     return jnp.sum(out.astype(jnp.float32))
 
@@ -194,7 +196,7 @@ def test_chunked_attention_equals_xla_forward_and_grads(masking):
   k = jax.random.normal(k2, (2, 70 if masking != "block_causal" else 48, 2, 16))
   v = jax.random.normal(k3, k.shape)
   kw = {"kv_valid": jnp.arange(70) < 61} if masking == "kv_valid" else (
-      {"block_causal": attn_lib.BlockCausal(12, q_offset=4, kv_offset=4)}
+      {"block_causal": BlockCausal(12, q_offset=4, kv_offset=4)}
       if masking == "block_causal" else {})
 
   def loss(impl):
@@ -211,3 +213,20 @@ def test_chunked_attention_equals_xla_forward_and_grads(masking):
   np.testing.assert_allclose(out, ref, atol=2e-6)
   for a, b in zip(gout, gref):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bidirectional", "block_causal"])
+def test_chunked_is_a_config_choice_and_the_teacher_runs_with_it(mode):
+  """model.attention_impl='chunked' validates, and the teacher's forward with it equals xla."""
+  cfg = tiny_config(attention_mode=mode, block_frames=3, attention_impl="xla")
+  x, t, txt = inputs(b=2, t=cfg.data.latent_frames, dt=cfg.model.text_dim)
+  task = TeacherTask(cfg)
+  params = random_params(task.model, x, t, txt)
+  ref = task.model.apply({"params": params}, x, t, txt)
+
+  cfg.model.attention_impl = "chunked"
+  assert validate(cfg) is cfg
+  task = TeacherTask(cfg)
+  assert task.model.cfg.attention_impl == "chunked"
+  out = jax.jit(lambda p: task.model.apply({"params": p}, x, t, txt))(params)
+  np.testing.assert_allclose(out, ref, **FWD_TOL)

@@ -14,7 +14,7 @@ import os
 import jax
 import pytest
 
-from relic_jax.config import DEFAULT_RULES, ConfigError, get_base_config, validate
+from relic_jax.config import DEFAULT_RULES, ConfigError, choices, get_base_config, validate
 from relic_jax.parallel import mesh as mesh_lib
 from relic_jax.parallel.mesh import make_mesh, resolve_mesh_shape
 from tests.helpers import REPO, run_cli, tiny_config
@@ -168,6 +168,32 @@ def test_validate_names_the_field_and_the_fix(overrides, starts, contains):
   assert msg.startswith(starts), msg
   assert contains in msg, msg
   assert ". Fix: " in msg, msg
+
+
+# Every string field with a fixed set of values, and the config.choices Enum declaring them.
+CHOICE_FIELDS = [
+    ("model.attention_impl", choices.AttentionImpl),
+    ("model.attention_mode", choices.AttentionMode),
+    ("model.remat_policy", choices.RematPolicy), ("model.dtype", choices.Dtype),
+    ("model.param_dtype", choices.Dtype), ("model.text_encoder", choices.TextEncoder),
+    ("model.pose_format", choices.PoseFormat), ("memory.mode", choices.MemoryMode),
+    ("memory.pool", choices.MemoryPool), ("memory.kv_dtype", choices.KVDtype),
+    ("memory.overflow", choices.Overflow), ("generate.decoder", choices.Decoder),
+    ("data.source", choices.DataSource), ("data.crop", choices.Crop),
+    ("data.gen.codec", choices.Codec), ("train.schedule", choices.LRSchedule),
+    ("train.timestep_sampling", choices.TimestepSampling),
+]
+
+
+@pytest.mark.parametrize("field,choice", CHOICE_FIELDS, ids=[f for f, _ in CHOICE_FIELDS])
+def test_validate_reads_each_choice_from_its_declaration(field, choice):
+  """A bad value names the field and lists exactly the declared values."""
+  cfg = tiny_config()
+  _set(cfg, field, "bogus")
+  with pytest.raises(ConfigError) as e:
+    validate(cfg)
+  assert str(e.value) == (f"config.{field}='bogus': unknown value. Fix: use one of "
+                          f"{', '.join(map(repr, choice.values()))}.")
 
 
 def test_validate_reports_a_missing_group():

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from data_pipeline import doom, generate, loader, shards, writer
+from data_pipeline import clips, doom, generate, loader, shards, writer
 from data_pipeline import poses as P
 from data_pipeline.episode import DataError, make_episode
 from experiments.tiny import get_config
@@ -201,7 +201,7 @@ def _copy_dataset(src, dst):
 def _clip_reader(out, cfg, verify=True):
   cfg = cfg.copy_and_resolve_references()
   cfg.data.verify_checksums = verify
-  return loader.make_clip_source(cfg, out)
+  return clips.make_clip_source(cfg, out)
 
 
 def test_corrupt_shard_is_detected_and_named(dataset, tmp_path):
@@ -283,7 +283,7 @@ def test_killed_generation_resumes(tmp_path):
   assert summary["shards_skipped"] >= 1 and summary["num_episodes"] == 6
   assert not glob.glob(os.path.join(work, "data", "*.tmp-*"))
   m = shards.read_manifest(os.path.join(work, "data"))
-  src = loader.ClipSource(os.path.join(work, "data"), 150, 150, 8)  # every frame, checksummed
+  src = clips.ClipSource(os.path.join(work, "data"), 150, 150, 8)  # every frame, checksummed
   assert len(src) == 6 and all(src[i]["frames"].shape[0] == 150 for i in range(6))
   assert m["num_frames"] == 900
 
@@ -306,7 +306,7 @@ def _same(a, b):
 def test_clip_batches_shapes_and_content(dataset):
   cfg, out, _ = dataset
   b = next(loader.make_clip_iterator(cfg, out, 0, 1, num_threads=1))
-  f = loader.clip_frames(cfg.data.latent_frames)
+  f = clips.clip_frames(cfg.data.latent_frames)
   assert f == 9
   assert b["frames"].shape == (4, 9, 32, 32, 3) and b["frames"].dtype == np.uint8
   assert b["actions"].shape == (4, 9, 13) and b["poses"].shape == (4, 9, 12)
@@ -322,21 +322,21 @@ def test_clip_batches_shapes_and_content(dataset):
 
 def test_palindrome_clip_plays_forward_then_back(dataset):
   cfg, out, _ = dataset
-  src = loader.make_clip_source(cfg, out)
+  src = clips.make_clip_source(cfg, out)
   clip = src[3]
-  aug = loader.ClipAugment(48, 48, palindrome_prob=1.0, crop="center")
+  aug = clips.ClipAugment(48, 48, palindrome_prob=1.0, crop="center")
   seen = set()
   for seed in range(20):
     res = aug(clip, np.random.default_rng(seed))
     t = int(res["turn"])
     assert 5 <= t <= 8
     seen.add(t)
-    order = loader.palindrome_indices(9, t)
+    order = clips.palindrome_indices(9, t)
     np.testing.assert_array_equal(res["frames"], clip["frames"][order])
     np.testing.assert_allclose(res["camera"], clip["camera"][order].astype(np.float32))
     assert order[t] == t and (t == 8 or order[t + 1] == t - 1) and order.min() >= 0
   assert len(seen) > 2
-  np.testing.assert_array_equal(loader.palindrome_indices(9, 5), [0, 1, 2, 3, 4, 5, 4, 3, 2])
+  np.testing.assert_array_equal(clips.palindrome_indices(9, 5), [0, 1, 2, 3, 4, 5, 4, 3, 2])
 
 
 def test_clip_loader_is_deterministic_and_resumes_exactly(dataset):
@@ -360,7 +360,7 @@ def test_per_process_clips_are_disjoint_and_cover_the_data(dataset, processes):
   cfg, out, _ = dataset
   cfg = cfg.copy_and_resolve_references()
   cfg.data.palindrome_prob = 0.0
-  n = len(loader.make_clip_source(cfg, out))
+  n = len(clips.make_clip_source(cfg, out))
   steps = n // cfg.train.batch_size  # one epoch of whole global batches
   single = _batches(loader.make_clip_iterator(cfg, out, 0, 1), steps)
   per = [_batches(loader.make_clip_iterator(cfg, out, p, processes), steps)
@@ -383,7 +383,7 @@ def test_too_short_episodes_are_a_clear_error(dataset):
   cfg = cfg.copy_and_resolve_references()
   cfg.data.latent_frames = 40
   with pytest.raises(DataError, match="no episode .* long enough for a clip of 157 frames"):
-    loader.make_clip_source(cfg, out)
+    clips.make_clip_source(cfg, out)
 
 
 def test_writer_refuses_a_foreign_directory_once_it_holds_data(tmp_path):
@@ -412,9 +412,9 @@ def test_clip_batches_assemble_into_a_sharded_global_batch(dataset):
 
 def test_heldout_episodes_are_kept_out_of_training(dataset):
   cfg, out, manifest = dataset
-  train = loader.make_clip_source(cfg, out, "train")
-  held = loader.make_clip_source(cfg, out, "heldout")
-  every = loader.make_clip_source(cfg, out, "all")
+  train = clips.make_clip_source(cfg, out, "train")
+  held = clips.make_clip_source(cfg, out, "heldout")
+  every = clips.make_clip_source(cfg, out, "all")
   ep = lambda src: {int(src[i]["episode"]) for i in range(len(src))}
   assert cfg.data.heldout_episodes == 1
   assert ep(held) == {manifest["num_episodes"] - 1} and ep(train) == {0, 1}
@@ -422,4 +422,4 @@ def test_heldout_episodes_are_kept_out_of_training(dataset):
   bad = cfg.copy_and_resolve_references()
   bad.data.heldout_episodes = 3
   with pytest.raises(DataError, match="heldout_episodes=3 leaves no training episode"):
-    loader.make_clip_source(bad, out)
+    clips.make_clip_source(bad, out)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipeline import generate, loader
+from data_pipeline import clips, generate, loader
 from data_pipeline import latent_cache as lc
 from data_pipeline.episode import DataError
 from tests.test_data import small_data_config
@@ -32,14 +32,14 @@ def test_cache_holds_every_clip_aligned(data, tmp_path):
   cfg, out = data
   cache = str(tmp_path / "cache")
   r = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=3, progress=False)
-  src = loader.make_clip_source(cfg, out)
+  src = clips.make_clip_source(cfg, out)
   assert r["num_clips"] == len(src) and r["encoded_now"] == len(src) and not r["rebuilt"]
   cached = lc.LatentCacheSource(cache)
   every = np.stack([cached[i]["latents"] for i in range(len(cached))]).reshape(-1, 8)
   stats = cached.meta["latent_stats"]  # every clip (fewer than 256): exact
   np.testing.assert_allclose(stats["mean"], every.mean(0), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(stats["std"], every.std(0), rtol=1e-4, atol=1e-6)
-  augment = loader.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")
+  augment = clips.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")
   for i in (0, len(src) // 2, len(src) - 1):
     want = augment(src[i], np.random.default_rng([cfg.seed, i]))
     got = cached[i]

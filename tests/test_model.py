@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from relic_jax.config import head_dim_split
+from relic_jax.config.choices import RematPolicy
 from relic_jax.models import rope as rope_lib
-from relic_jax.models.dit import stack_blocks, unstack_blocks
+from relic_jax.models.dit import REMAT_POLICIES, stack_blocks, unstack_blocks
 from tests.helpers import inputs, make_model, random_params
 
 ATOL = 1e-5
@@ -97,8 +98,7 @@ def test_scan_equals_loop_outputs_and_grads():
 
 
 @pytest.mark.parametrize("scan", [True, False])
-@pytest.mark.parametrize("policy", ["full", "dots_saveable", "dots_no_batch_saveable",
-                                    "offload_block_input"])
+@pytest.mark.parametrize("policy", [p.value for p in RematPolicy if p != RematPolicy.NONE])
 def test_remat_policies_give_same_outputs_and_grads(scan, policy):
   x, t, txt = inputs()
   ref = make_model(scan_layers=scan, remat_policy="none", attention_mode="block_causal",
@@ -114,6 +114,12 @@ def test_remat_policies_give_same_outputs_and_grads(scan, policy):
   l_new, g_new = jax.jit(jax.value_and_grad(loss(model)))(params)
   np.testing.assert_allclose(l_ref, l_new, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7, rtol=1e-5), g_ref, g_new)
+
+
+def test_every_remat_policy_has_a_checkpoint_policy():
+  assert set(REMAT_POLICIES) == set(RematPolicy) - {RematPolicy.NONE}
+  for policy in REMAT_POLICIES.values():
+    assert callable(policy())
 
 
 def test_scalar_timestep_broadcasts_over_frames():

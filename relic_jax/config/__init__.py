@@ -1,4 +1,5 @@
-"""Configuration: the shared base config, logical-axis rules and validation."""
+"""Configuration: the shared base config, logical-axis rules, the declared string choices
+(`config.choices`) and validation."""
 
 from relic_jax.config.base import DEFAULT_RULES, MESH_AXES, get_base_config
 from relic_jax.config.validation import ConfigError, head_dim_split, validate

@@ -6,18 +6,10 @@ import numbers
 import ml_collections
 
 from relic_jax.config.base import MESH_AXES
-
-ATTENTION_MODES = ("bidirectional", "block_causal")
-ATTENTION_IMPLS = ("xla", "cudnn", "splash")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_no_batch_saveable", "offload_block_input")
-DTYPES = ("float32", "bfloat16", "float16")
-SCHEDULES = ("cosine", "constant")
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
-DATA_SOURCES = ("synthetic", "latents")
-TEXT_ENCODERS = ("none", "bytes")
-CROPS = ("center", "random")
-CODECS = ("jpeg", "png")
-WADS = ("freedoom1", "freedoom2")
+from relic_jax.config.choices import (AttentionImpl, AttentionMode, Choice, Codec, Crop, DataSource,
+                                     Decoder, Dtype, KVDtype, LRSchedule, MemoryMode, MemoryPool,
+                                     Overflow, PoseFormat, RematPolicy, TextEncoder,
+                                     TimestepSampling, Wad)
 
 
 class ConfigError(ValueError):
@@ -28,12 +20,14 @@ def _fail(field, value, why, fix):
   raise ConfigError(f"config.{field}={value!r}: {why}. Fix: {fix}.")
 
 
-def _choice(cfg, field, choices, prefix=None):
-  """prefix: the dotted path of `cfg` in the full config, for the message (e.g. "model")."""
+def _choice(cfg, field, choice: type[Choice], prefix=None):
+  """The field's value must be one of `choice`'s (a `config.choices` Enum). prefix: the dotted
+  path of `cfg` in the full config, for the message (e.g. "model")."""
   value = _get(cfg, field)
-  if value not in choices:
+  valid = choice.values()
+  if value not in valid:
     _fail(f"{prefix}.{field}" if prefix else field, value, "unknown value",
-          f"use one of {', '.join(map(repr, choices))}")
+          f"use one of {', '.join(map(repr, valid))}")
 
 
 def _positive(cfg, field, allow_zero=False, prefix=None):
@@ -73,9 +67,9 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     v = m[f]
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
       _fail(f"{prefix}.{f}", v, "must be a non-negative integer", "use 0 (off) or the vector size")
-  _choice(m, "text_encoder", TEXT_ENCODERS, prefix)
-  _choice(m, "pose_format", ("extrinsics", "plucker"), prefix)
-  if m.pose_format == "plucker" and m.pose_dim not in (0, 12):
+  _choice(m, "text_encoder", TextEncoder, prefix)
+  _choice(m, "pose_format", PoseFormat, prefix)
+  if m.pose_format == PoseFormat.PLUCKER and m.pose_dim not in (0, 12):
     _fail(f"{prefix}.pose_dim", m.pose_dim, "Pluecker rays are computed from the 12-d "
           "extrinsics", "use pose_dim=12")
   if not 0 < m.plucker_fov_deg < 180:
@@ -110,15 +104,15 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
   if len(ps) != 3 or any((not isinstance(p, int)) or p <= 0 for p in ps):
     _fail(f"{prefix}.patch_size", m.patch_size, "must be three positive integers (t, h, w)",
           "use (1, 2, 2) as Wan does")
-  _choice(m, "attention_mode", prefix=prefix, choices=ATTENTION_MODES)
-  _choice(m, "attention_impl", prefix=prefix, choices=ATTENTION_IMPLS)
-  _choice(m, "remat_policy", prefix=prefix, choices=REMAT_POLICIES)
-  _choice(m, "dtype", prefix=prefix, choices=DTYPES)
-  _choice(m, "param_dtype", prefix=prefix, choices=DTYPES)
-  if m.attention_impl == "cudnn" and m.dtype == "float32":
+  _choice(m, "attention_mode", prefix=prefix, choice=AttentionMode)
+  _choice(m, "attention_impl", prefix=prefix, choice=AttentionImpl)
+  _choice(m, "remat_policy", prefix=prefix, choice=RematPolicy)
+  _choice(m, "dtype", prefix=prefix, choice=Dtype)
+  _choice(m, "param_dtype", prefix=prefix, choice=Dtype)
+  if m.attention_impl == AttentionImpl.CUDNN and m.dtype == Dtype.FLOAT32:
     _fail(f"{prefix}.attention_impl", "cudnn", "cuDNN flash attention needs bf16/fp16 inputs",
           "set model.dtype='bfloat16' or model.attention_impl='xla'")
-  if m.attention_impl == "splash" and m.dtype == "float16":
+  if m.attention_impl == AttentionImpl.SPLASH and m.dtype == Dtype.FLOAT16:
     _fail(f"{prefix}.attention_impl", "splash", "the splash kernel is a TPU kernel and TPUs "
           "compute in bfloat16, not float16", "set model.dtype='bfloat16' (or 'float32'), or "
           "model.attention_impl='xla'")
@@ -247,12 +241,11 @@ def validate_sharding(cfg: ml_collections.ConfigDict, shape: dict, num_processes
 
 def validate_generation(cfg: ml_collections.ConfigDict) -> None:
   """config.memory (the student's KV cache) and config.generate (the few-step sampler)."""
-  from relic_jax.memory.kv_cache import KV_DTYPES, MODES, OVERFLOWS, POOLS
   mem, gen = cfg.memory, cfg.generate
-  _choice(mem, "mode", MODES, prefix="memory")
-  _choice(mem, "pool", POOLS, prefix="memory")
-  _choice(mem, "kv_dtype", KV_DTYPES, prefix="memory")
-  _choice(mem, "overflow", OVERFLOWS, prefix="memory")
+  _choice(mem, "mode", MemoryMode, prefix="memory")
+  _choice(mem, "pool", MemoryPool, prefix="memory")
+  _choice(mem, "kv_dtype", KVDtype, prefix="memory")
+  _choice(mem, "overflow", Overflow, prefix="memory")
   for f in ("window", "max_frames"):
     v = mem[f]
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -271,7 +264,7 @@ def validate_generation(cfg: ml_collections.ConfigDict) -> None:
   for f in ("shift", "action_scale", "fps"):
     if not gen[f] > 0:
       _fail(f"generate.{f}", gen[f], "must be positive", "set a positive number")
-  _choice(gen, "decoder", ("vae", "tiny"), prefix="generate")
+  _choice(gen, "decoder", Decoder, prefix="generate")
 
 
 def validate_data(d: ml_collections.ConfigDict) -> None:
@@ -281,7 +274,7 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
   if not 0.0 <= d.palindrome_prob <= 1.0:
     _fail("data.palindrome_prob", d.palindrome_prob, "is a probability",
           "use a value in [0, 1] (0 turns the augmentation off)")
-  _choice(d, "crop", CROPS, prefix="data")
+  _choice(d, "crop", Crop, prefix="data")
   g = d.gen
   for f in ("num_episodes", "episodes_per_shard", "frames_per_episode", "height", "width",
             "tics_per_frame"):
@@ -292,7 +285,7 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
   if not 0.0 <= g.max_pitch_deg <= 45.0:
     _fail("data.gen.max_pitch_deg", g.max_pitch_deg, "must be in [0, 45]",
           "Doom's software renderer shears rather than rotates; keep pitch small, e.g. 20")
-  _choice(g, "codec", CODECS, prefix="data.gen")
+  _choice(g, "codec", Codec, prefix="data.gen")
   if not 1 <= g.jpeg_quality <= 100:
     _fail("data.gen.jpeg_quality", g.jpeg_quality, "must be in [1, 100]", "use e.g. 95")
   if g.frames_per_episode < 2:
@@ -303,9 +296,9 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
       _fail(f"data.gen.{f}", g[f], "must be a tuple of names, not one string",
             f"write it as a tuple, e.g. ({g[f]!r},)")
   for w in g.wads:
-    if w not in WADS:
+    if w not in Wad.values():
       _fail("data.gen.wads", tuple(g.wads), f"unknown WAD {w!r}",
-            f"use some of {', '.join(map(repr, WADS))}")
+            f"use some of {', '.join(map(repr, Wad.values()))}")
 
 
 def _is_int(v) -> bool:
@@ -363,7 +356,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     _get(cfg, group)
   validate_model(cfg.model)
   validate_mesh(cfg.mesh)
-  _choice(cfg, "data.source", DATA_SOURCES)
+  _choice(cfg, "data.source", DataSource)
   for f in ("latent_frames", "latent_height", "latent_width", "text_len", "num_examples"):
     _positive(cfg, f"data.{f}")
   pt, ph, pw = cfg.model.patch_size
@@ -372,7 +365,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
       _fail(f"data.{f}", cfg.data[f], f"not divisible by the patch size {p}",
             "make the latent size a multiple of model.patch_size")
   m = cfg.model
-  if m.attention_mode == "block_causal" and (
+  if m.attention_mode == AttentionMode.BLOCK_CAUSAL and (
       cfg.data.latent_frames // pt - m.first_block_frames) % m.block_frames:
     _fail("model.block_frames", m.block_frames,
           f"does not divide the {cfg.data.latent_frames // pt} patched latent frames after the "
@@ -380,9 +373,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
           "choose latent_frames = first_block_frames + a multiple of block_frames")
   validate_data(cfg.data)
   validate_generation(cfg)
-  if cfg.data.source == "latents":
+  if cfg.data.source == DataSource.LATENTS:
     m = cfg.model
-    if m.text_encoder != "bytes":
+    if m.text_encoder != TextEncoder.BYTES:
       _fail("model.text_encoder", m.text_encoder, "the latent cache holds captions as byte "
             "tokens, which need the built-in text encoder", "set model.text_encoder='bytes'")
     if m.action_dim not in (0, 13):
@@ -401,8 +394,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("train.ema_decay", t.ema_decay, "must be in [0, 1)", "use 0 (off) or e.g. 0.999")
   if not (0.0 <= t.b1 < 1.0 and 0.0 <= t.b2 < 1.0):
     _fail("train.b1/b2", (t.b1, t.b2), "Adam betas must be in [0, 1)", "use e.g. 0.9, 0.999")
-  _choice(cfg, "train.schedule", SCHEDULES)
-  _choice(cfg, "train.timestep_sampling", TIMESTEP_SAMPLINGS)
+  _choice(cfg, "train.schedule", LRSchedule)
+  _choice(cfg, "train.timestep_sampling", TimestepSampling)
   _positive(cfg, "train.timestep_shift")
   if cfg.train.clean_first_frame and cfg.data.latent_frames < 2:
     _fail("data.latent_frames", cfg.data.latent_frames,

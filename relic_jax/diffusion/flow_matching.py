@@ -11,6 +11,8 @@ loss); with per_frame_noise every other frame draws its own sigma (diffusion for
 import jax
 import jax.numpy as jnp
 
+from relic_jax.config.choices import TimestepSampling
+
 NUM_TRAIN_TIMESTEPS = 1000.0
 
 
@@ -19,9 +21,9 @@ def shift_sigma(sigma, shift: float):
 
 
 def sample_sigma(rng, shape, sampling: str, shift: float):
-  if sampling == "uniform":
+  if sampling == TimestepSampling.UNIFORM:
     u = jax.random.uniform(rng, shape)
-  elif sampling == "logit_normal":
+  elif sampling == TimestepSampling.LOGIT_NORMAL:
     u = jax.nn.sigmoid(jax.random.normal(rng, shape))
   else:
     raise ValueError(f"unknown timestep sampling {sampling!r}")

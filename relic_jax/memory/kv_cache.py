@@ -28,7 +28,12 @@ Modes (`memory.mode`): "relic" (window + compressed memory), "full" (window + me
 all ones: every frame uncompressed, the full-history baseline), "window" (no memory: frames
 that leave the window are dropped). Past capacity (`memory.overflow`): "error" (the session
 refuses the step, checked on the host) or "drop" (frames that no longer fit are dropped from
-the memory; `dropped` counts them).
+the memory; `dropped` counts them). These choices are declared in `config.choices`
+(MemoryMode, MemoryPool, KVDtype, Overflow).
+
+The DiT reads the cache through `view`, which builds the model's own `models.kv.KVView` (the
+memory and window buffers as two segments, RoPE angles of their positions, validity): the model
+never sees this storage layout.
 """
 
 import dataclasses
@@ -40,13 +45,11 @@ import ml_collections
 import numpy as np
 from flax import struct
 
+from relic_jax.config.choices import KVDtype, MemoryMode, MemoryPool, Overflow
 from relic_jax.models import rope as rope_lib
+from relic_jax.models.kv import KVView, LayerKV, dequantize
 
 RELIC_SCHEDULE = (1, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4)
-MODES = ("relic", "full", "window")
-KV_DTYPES = ("float32", "bfloat16", "float8_e4m3fn")
-OVERFLOWS = ("error", "drop")
-POOLS = ("mean", "subsample")
 FP8_MAX = 448.0
 
 
@@ -64,10 +67,10 @@ class CacheSpec:
   window: int                    # w latent frames
   schedule: tuple[int, ...]      # pooling factor per side of frame i: schedule[i % len]
   max_frames: int                # latent frames a session may hold (incl. frame 0)
-  kv_dtype: str = "float32"
+  kv_dtype: str = KVDtype.FLOAT32.value
   use_memory: bool = True
-  overflow: str = "error"
-  pool: str = "mean"
+  overflow: str = Overflow.ERROR.value
+  pool: str = MemoryPool.MEAN.value
 
   @property
   def tokens_per_frame(self) -> int:
@@ -92,7 +95,7 @@ class CacheSpec:
 
   @property
   def quantized(self) -> bool:
-    return self.kv_dtype == "float8_e4m3fn"
+    return self.kv_dtype == KVDtype.FLOAT8_E4M3FN
 
   def kv_bytes(self, batch: int = 1) -> int:
     """Bytes of the cache's K and V buffers (and fp8 scales) at capacity."""
@@ -109,15 +112,17 @@ def spec_from_config(model_cfg, memory_cfg: ml_collections.ConfigDict, latent_hw
       lambda k: getattr(model_cfg, k))
   _, ph, pw = get("patch_size")
   mode = memory_cfg.mode
-  if mode not in MODES:
-    raise ValueError(f"config.memory.mode={mode!r}: unknown. Fix: use one of {MODES}.")
-  schedule = tuple(memory_cfg.schedule) if mode == "relic" else (1,)
+  if mode not in MemoryMode.values():
+    raise ValueError(f"config.memory.mode={mode!r}: unknown. Fix: use one of "
+                     f"{MemoryMode.values()}.")
+  schedule = tuple(memory_cfg.schedule) if mode == MemoryMode.RELIC else (1,)
   return CacheSpec(num_layers=get("num_layers"), num_heads=get("num_heads"),
                    head_dim=get("dim") // get("num_heads"),
                    grid=(latent_hw[0] // ph, latent_hw[1] // pw), window=memory_cfg.window,
                    schedule=schedule, max_frames=max_frames or memory_cfg.max_frames,
-                   kv_dtype=memory_cfg.kv_dtype, use_memory=mode != "window",
-                   overflow=memory_cfg.overflow, pool=memory_cfg.get("pool", "mean"))
+                   kv_dtype=memory_cfg.kv_dtype, use_memory=mode != MemoryMode.WINDOW,
+                   overflow=memory_cfg.overflow,
+                   pool=memory_cfg.get("pool", MemoryPool.MEAN.value))
 
 
 @struct.dataclass
@@ -154,7 +159,7 @@ def abstract(spec: CacheSpec, batch: int):
   return jax.eval_shape(lambda: init(spec, batch))
 
 
-# ------------------------------------------------------------------ reading (inside the DiT)
+# ------------------------------------------------------------------ reading (the DiT's view)
 
 
 def _quantize(x, quantized: bool, dtype):
@@ -166,21 +171,13 @@ def _quantize(x, quantized: bool, dtype):
   return (x.astype(jnp.float32) / scale[..., None]).astype(dtype), scale
 
 
-def _dequantize(x, scale, dtype):
-  x = x.astype(jnp.float32) if scale is not None else x
-  if scale is not None:
-    x = x * scale[..., None]
-  return x.astype(dtype)
-
-
-def view(cache: KVCache, spec: CacheSpec, model_cfg) -> tuple[dict, dict]:
-  """What the DiT's `kv_cache=` argument takes: (per-layer arrays with a leading L axis,
-  shared arrays): keys/values of [memory, window] and the shared RoPE angles and validity."""
-  layers = {"mem_k": cache.mem_k, "mem_v": cache.mem_v, "win_k": cache.win_k,
-            "win_v": cache.win_v}
-  if spec.quantized:
-    layers |= {"mem_ks": cache.mem_scale[0], "mem_vs": cache.mem_scale[1],
-               "win_ks": cache.win_scale[0], "win_vs": cache.win_scale[1]}
+def view(cache: KVCache, spec: CacheSpec, model_cfg) -> KVView:
+  """What the DiT's `kv_cache=` argument takes (`models.kv.KVView`): the keys/values of the
+  memory then the window as two segments (the buffers themselves, with their fp8 scales), the
+  RoPE angles at every slot's position and which slots are filled."""
+  scales = lambda i: (cache.mem_scale[i], cache.win_scale[i]) if spec.quantized else None
+  layers = LayerKV(k=(cache.mem_k, cache.win_k), v=(cache.mem_v, cache.win_v),
+                   k_scale=scales(0), v_scale=scales(1))
   hh, ww = spec.grid
   grid = rope_lib.grid_positions((1, hh, ww))  # [P, 3] of a frame at t = 0
   win_pos = (grid[None] + jnp.stack([jnp.maximum(cache.win_frame, 0).astype(jnp.float32),
@@ -194,16 +191,7 @@ def view(cache: KVCache, spec: CacheSpec, model_cfg) -> tuple[dict, dict]:
                                    c.yarn_original_frames, c.yarn_beta_fast, c.yarn_beta_slow)
   b = cache.win_k.shape[1]
   valid = jnp.broadcast_to(jnp.concatenate([mem_valid, win_valid])[None], (b, positions.shape[0]))
-  return layers, {"angles": angles, "valid": valid}
-
-
-def read(layer: dict, shared: dict, dtype):
-  """One layer's cached keys (RoPE applied), values and validity: ([B, Sk, N, H] x 2, [B, Sk])."""
-  k = jnp.concatenate([_dequantize(layer["mem_k"], layer.get("mem_ks"), dtype),
-                       _dequantize(layer["win_k"], layer.get("win_ks"), dtype)], axis=1)
-  v = jnp.concatenate([_dequantize(layer["mem_v"], layer.get("mem_vs"), dtype),
-                       _dequantize(layer["win_v"], layer.get("win_vs"), dtype)], axis=1)
-  return rope_lib.apply_rope(k, shared["angles"]), v, shared["valid"]
+  return KVView(layers=layers, angles=angles, valid=valid)
 
 
 # ------------------------------------------------------------------ writing (between blocks)
@@ -220,14 +208,14 @@ def _middle_tokens(grid: tuple[int, int], factor: int) -> np.ndarray:
   return np.asarray([r * ww + c for r in rows for c in cols], np.int32)
 
 
-def _pool(x_LBPNH, grid: tuple[int, int], factor: int, slots: int, rule: str = "mean"):
+def _pool(x_LBPNH, grid: tuple[int, int], factor: int, slots: int, rule: str = MemoryPool.MEAN):
   """Pools factor x factor patches ("mean": edge patches average what they have;
   "subsample": the middle token); returns [L, B, slots, N, H] with the pooled tokens first
   and zeros after."""
   hh, ww = grid
   if factor == 1:
     return x_LBPNH
-  if rule == "subsample":
+  if rule == MemoryPool.SUBSAMPLE:
     picked = x_LBPNH[:, :, _middle_tokens(grid, factor)].astype(jnp.float32)
     return jnp.pad(picked, ((0, 0), (0, 0), (0, slots - picked.shape[2]), (0, 0), (0, 0)))
   l, b, _, n, h = x_LBPNH.shape
@@ -241,12 +229,12 @@ def _pool(x_LBPNH, grid: tuple[int, int], factor: int, slots: int, rule: str = "
   return jnp.pad(pooled, ((0, 0), (0, 0), (0, slots - ph * pw), (0, 0), (0, 0)))
 
 
-def _pool_positions(grid: tuple[int, int], factor: int, slots: int, rule: str = "mean"):
+def _pool_positions(grid: tuple[int, int], factor: int, slots: int, rule: str = MemoryPool.MEAN):
   hh, ww = grid
   pos = rope_lib.grid_positions((1, hh, ww))[:, 1:].reshape(hh, ww, 2)
   if factor == 1:
     out = pos.reshape(-1, 2)
-  elif rule == "subsample":
+  elif rule == MemoryPool.SUBSAMPLE:
     out = pos.reshape(-1, 2)[_middle_tokens(grid, factor)]
   else:
     ph, pw = math.ceil(hh / factor), math.ceil(ww / factor)
@@ -266,8 +254,8 @@ def _evict(cache: KVCache, spec: CacheSpec, slot, frame, evict) -> KVCache:
   start = slot * p
   take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, p, axis=2)
   scale = lambda i: take(cache.win_scale[i]) if spec.quantized else None
-  k = _dequantize(take(cache.win_k), scale(0), jnp.float32)
-  v = _dequantize(take(cache.win_v), scale(1), jnp.float32)
+  k = dequantize(take(cache.win_k), scale(0), jnp.float32)
+  v = dequantize(take(cache.win_v), scale(1), jnp.float32)
   factors = sorted(set(spec.schedule))
   table = jnp.asarray([factors.index(f) for f in spec.schedule], jnp.int32)
   branch = table[frame % len(spec.schedule)]
@@ -341,7 +329,7 @@ def attended_tokens(spec: CacheSpec, frames: int) -> int:
 def check_capacity(spec: CacheSpec, frames_after: int) -> None:
   """Host-side: raises CacheCapacityError if a session would exceed max_frames (policy
   "error")."""
-  if spec.overflow == "error" and frames_after > spec.max_frames:
+  if spec.overflow == Overflow.ERROR and frames_after > spec.max_frames:
     raise CacheCapacityError(
         f"this step would make {frames_after} latent frames, but the KV cache was sized for "
         f"config.memory.max_frames={spec.max_frames}. Fix: start a new session, raise "

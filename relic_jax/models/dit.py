@@ -25,19 +25,25 @@ import jax.numpy as jnp
 import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
+from relic_jax.config.choices import AttentionMode, PoseFormat, RematPolicy, TextEncoder
 from relic_jax.models import attention as attn_lib
+from relic_jax.models import kv as kv_lib
 from relic_jax.models import rope as rope_lib
+from relic_jax.models.block_causal import BlockCausal
 from relic_jax.models.text_encoder import ByteTextEncoder
 from relic_jax.models.layers import (AffineLayerNorm, RMSNorm, dense, gate, layer_norm_fp32,
                                      modulate, per_frame)
 
+# model.remat_policy -> the jax.checkpoint policy of each block ("none": no remat).
 REMAT_POLICIES = {
-    "full": lambda: jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": lambda: jax.checkpoint_policies.dots_saveable,
-    "dots_no_batch_saveable": lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "offload_block_input": lambda: jax.checkpoint_policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=[], names_which_can_be_offloaded=["block_input"],
-        offload_src="device", offload_dst="pinned_host"),
+    RematPolicy.FULL: lambda: jax.checkpoint_policies.nothing_saveable,
+    RematPolicy.DOTS_SAVEABLE: lambda: jax.checkpoint_policies.dots_saveable,
+    RematPolicy.DOTS_NO_BATCH_SAVEABLE:
+        lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    RematPolicy.OFFLOAD_BLOCK_INPUT:
+        lambda: jax.checkpoint_policies.save_and_offload_only_these_names(
+            names_which_can_be_saved=[], names_which_can_be_offloaded=["block_input"],
+            offload_src="device", offload_dst="pinned_host"),
 }
 
 
@@ -101,13 +107,13 @@ def sinusoidal_embedding(t, dim: int):
 
 class SelfAttention(nn.Module):
   cfg: DiTConfig
-  block_causal: attn_lib.BlockCausal | None = None  # static; None: bidirectional
+  block_causal: BlockCausal | None = None  # static; None: bidirectional
 
   @nn.compact
-  def __call__(self, x_BSD, angles, pose_BTD=None, cache=None):
-    """cache: None, or (this layer's KV cache, the shared cache view) from `memory.kv_cache`:
-    the tokens attend to the cached keys/values and to themselves (one block, bidirectional);
-    then returns (out, (k, v)) with the tokens' own keys (before RoPE) and values, to cache."""
+  def __call__(self, x_BSD, angles, pose_BTD=None, cache: kv_lib.KVView | None = None):
+    """cache: None, or a `kv.KVView` holding this layer's cached keys/values: the tokens attend
+    to them and to themselves (one block, bidirectional); then returns (out, (k, v)) with the
+    tokens' own keys (before RoPE) and values, to cache."""
     c = self.cfg
     dt, pdt = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     b, s, _ = x_BSD.shape
@@ -136,8 +142,7 @@ class SelfAttention(nn.Module):
     k = rope_lib.apply_rope(k, angles)
     kv_valid = None
     if cache is not None:
-      from relic_jax.memory import kv_cache as kv_lib  # the cache layout lives there
-      ck, cv, valid = kv_lib.read(cache[0], cache[1], dt)
+      ck, cv, valid = kv_lib.read(cache, dt)
       k = jnp.concatenate([ck, k], axis=1)
       v = jnp.concatenate([cv, v], axis=1)
       kv_valid = jnp.concatenate([valid, jnp.ones((b, s), bool)], axis=1)
@@ -194,12 +199,13 @@ class WanBlock(nn.Module):
   """One transformer block. The residual stream x [B, S, D] stays float32 (as in diffusers);
   e [B, T, 6, D] is the shared per-frame modulation, to which the block adds its own table."""
   cfg: DiTConfig
-  block_causal: attn_lib.BlockCausal | None = None
+  block_causal: BlockCausal | None = None
 
   @nn.compact
   def __call__(self, x_BSD, ctx_BLD, e_BT6D, angles, action_BTD=None, pose_BTD=None,
                cache_layer=None, cache_shared=None):
-    """Returns (x, kv): kv is None, or with a KV cache the tokens' own (k, v) to cache."""
+    """cache_layer: this layer's `kv.LayerKV` (or None), cache_shared: the `kv.KVView` without
+    layers. Returns (x, kv): kv is None, or with a KV cache the tokens' own (k, v) to cache."""
     c = self.cfg
     x_BSD = checkpoint_name(x_BSD, "block_input")
     table = self.param(
@@ -210,7 +216,7 @@ class WanBlock(nn.Module):
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (mod[:, :, i] for i in range(6))
 
     h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_sa, scale_sa)
-    cache = None if cache_layer is None else (cache_layer, cache_shared)
+    cache = None if cache_layer is None else cache_shared.with_layer(cache_layer)
     h = SelfAttention(c, self.block_causal, name="self_attn")(h, angles, pose_BTD, cache)
     kv = None
     if cache is not None:
@@ -246,7 +252,7 @@ class ScannedBlock(WanBlock):
 
 def _block_class(cfg: DiTConfig, scanned: bool):
   cls = ScannedBlock if scanned else WanBlock
-  if cfg.remat_policy != "none":
+  if cfg.remat_policy != RematPolicy.NONE:
     cls = nn.remat(cls, policy=REMAT_POLICIES[cfg.remat_policy](), prevent_cse=not scanned)
   return cls
 
@@ -318,10 +324,10 @@ class WanDiT(nn.Module):
   @nn.compact
   def __call__(self, x_BTHWC, t, text_BLC, t_offset=0, actions=None, poses=None, kv_cache=None,
                first_frame_in_input: bool = True):
-    """t_offset: the latent frame index of x's first frame (RoPE). kv_cache: None, or
-    (per-layer cache [L, ...], shared view) from `memory.kv_cache.view`: x is then one block
-    that attends to the cache and to itself, and the call returns (out, (k, v)) with the
-    block's keys (before RoPE) and values per layer [L, B, S, N, H], for `kv_cache.write`.
+    """t_offset: the latent frame index of x's first frame (RoPE). kv_cache: None, or a
+    `kv.KVView` with stacked layers (`memory.kv_cache.view` builds one): x is then one block
+    that attends to the cached keys/values and to itself, and the call returns (out, (k, v))
+    with the block's keys (before RoPE) and values per layer [L, B, S, N, H], to cache.
     first_frame_in_input: whether x starts at frame 0 (the actions/poses patchify frame 0
     alone); a streaming block after it passes False and 4 vectors per latent frame."""
     c = self.cfg
@@ -350,7 +356,7 @@ class WanDiT(nn.Module):
     e_BT6D = e.astype(jnp.float32).reshape(b, nt, 6, c.dim)
 
     # text projection
-    if c.text_encoder == "bytes":
+    if c.text_encoder == TextEncoder.BYTES:
       if jnp.issubdtype(text_BLC.dtype, jnp.floating) or text_BLC.ndim != 2:
         raise ValueError(f"model.text_encoder='bytes' takes byte tokens [B, L] int32; got "
                          f"{text_BLC.dtype} {text_BLC.shape}")
@@ -367,10 +373,9 @@ class WanDiT(nn.Module):
     # A block is block_frames latent frames of p tokens each (a static layout, so kernels such as
     # splash can build the mask without materialising it).
     block_causal = None
-    if c.attention_mode == "block_causal":
+    if c.attention_mode == AttentionMode.BLOCK_CAUSAL:
       off = (c.block_frames - c.first_block_frames) * p  # frame 0 .. first-1 form block 0
-      block_causal = attn_lib.BlockCausal(block_tokens=c.block_frames * p, q_offset=off,
-                                          kv_offset=off)
+      block_causal = BlockCausal(block_tokens=c.block_frames * p, q_offset=off, kv_offset=off)
 
     # RELIC conditioning: per-video-frame actions / poses -> one embedding per latent frame.
     act = pose = None
@@ -381,11 +386,12 @@ class WanDiT(nn.Module):
       act = CondEncoder(c, name="action_encoder")(actions, t_in, first_frame_in_input)[:, ::pt]
     if c.pose_dim:
       poses = jnp.zeros((b, n_cond, c.pose_dim)) if poses is None else poses
-      if c.pose_format == "plucker":
+      if c.pose_format == PoseFormat.PLUCKER:
         poses = plucker_rays(poses, nh, nw, c.plucker_fov_deg)  # [B, F, P, 6]
       pose = CondEncoder(c, name="pose_encoder")(poses, t_in, first_frame_in_input)[:, ::pt]
 
-    cache_layers, cache_shared = (None, None) if kv_cache is None else kv_cache
+    cache_layers, cache_shared = ((None, None) if kv_cache is None
+                                  else (kv_cache.layers, kv_cache.shared()))
     if c.scan_layers:
       blocks = nn.scan(
           _block_class(c, scanned=True), variable_axes={"params": 0}, split_rngs={"params": True},

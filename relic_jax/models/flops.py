@@ -15,6 +15,7 @@ K = S for bidirectional attention; for block-causal attention (a first block of 
 blocks of b frames, P tokens per frame) a query sees every frame up to the end of its block.
 """
 
+from relic_jax.config.choices import AttentionMode
 from relic_jax.models.dit import DiTConfig
 
 
@@ -24,7 +25,7 @@ def tokens(cfg: DiTConfig, frames: int, height: int, width: int) -> tuple[int, i
 
 
 def mean_visible_keys(cfg: DiTConfig, frames: int, tokens_per_frame: int) -> float:
-  if cfg.attention_mode == "bidirectional":
+  if cfg.attention_mode == AttentionMode.BIDIRECTIONAL:
     return float(frames * tokens_per_frame)
   f, b = cfg.first_block_frames, cfg.block_frames
   ends = [f] + [f + b * (k + 1) for k in range((frames - f) // b)]

@@ -17,7 +17,7 @@ How the model's attention is mapped onto the kernel:
   head dim is 128, so real configs pad nothing).
 * **Masks.** One lazy mask, `SplashMask`, a `_ComputableMask` that the kernel evaluates per tile
   from token indices: key j is visible iff j < (real key count) and, for block-causal attention
-  (`attention.BlockCausal`), block(j) <= block(i). Its host-side cost is O(S) memory (the mask
+  (`block_causal.BlockCausal`), block(j) <= block(i). Its host-side cost is O(S) memory (the mask
   info is per 512 x 512 tile, plus the index vector), never an S x S array (S = 32,760 tokens for
   the 14B config). Padded query rows see every real key, so no row of the softmax is empty. An
   unmasked attention whose keys need no padding uses `FullMask` (no masking work at all).
@@ -42,7 +42,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from relic_jax.models.attention import BlockCausal
+from relic_jax.models.block_causal import BlockCausal
 
 LANE = 128  # the kernel's tiles are multiples of the TPU lane width
 MAX_TILE = 512

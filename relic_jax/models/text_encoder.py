@@ -1,6 +1,6 @@
 """A small built-in text encoder, so runs on our own data need no umT5 download.
 
-Byte tokens [B, L] int32 (UTF-8 bytes + 1, 0 = padding: `data_pipeline.loader.tokenize_caption`)
+Byte tokens [B, L] int32 (UTF-8 bytes + 1, 0 = padding: `data_pipeline.clips.tokenize_caption`)
 -> embeddings [B, L, text_dim] float32, trained jointly with the DiT it feeds. A token
 embedding plus a learned position embedding, `text_encoder_layers` pre-LN transformer layers
 (bidirectional attention over the non-padding tokens), a final LayerNorm and a projection to

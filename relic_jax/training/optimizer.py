@@ -3,13 +3,15 @@
 import ml_collections
 import optax
 
+from relic_jax.config.choices import LRSchedule
+
 
 def make_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
-  if t.schedule == "cosine":
+  if t.schedule == LRSchedule.COSINE:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=t.lr, warmup_steps=t.warmup_steps,
         decay_steps=max(t.steps, t.warmup_steps + 1), end_value=t.lr * t.min_lr_ratio)
-  if t.schedule == "constant":
+  if t.schedule == LRSchedule.CONSTANT:
     if t.warmup_steps == 0:
       return optax.constant_schedule(t.lr)
     return optax.join_schedules(
