@@ -61,7 +61,8 @@ def test_usage_and_help_list_every_record():
 
 
 def _fake_registry(calls, derive=None):
-  """The registry with a fake stage `check` between distill and evaluate (step 7.5) and every
+  """The registry with a fake stage `check` between distill and evaluate (step 8, evaluate
+  moved to 9) and every
   pipeline stage's body replaced by one that records (stage, data.source)."""
   def body_of(name):
     def body(cfg, workdir):
@@ -72,11 +73,12 @@ def _fake_registry(calls, derive=None):
 
   fake = stages.Stage("check", "a fake stage between distill and evaluate", None,
                       dirs=("generate",), inputs=("generate.fps_check",), derive=derive,
-                      pipeline_step=7.5, workdir=stages.WorkdirUse.REQUIRED)
+                      pipeline_step=8, workdir=stages.WorkdirUse.REQUIRED)
   reg = {}
   for name, s in stages.REGISTRY.items():
     if name == "evaluate":
       reg["check"] = fake
+      s = dataclasses.replace(s, pipeline_step=9)
     reg[name] = s
   reg = {name: dataclasses.replace(s, body=body_of(name)) if s.pipeline_step is not None else s
          for name, s in reg.items()}
