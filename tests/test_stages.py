@@ -62,8 +62,8 @@ def test_usage_and_help_list_every_record():
 
 def _fake_registry(calls, derive=None):
   """The registry with a fake stage `check` between distill and evaluate (step 8, evaluate
-  moved to 9) and every
-  pipeline stage's body replaced by one that records (stage, data.source)."""
+  moved to 9) and every pipeline stage's body replaced by one that records (stage,
+  data.source)."""
   def body_of(name):
     def body(cfg, workdir):
       calls.append((name, cfg.data.source))
