@@ -1,41 +1,35 @@
 """The `relic` command: `relic <stage> --config=experiments/<name>.py --workdir=DIR
-[--config.a.b=value ...]`.
-
-Stages available now:
-  data            generate the ViZDoom episode dataset (config.data.gen) into <workdir>/data
-  data ingest     convert external episodes (--source=DIR, see the README) into the same shards
-  data preview    an MP4 and a top-down trajectory PNG of an episode (--episode, --out)
-  train_vae       the causal video VAE on the dataset's clips, then held-out PSNR/SSIM
-  encode          the trained VAE encodes every training clip into the latent cache
-  import-wan-vae  convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params (--out)
-  train_teacher   flow-matching training of the (bidirectional) DiT
-  ode_init        the block-causal student regresses the teacher's ODE trajectories (hybrid
-                  forcing)
-  distill         self-forcing DMD distillation of the student (critic, replayed back-prop)
-  import-wan      convert a diffusers Wan 2.1 T2V transformer (--source) to params (--out)
-  generate        a video from an image, a caption and scripted actions (--actions=NAME|FILE)
-                  with the streaming generator and its KV memory
-  pose_estimator  train the pose estimator behind the action-following metrics on real frames
-  evaluate        action following, spatial memory, stability and speed on held-out maps,
-                  against window-only, full-history and copy-last-frame baselines
-  pipeline        every stage above in order (data, pose_estimator, train_vae, encode,
-                  train_teacher, ode_init, distill, evaluate), skipping what is done
-  sweep           `relic sweep experiments/sweeps/<name>.py [--workdir=DIR]`: the ablation's
-                  variants as pipelines sharing the baseline's stages, one comparison table
-  info            print the resolved config, mesh and parameter count; trains nothing
+[--config.a.b=value ...]`. Its stages are the records of relic_jax/stages.py; `usage()` lists
+them (below, and in `relic --help`).
 """
 
 import difflib
 import importlib.util
-import json
 import os
 import sys
+import textwrap
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from relic_jax import stages
+from data_pipeline.episode import DataError
+from relic_jax import pipeline, stages
 from relic_jax.config import ConfigError, validate
+from relic_jax.evaluation.pose_estimation import PoseEstimatorError
+from relic_jax.inference.scripts import ScriptError
+from relic_jax.inference.streaming import ActionError
+from relic_jax.memory.kv_cache import CacheCapacityError
+from relic_jax.parallel.mesh import maybe_initialize_distributed
+from relic_jax.pipeline import PipelineError
+from relic_jax.stages import WorkdirUse
+from relic_jax.sweep import SweepError, main_cli
+from relic_jax.training.checkpoint import CheckpointError
+from relic_jax.training.distill import DistillError
+from relic_jax.training.ode_init import ODEInitError
+from relic_jax.training.teacher import CurriculumError
+from relic_jax.training.trainer import NonFiniteError
+from relic_jax.weights import SafetensorsError, WanImportError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
@@ -54,58 +48,23 @@ flags.DEFINE_string("image", None, "generate: the start image (default: frame 0 
                     "held-out episode).")
 flags.DEFINE_string("text", None, "generate: the caption (default: the episode's).")
 
-
-def _data(cfg, workdir, action="generate"):
-  """`relic data [generate|ingest|preview]`: the episode dataset in config.data.dir or
-  <workdir>/data."""
-  import time
-  from data_pipeline.generate import dataset_dir
-  if action == "generate":
-    return stages.data(cfg, workdir)
-  out = dataset_dir(cfg, workdir)
-  t0 = time.time()
-  if action == "ingest":
-    from data_pipeline.ingest import ingest
-    g = cfg.data.gen
-    m = ingest(FLAGS.source, out, g.height, g.width, codec=g.codec, quality=g.jpeg_quality,
-               episodes_per_shard=g.episodes_per_shard, workers=g.workers or os.cpu_count() or 1,
-               progress=cfg.train.progress_bar)
-    return stages.report_dataset(m, out, t0)
-  from data_pipeline.preview import preview
-  result = preview(out, FLAGS.out or os.path.join(out, "preview"), episode=FLAGS.episode)
-  print(json.dumps(result, sort_keys=True))
-  print(f"[relic] preview of {result['episode']}: video {result['video']}, top-down "
-        f"trajectory {result['topdown']}")
+# The errors a stage reports as `relic: error: ...` (exit 2): a wrong config, file or input.
+USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError,
+               ScriptError, ActionError, CacheCapacityError, DistillError, ODEInitError,
+               CurriculumError, PipelineError, PoseEstimatorError)
 
 
-def _import_wan_vae(cfg, workdir):
-  """A diffusers AutoencoderKLWan (Wan 2.1) directory -> params for config.vae.init_from."""
-  del workdir
-  import dataclasses
-
-  import ml_collections
-  from relic_jax.training import checkpoint as ckpt_lib
-  from relic_jax.weights import LazyStateDict, import_wan_vae, load_config
-  from relic_jax.weights.store import save_params
-  vae_cfg, params = import_wan_vae(LazyStateDict(FLAGS.source), load_config(FLAGS.source),
-                                   param_dtype=cfg.vae.param_dtype)
-  meta = ckpt_lib.describe_model(dataclasses.asdict(vae_cfg), params)
-  save_params(FLAGS.out, ml_collections.ConfigDict(dataclasses.asdict(vae_cfg)), meta, params,
-              extra={"source": os.path.abspath(FLAGS.source)})
-  import jax
-  n = sum(x.size for x in jax.tree.leaves(params))
-  print(f"[relic] imported the Wan VAE ({n:,} params, base_dim {vae_cfg.base_dim}, z_dim "
-        f"{vae_cfg.z_dim}, dim_mult {vae_cfg.dim_mult}) into {os.path.abspath(FLAGS.out)}; "
-        "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
-
-
-def _generate(cfg, workdir):
-  from relic_jax.inference.generate import generate
-  r = generate(cfg, workdir, FLAGS.actions, image_path=FLAGS.image, text=FLAGS.text,
-               out_dir=FLAGS.out)
-  print(json.dumps({k: v for k, v in r.items() if k != "actions"}, sort_keys=True))
-  print(f"[relic] {r['frames']} frames ({r['blocks']} blocks, DiT from {r['dit_from']}, memory "
-        f"{r['memory']}, {r['decoder']} decoder) at {r['fps']:.1f} frames/s: {r['video']}")
+def _pipeline(cfg, workdir):
+  """`relic pipeline`: every pipeline stage in order (relic_jax/pipeline.py), then a summary."""
+  r = pipeline.run_pipeline(cfg, workdir, progress=cfg.train.progress_bar)
+  res = r["results"]
+  print("[relic] pipeline stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["stages"].items()))
+  if r["metrics"] is not None:
+    with open(os.path.join(res, "metrics.md")) as f:
+      print(f.read())
+  print(f"[relic] pipeline done in {r['seconds'] / 60:.1f} min. Results in {res}: metrics.json "
+        f"and metrics.md, videos/*.mp4 (generated with memory | window only | ground truth), "
+        f"plots/*.png; details per case in details.json")
 
 
 def _sweep(argv):
@@ -117,31 +76,12 @@ def _sweep(argv):
                              if f.endswith(".py") and not f.startswith("_")))
           if os.path.isdir(os.path.join("experiments", "sweeps")) else
           "usage: relic sweep experiments/sweeps/<name>.py [--workdir=DIR]")
-  from relic_jax.config import ConfigError
-  from relic_jax.pipeline import PipelineError
-  from relic_jax.sweep import SweepError, main_cli
-  from relic_jax.training.trainer import NonFiniteError
-  from data_pipeline.episode import DataError
   try:
     main_cli(argv[2], FLAGS.workdir)
   except (SweepError, ConfigError, PipelineError, DataError) as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)
-
-
-def _info(cfg, workdir):
-  del workdir
-  import jax
-  from relic_jax.parallel.mesh import make_mesh
-  from relic_jax.training.teacher import TeacherTask
-  task = TeacherTask(cfg)
-  shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-  n = sum(x.size for x in jax.tree.leaves(shapes))
-  mesh = make_mesh(cfg.mesh)
-  print(cfg)
-  print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} x {jax.devices()[0].device_kind}")
-  print(f"params: {n:,}")
 
 
 def _import_wan(cfg, workdir):
@@ -193,18 +133,35 @@ def _import_wan(cfg, workdir):
           + "; train it with a config whose model matches (see model_config.json).")
 
 
-STAGES = {"data": _data, "train_vae": stages.train_vae, "encode": stages.encode,
-          "train_teacher": stages.train_teacher, "ode_init": stages.ode_init,
-          "distill": stages.distill, "info": _info, "import-wan": _import_wan,
-          "import-wan-vae": _import_wan_vae, "generate": _generate,
-          "pose_estimator": stages.pose_estimator, "evaluate": stages.evaluate,
-          "pipeline": stages.pipeline,
-          "sweep": None}  # `relic sweep FILE`: handled by _sweep (no --config)
-SUBCOMMANDS = {"data": ("generate", "ingest", "preview")}
-NEEDS_WORKDIR = ("train_teacher", "train_vae", "encode", "ode_init", "distill", "generate",
-                 "pose_estimator", "evaluate", "pipeline")
-NEEDS_FLAGS = {"import-wan": ("source", "out"), "import-wan-vae": ("source", "out"),
-               "data ingest": ("source",), "generate": ("actions",)}
+# The registry with the bodies stages.py leaves to the CLI: `pipeline` and `sweep` run on the
+# registry itself, `import-wan` lives here.
+REGISTRY = stages.bind(stages.REGISTRY, pipeline=_pipeline, sweep=_sweep, import_wan=_import_wan)
+
+
+def usage(registry=REGISTRY) -> str:
+  """The stages of `registry`, one entry each (subcommands under their stage), and the
+  pipeline's order."""
+  lines = ["Stages:"]
+
+  def entry(name, s):
+    lines.extend(textwrap.wrap(s.help, 96, initial_indent=f"  {name:<16}",
+                               subsequent_indent=" " * 18))
+    if s.produces:
+      lines.extend(textwrap.wrap(f"-> {s.produces}", 96, initial_indent=" " * 18,
+                                 subsequent_indent=" " * 21))
+
+  for name, s in registry.items():
+    entry(name, s)
+    for sub in s.subcommands:
+      if sub.body is not s.body:  # `relic data generate` is `relic data`
+        entry(f"{name} {sub.name}", sub)
+  order = " -> ".join(s.name for s in pipeline.pipeline_stages(registry))
+  lines += textwrap.wrap(f"`relic pipeline` runs {order}.", 96, initial_indent="  ",
+                         subsequent_indent="  ")
+  return "\n".join(lines) + "\n"
+
+
+__doc__ += "\n" + usage()
 
 
 def _fail(message: str, code: int = 2):
@@ -212,22 +169,26 @@ def _fail(message: str, code: int = 2):
   sys.exit(code)
 
 
-def main(argv):
+def main(argv, registry=REGISTRY):
+  names = ", ".join(registry)
   if len(argv) not in (2, 3):
     _fail(f"expected exactly one stage, got {argv[1:]}. Usage: relic <stage> "
-          f"--config=experiments/<name>.py --workdir=DIR; stages: {', '.join(STAGES)}")
-  stage = argv[1]
-  if stage not in STAGES:
-    close = difflib.get_close_matches(stage, list(STAGES), n=1)
+          f"--config=experiments/<name>.py --workdir=DIR; stages: {names}")
+  name = argv[1]
+  if name not in registry:
+    close = difflib.get_close_matches(name, list(registry), n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    _fail(f"unknown stage '{stage}'.{hint} Available stages: {', '.join(STAGES)}.")
-  if stage == "sweep":
-    return _sweep(argv)
+    _fail(f"unknown stage '{name}'.{hint} Available stages: {names}.")
+  stage = run = registry[name]
+  if not stage.takes_config:
+    return stage.body(argv)
   sub = argv[2] if len(argv) == 3 else None
-  if sub is not None and sub not in SUBCOMMANDS.get(stage, ()):
-    options = SUBCOMMANDS.get(stage)
-    _fail(f"stage '{stage}' has no subcommand '{sub}'"
-          + (f"; it has: {', '.join(options)}." if options else "; it takes none."))
+  if sub is not None:
+    run = stage.subcommand(sub)
+    if run is None:
+      options = [s.name for s in stage.subcommands]
+      _fail(f"stage '{name}' has no subcommand '{sub}'"
+            + (f"; it has: {', '.join(options)}." if options else "; it takes none."))
   cfg = FLAGS.config
   if cfg is None:
     _fail("--config is required, e.g. --config=experiments/tiny.py")
@@ -241,44 +202,25 @@ def main(argv):
       cause = " ".join(str(e.__cause__ or e).split())
     _fail(f"cannot load --config={path}: {cause}. Fix: pass an existing experiment file, e.g. "
           "--config=experiments/tiny.py")
-  if stage in NEEDS_WORKDIR and not FLAGS.workdir:
-    _fail(f"stage '{stage}' needs --workdir=DIR (where checkpoints and logs go)")
-  if stage == "data" and not (FLAGS.workdir or cfg.data.dir):
-    _fail("stage 'data' needs --workdir=DIR (the dataset goes to DIR/data) or "
+  if stage.workdir is WorkdirUse.REQUIRED and not FLAGS.workdir:
+    _fail(f"stage '{name}' needs --workdir=DIR (where checkpoints and logs go)")
+  if stage.workdir is WorkdirUse.DATASET and not (FLAGS.workdir or cfg.data.dir):
+    _fail(f"stage '{name}' needs --workdir=DIR (the dataset goes to DIR/data) or "
           "--config.data.dir=DIR")
-  full = f"{stage} {sub}" if sub else stage
-  for name in NEEDS_FLAGS.get(full, ()):
-    if not FLAGS[name].value:
-      _fail(f"stage '{full}' needs --{name}=...")
+  full = f"{name} {sub}" if sub else name
+  for flag in run.flags:
+    if not FLAGS[flag].value:
+      _fail(f"stage '{full}' needs --{flag}=...")
   try:
-    validate(cfg)  # what the config alone determines; needs no JAX
+    validate(cfg)  # what the config alone determines, before any device is asked for
   except ConfigError as e:
     _fail(str(e))
-  import jax
-  from relic_jax.parallel.mesh import maybe_initialize_distributed
-  from relic_jax.training.checkpoint import CheckpointError
-  from relic_jax.training.trainer import NonFiniteError
-  from relic_jax.weights import SafetensorsError, WanImportError
-  from data_pipeline.episode import DataError
-  from relic_jax.inference.scripts import ScriptError
-  from relic_jax.inference.streaming import ActionError
-  from relic_jax.memory.kv_cache import CacheCapacityError
-  from relic_jax.training.distill import DistillError
-  from relic_jax.training.ode_init import ODEInitError
-  from relic_jax.training.teacher import CurriculumError
-  from relic_jax.pipeline import PipelineError
-  from relic_jax.evaluation.pose_estimation import PoseEstimatorError
   try:
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
     validate(cfg, num_devices=jax.device_count(), num_processes=jax.process_count())
-    if sub:
-      STAGES[stage](cfg, FLAGS.workdir, sub)
-    else:
-      STAGES[stage](cfg, FLAGS.workdir)
-  except (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError, ScriptError,
-          ActionError, CacheCapacityError, DistillError, ODEInitError,
-          CurriculumError, PipelineError, PoseEstimatorError) as e:
+    run.body(cfg, FLAGS.workdir, **{f: FLAGS[f].value for f in run.flags + run.options})
+  except USER_ERRORS as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)
@@ -347,6 +289,9 @@ def _parse_flags(argv):
 
 def run():
   logging.set_verbosity(logging.WARNING)
+  main_module = sys.modules["__main__"]
+  if not main_module.__doc__:  # the `relic` script: absl's --help prints the stages from here
+    main_module.__doc__ = __doc__
   app.run(main, flags_parser=_parse_flags)
 
 

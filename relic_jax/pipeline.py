@@ -1,71 +1,43 @@
-"""`relic pipeline`: every stage in order, skipping what is done and resuming what was cut.
+"""`relic pipeline`: the registry's pipeline stages in order, skipping what is done and resuming
+what was cut.
 
   data -> pose_estimator -> train_vae -> encode -> train_teacher -> ode_init -> distill
        -> evaluate
 
-Each stage writes into its own directories of the workdir (STAGE_DIRS) and resumes from its own
+The stages are the records of relic_jax/stages.py with a `pipeline_step`, in that order. Each
+writes into its own directories of the workdir (its record's `dirs`) and resumes from its own
 checkpoints; the pipeline marks a finished stage with <workdir>/pipeline/<stage>.json (its
-summary, wall-clock and the config fields it depends on), so a rerun skips it, and refuses a
-workdir whose finished stages were made with other settings.
+summary, wall-clock and the config fields it depends on: its record's `inputs` and those of
+the stages before it), so a rerun skips it, and refuses a workdir whose finished stages were
+made with other settings. A stage runs with the config its record's `derive` makes (the DiT
+stages of a synthetic-source config: `stages.dit_config`), and the pipeline prints the fields
+that changed.
 """
 
 import json
 import os
 import time
+from collections.abc import Mapping
 
 from relic_jax.io_utils import write_json_atomic
+from relic_jax.stages import REGISTRY, Stage
+from relic_jax.stages import LATENT_SETUP, dit_config  # noqa: F401  (their home is stages.py)
+from relic_jax.workdir import Workdir
 
-PIPELINE_STAGES = ("data", "pose_estimator", "train_vae", "encode", "train_teacher", "ode_init",
-                   "distill", "evaluate")
 
-# The directories of the workdir each stage writes (and later stages read).
-STAGE_DIRS = {
-    "data": ("data",),
-    "pose_estimator": ("pose_estimator",),
-    "train_vae": ("vae", "vae_tiny"),
-    "encode": ("latents",),
-    "train_teacher": ("teacher",),
-    "ode_init": ("ode_init",),
-    "distill": ("distill",),
-    "evaluate": ("evaluate", "results"),
-}
+def pipeline_stages(registry: Mapping[str, Stage] = REGISTRY) -> tuple[Stage, ...]:
+  """The records of `relic pipeline`, in its order."""
+  return tuple(sorted((s for s in registry.values() if s.pipeline_step is not None),
+                      key=lambda s: s.pipeline_step))
 
-# The first stage a config group feeds: changing a field under the prefix means rerunning from
-# that stage on (the longest matching prefix wins).
-FIRST_STAGE_OF = {
-    "seed": "data",
-    "data.gen": "data",
-    "data": "encode",
-    "vae": "train_vae",
-    "model": "train_teacher",
-    "train": "train_teacher",
-    "mesh": "train_teacher",
-    "ode_init": "ode_init",
-    "distill": "distill",
-    # the student trains with its memory and few-step sampler: changing them retrains it
-    "memory": "ode_init",
-    "generate": "ode_init",
-    "memory.max_frames": "evaluate",
-    "memory.overflow": "evaluate",
-    "generate.decoder": "evaluate",
-    "evaluate": "evaluate",
-    "evaluate.pose_estimator": "pose_estimator",
-    # the pose estimator's inputs: its split, the frames' size and its motion normalisers
-    "data.heldout_episodes": "pose_estimator",
-    "data.latent_height": "pose_estimator",
-    "data.latent_width": "pose_estimator",
-    "data.spatial_stride": "pose_estimator",
-    "generate.action_scale": "pose_estimator",
-    "generate.fps": "pose_estimator",
-}
+
+# Views of the registry, for readers that want names.
+PIPELINE_STAGES = tuple(s.name for s in pipeline_stages())
+STAGE_DIRS = {s.name: s.dirs for s in pipeline_stages()}
 
 # Fields that change how a stage reports or checkpoints, not what it computes.
 _NOT_INPUTS = ("progress_bar", "log_every", "checkpoint_every", "keep_checkpoints",
                "async_checkpointing", "profile_start_step", "profile_num_steps", "videos")
-
-# The conditioning the pipeline's own data carries (byte captions, 13-d actions, 12-d poses).
-LATENT_SETUP = {"data.source": "latents", "model.text_encoder": "bytes", "model.action_dim": 13,
-                "model.pose_dim": 12}
 
 
 class PipelineError(ValueError):
@@ -84,62 +56,53 @@ def flatten_config(cfg, prefix: str = "") -> dict:
   return out
 
 
-def stage_of_prefix(field: str) -> str | None:
-  """The stage FIRST_STAGE_OF gives a dotted field (its longest matching prefix), or None."""
-  best = None
-  for prefix in FIRST_STAGE_OF:
-    if (field == prefix or field.startswith(prefix + ".")) and (
-        best is None or len(prefix) > len(best)):
-      best = prefix
-  return FIRST_STAGE_OF[best] if best else None
+def stage_of_prefix(field: str, registry: Mapping[str, Stage] = REGISTRY) -> str | None:
+  """The pipeline stage whose `inputs` hold a dotted field's longest matching prefix, or
+  None."""
+  best, owner = None, None
+  for s in pipeline_stages(registry):
+    for prefix in s.inputs:
+      if (field == prefix or field.startswith(prefix + ".")) and (
+          best is None or len(prefix) > len(best)):
+        best, owner = prefix, s.name
+  return owner
 
 
-def first_stage_of(field: str) -> str | None:
+def first_stage_of(field: str, registry: Mapping[str, Stage] = REGISTRY) -> str | None:
   """The first stage a dotted config field feeds (None: it feeds no stage's results)."""
   if field.rsplit(".", 1)[-1] in _NOT_INPUTS:
     return None
-  return stage_of_prefix(field)
+  return stage_of_prefix(field, registry)
 
 
-def stage_inputs(cfg, stage: str) -> dict:
+def stage_inputs(cfg, stage: str, registry: Mapping[str, Stage] = REGISTRY) -> dict:
   """The config fields `stage`'s results depend on: those feeding it or an earlier stage."""
-  upto = PIPELINE_STAGES.index(stage)
+  order = [s.name for s in pipeline_stages(registry)]
+  upto = order.index(stage)
   out = {}
   for field, value in flatten_config(cfg).items():
-    first = first_stage_of(field)
-    if first is not None and PIPELINE_STAGES.index(first) <= upto:
+    first = first_stage_of(field, registry)
+    if first is not None and order.index(first) <= upto:
       out[field] = value
   return out
 
 
-def dit_config(cfg):
-  """The config the DiT stages (teacher, ODE init, distillation, evaluation) run with: a config
-  made for the synthetic latents (data.source='synthetic', as experiments/tiny.py for the
-  quick demo) is switched to the pipeline's latent cache and the conditioning its episodes
-  carry (LATENT_SETUP); a config that already says data.source='latents' is used as it is."""
-  if cfg.data.source != "synthetic":
-    return cfg
-  out = cfg.copy_and_resolve_references()
-  with out.unlocked():
-    for dotted, value in LATENT_SETUP.items():
-      group, field = dotted.split(".")
-      out[group][field] = value
-  return out
+def changed_fields(before, after) -> dict:
+  """{dotted field: new value} of the fields `after` sets differently from `before`."""
+  a, b = flatten_config(before), flatten_config(after)
+  return {k: v for k, v in b.items() if k not in a or a[k] != v}
 
 
-def _marker(workdir, stage):
-  return os.path.join(workdir, "pipeline", f"{stage}.json")
-
-
-def stage_done(cfg, workdir: str, stage: str) -> dict | None:
+def stage_done(cfg, workdir: str, stage: str,
+               registry: Mapping[str, Stage] = REGISTRY) -> dict | None:
   """The done-marker of `stage` in workdir, or None; PipelineError if it was made with other
   inputs."""
-  path = _marker(workdir, stage)
+  path = Workdir.of(cfg, workdir).marker(stage)
   if not os.path.exists(path):
     return None
   with open(path) as f:
     done = json.load(f)
-  now = json.loads(json.dumps(stage_inputs(cfg, stage)))
+  now = json.loads(json.dumps(stage_inputs(cfg, stage, registry)))
   diff = sorted(k for k in set(now) | set(done.get("inputs", {}))
                 if now.get(k) != done.get("inputs", {}).get(k))
   if diff:
@@ -149,37 +112,45 @@ def stage_done(cfg, workdir: str, stage: str) -> dict | None:
         f"{workdir} holds stage '{stage}' done with a different config ({shown}"
         f"{', ...' if len(diff) > 6 else ''}). Fix: use a new --workdir, restore those "
         f"settings, or delete {path} and the stage's directories "
-        f"({', '.join(STAGE_DIRS[stage])}) to redo it and what follows.")
+        f"({', '.join(registry[stage].dirs)}) to redo it and what follows.")
   return done
 
 
-def _run_stage(cfg, workdir: str, stage: str):
-  from relic_jax import stages
-  if stage in ("train_teacher", "ode_init", "distill", "evaluate"):
-    cfg = dit_config(cfg)
-  getattr(stages, stage)(cfg, workdir)
+def _run_stage(cfg, workdir: str, stage: Stage, head: str):
+  """Runs a stage's body with the config its record derives, saying what the derivation
+  changed."""
+  run_cfg = stage.derive(cfg) if stage.derive is not None else cfg
+  changed = changed_fields(cfg, run_cfg)
+  if changed:
+    print(f"{head} runs with " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
+          + f" (derived by stages.{stage.derive.__name__})", flush=True)
+  stage.body(run_cfg, workdir)
 
 
-def run_pipeline(cfg, workdir: str, stages=None, progress: bool = True) -> dict:
-  """Runs `stages` (default: all of PIPELINE_STAGES) in order in workdir, skipping those marked
-  done (with the same inputs); each stage resumes its own interrupted work. progress=False
-  turns the stages' progress bars off (else config.train.progress_bar decides). Returns
-  {"metrics": results/metrics.json, "results": its directory, "stages": stage -> seconds}."""
-  stages = list(PIPELINE_STAGES if stages is None else stages)
-  unknown = [s for s in stages if s not in PIPELINE_STAGES]
+def run_pipeline(cfg, workdir: str, stages=None, progress: bool = True,
+                 registry: Mapping[str, Stage] = REGISTRY) -> dict:
+  """Runs `stages` (default: every pipeline stage of the registry) in order in workdir,
+  skipping those marked done (with the same inputs); each stage resumes its own interrupted
+  work. progress=False turns the stages' progress bars off (else config.train.progress_bar
+  decides). Returns {"metrics": results/metrics.json, "results": its directory, "stages":
+  stage -> seconds}."""
+  order = [s.name for s in pipeline_stages(registry)]
+  stages = list(order if stages is None else stages)
+  unknown = [s for s in stages if s not in order]
   if unknown:
     raise PipelineError(f"unknown pipeline stages {unknown}. Fix: choose from "
-                        f"{', '.join(PIPELINE_STAGES)}.")
+                        f"{', '.join(order)}.")
   run_cfg = cfg
   if not progress and cfg.train.progress_bar:
     run_cfg = cfg.copy_and_resolve_references()
     with run_cfg.unlocked():
       run_cfg.train.progress_bar = False
-  os.makedirs(os.path.join(workdir, "pipeline"), exist_ok=True)
+  wd = Workdir.of(cfg, workdir)
+  os.makedirs(wd.pipeline, exist_ok=True)
   t_all = time.time()
   timings = {}
   for i, stage in enumerate(stages, 1):
-    done = stage_done(cfg, workdir, stage)
+    done = stage_done(cfg, workdir, stage, registry)
     head = f"[relic] pipeline {i}/{len(stages)} {stage}"
     if done is not None:
       print(f"{head}: done before ({done['seconds']:.0f}s), skipped")
@@ -187,14 +158,14 @@ def run_pipeline(cfg, workdir: str, stages=None, progress: bool = True) -> dict:
       continue
     print(f"{head} ... (total {_clock(time.time() - t_all)} so far)", flush=True)
     t0 = time.time()
-    _run_stage(run_cfg, workdir, stage)
+    _run_stage(run_cfg, workdir, registry[stage], head)
     seconds = time.time() - t0
-    write_json_atomic(_marker(workdir, stage),
+    write_json_atomic(wd.marker(stage),
                       {"stage": stage, "seconds": seconds, "finished": time.time(),
-                       "inputs": stage_inputs(cfg, stage)})
+                       "inputs": stage_inputs(cfg, stage, registry)})
     timings[stage] = seconds
     print(f"{head} finished in {_clock(seconds)}", flush=True)
-  results = os.path.join(workdir, "results")
+  results = wd.results
   metrics = None
   if os.path.exists(os.path.join(results, "metrics.json")):
     with open(os.path.join(results, "metrics.json")) as f:

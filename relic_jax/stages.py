@@ -1,23 +1,138 @@
-"""The bodies of the `relic` stages that need no command-line flags beyond --config and
---workdir: the CLI (relic_jax/cli.py) and the pipeline (relic_jax/pipeline.py) both call them.
-Each prints a one-line summary of what it did and where its outputs are."""
+"""The `relic` stages as records, and the one registry of them.
 
+A `Stage` record holds everything about one command: its name and help line, the directories
+of the workdir it writes (names of `relic_jax.workdir.Workdir` places), the config prefixes it
+depends on, how the pipeline derives its config, its body, what it produces, its place in the
+pipeline, whether it needs --workdir and which flags, and its subcommands. `REGISTRY` (name ->
+record, in the order `relic --help` lists them) is read by the CLI (relic_jax/cli.py: dispatch,
+usage, checks), the pipeline (relic_jax/pipeline.py: order, directories, markers, inputs) and
+the sweep (relic_jax/sweep.py: first-stage inference, linking the baseline's directories).
+
+A body is called `body(cfg, workdir, **flags)` with the values of the record's `flags` and
+`options`, prints a one-line summary of what it did and where its outputs are, and returns
+nothing the caller needs. Three records carry no body here: `pipeline` and `sweep` run on this
+registry and `import-wan` lives in the CLI, so relic_jax/cli.py binds theirs (`bind`).
+
+The config derivation (`Stage.derive`): `relic pipeline` runs the DiT stages (train_teacher,
+ode_init, distill, evaluate) of a config made for the synthetic latents (data.source=
+'synthetic', as experiments/tiny.py) on its own latent cache and the conditioning its episodes
+carry (`LATENT_SETUP`, by `dit_config`), and prints the fields it changed. A stage run alone
+(`relic train_teacher --config=X`) runs X as given: it is how the synthetic quick start trains.
+"""
+
+import dataclasses
+import enum
 import json
 import os
+import time
+from collections.abc import Callable, Mapping
 
+import jax
+import ml_collections
+
+from data_pipeline import generate as datagen
+from data_pipeline import ingest as ingest_lib
+from data_pipeline import preview as preview_lib
+from data_pipeline.loader import CachedLatents, make_train_iterator
+from relic_jax.evaluation import evaluate as evaluate_lib
+from relic_jax.evaluation import pose_estimation
+from relic_jax.inference import generate as generate_lib
+from relic_jax.io_utils import write_json_atomic
+from relic_jax.parallel.mesh import make_mesh
+from relic_jax.training import checkpoint as ckpt_lib
+from relic_jax.training import distill as distill_lib
+from relic_jax.training import ode_init as ode_init_lib
+from relic_jax.training import teacher as teacher_lib
+from relic_jax.training import vae_train
+from relic_jax.weights import LazyStateDict, import_wan_vae as import_wan_vae_params, load_config
+from relic_jax.weights.store import save_params
+from relic_jax.workdir import Workdir
+
+
+class WorkdirUse(str, enum.Enum):
+  """What a stage needs of --workdir."""
+  OPTIONAL = "optional"  # nothing: ignored or optional
+  REQUIRED = "required"  # --workdir=DIR: where its checkpoints and logs go
+  DATASET = "dataset"    # --workdir=DIR (the dataset goes to DIR/data) or config.data.dir
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One `relic` command. See the module docstring for how the registry's readers use it."""
+  name: str
+  help: str                                   # one line for `relic --help`
+  body: Callable | None                       # body(cfg, workdir, **flags); None: see `bind`
+  dirs: tuple[str, ...] = ()                  # the Workdir places it writes
+  inputs: tuple[str, ...] = ()                # config prefixes whose change reruns it and the
+                                              # stages after it (the longest prefix wins)
+  derive: Callable | None = None              # cfg -> the config `relic pipeline` runs it with
+  produces: str = ""                          # what it leaves, for people
+  pipeline_step: int | None = None            # its place in `relic pipeline`; None: not in it
+  workdir: WorkdirUse = WorkdirUse.OPTIONAL
+  flags: tuple[str, ...] = ()                 # flags it needs (--name=...), passed to the body
+  options: tuple[str, ...] = ()               # flags it may take, passed to the body
+  subcommands: tuple["Stage", ...] = ()       # `relic <name> <sub>`: records of their own
+  takes_config: bool = True                   # False: `relic <name> ARG` (body(argv))
+
+  def subcommand(self, name: str) -> "Stage | None":
+    return next((s for s in self.subcommands if s.name == name), None)
+
+
+# ---------------------------------------------------------------------- config derivation
+
+# The conditioning the pipeline's own data carries (byte captions, 13-d actions, 12-d poses).
+LATENT_SETUP = {"data.source": "latents", "model.text_encoder": "bytes", "model.action_dim": 13,
+                "model.pose_dim": 12}
+
+
+def dit_config(cfg):
+  """The config the DiT stages (teacher, ODE init, distillation, evaluation) run with in the
+  pipeline: a config made for the synthetic latents (data.source='synthetic', as
+  experiments/tiny.py for the quick demo) is switched to the pipeline's latent cache and the
+  conditioning its episodes carry (LATENT_SETUP); a config that already says
+  data.source='latents' is used as it is."""
+  if cfg.data.source != "synthetic":
+    return cfg
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    for dotted, value in LATENT_SETUP.items():
+      group, field = dotted.split(".")
+      out[group][field] = value
+  return out
+
+
+# ------------------------------------------------------------------------------- bodies
 
 def data(cfg, workdir):
   """`relic data`: generate the ViZDoom episode dataset in config.data.dir or <workdir>/data."""
-  import time
-  from data_pipeline.generate import dataset_dir, generate
-  out = dataset_dir(cfg, workdir)
+  out = datagen.dataset_dir(cfg, workdir)
   t0 = time.time()
-  m = generate(cfg, out, progress=cfg.train.progress_bar)
+  m = datagen.generate(cfg, out, progress=cfg.train.progress_bar)
   report_dataset(m, out, t0)
 
 
+def data_ingest(cfg, workdir, source):
+  """`relic data ingest --source=DIR`: external episodes into the dataset's shards."""
+  out = datagen.dataset_dir(cfg, workdir)
+  t0 = time.time()
+  g = cfg.data.gen
+  m = ingest_lib.ingest(source, out, g.height, g.width, codec=g.codec, quality=g.jpeg_quality,
+                        episodes_per_shard=g.episodes_per_shard,
+                        workers=g.workers or os.cpu_count() or 1,
+                        progress=cfg.train.progress_bar)
+  report_dataset(m, out, t0)
+
+
+def data_preview(cfg, workdir, out=None, episode=None):
+  """`relic data preview`: an MP4 and a top-down trajectory PNG of an episode."""
+  dataset = datagen.dataset_dir(cfg, workdir)
+  result = preview_lib.preview(dataset, out or os.path.join(dataset, "preview"), episode=episode)
+  print(json.dumps(result, sort_keys=True))
+  print(f"[relic] preview of {result['episode']}: video {result['video']}, top-down "
+        f"trajectory {result['topdown']}")
+
+
 def report_dataset(m, out, t0):
-  import time
   timing = m["timing"]
   print(json.dumps({k: m[k] for k in ("num_shards", "num_episodes", "num_frames")} | timing,
                    sort_keys=True))
@@ -28,18 +143,16 @@ def report_dataset(m, out, t0):
 
 
 def train_vae(cfg, workdir):
-  from relic_jax.training.vae_train import stage_workdir, train_vae
-  final = train_vae(cfg, workdir)
+  final = vae_train.train_vae(cfg, workdir)
   print(json.dumps(final, sort_keys=True))
   ev = final["eval"]
-  print(f"[relic] VAE done: checkpoints in {stage_workdir(workdir)}/checkpoints; held-out PSNR "
-        f"{ev['heldout_psnr']:.2f} dB, SSIM {ev['heldout_ssim']:.3f} over {ev['frames']} "
-        f"frames; input | reconstruction video {ev['video']}")
+  print(f"[relic] VAE done: checkpoints in {vae_train.stage_workdir(workdir)}/checkpoints; "
+        f"held-out PSNR {ev['heldout_psnr']:.2f} dB, SSIM {ev['heldout_ssim']:.3f} over "
+        f"{ev['frames']} frames; input | reconstruction video {ev['video']}")
 
 
 def encode(cfg, workdir):
-  from relic_jax.training.vae_train import encode_dataset
-  r = encode_dataset(cfg, workdir, progress=cfg.train.progress_bar)
+  r = vae_train.encode_dataset(cfg, workdir, progress=cfg.train.progress_bar)
   print(json.dumps(r, sort_keys=True))
   why = f" (rebuilt: {r['rebuilt']})" if r["rebuilt"] else ""
   print(f"[relic] latent cache {r['dir']}: {r['num_clips']} clips, {r['encoded_now']} encoded "
@@ -52,42 +165,38 @@ def train_teacher(cfg, workdir):
   the latent cache (data.source='latents': config.data.latent_dir or <workdir>/latents, as
   `relic encode` wrote it); the cache's latent_stats, which the teacher's latents are
   normalised by, are copied to <workdir>/teacher/latent_stats.json for generation."""
-  from data_pipeline.loader import CachedLatents, make_train_iterator
-  from relic_jax.io_utils import write_json_atomic
-  from relic_jax.training.teacher import train_teacher
-  out = os.path.join(workdir, "teacher")
+  wd = Workdir.of(cfg, workdir)
+  out = wd.teacher
 
   def make_iterator(phase_cfg):
     if phase_cfg.data.source != "latents":
       return make_train_iterator(phase_cfg)
-    latent_dir = phase_cfg.data.latent_dir or os.path.join(workdir, "latents")
-    source = CachedLatents(phase_cfg, latent_dir)  # checks the cache against the config
+    phase_wd = Workdir.of(phase_cfg, workdir)
+    source = CachedLatents(phase_cfg, phase_wd.latents)  # checks the cache against the config
     if phase_cfg.data.normalize_latents:
       os.makedirs(out, exist_ok=True)
-      write_json_atomic(os.path.join(out, "latent_stats.json"), source.stats)
+      write_json_atomic(wd.latent_stats, source.stats)
     return make_train_iterator(phase_cfg, source=source)
 
-  final = train_teacher(cfg, workdir, make_iterator)
+  final = teacher_lib.train_teacher(cfg, workdir, make_iterator)
   print(json.dumps(final, sort_keys=True))
   print(f"[relic] done: checkpoints in {out}/checkpoints, TensorBoard logs in "
         f"{out}/tensorboard, final metrics in {out}/final_metrics.json")
 
 
 def ode_init(cfg, workdir):
-  from relic_jax.training.ode_init import ode_init, stage_workdir
-  final = ode_init(cfg, workdir, progress=cfg.train.progress_bar)
+  final = ode_init_lib.ode_init(cfg, workdir, progress=cfg.train.progress_bar)
   print(json.dumps(final, sort_keys=True))
-  out = stage_workdir(workdir)
+  out = ode_init_lib.stage_workdir(workdir)
   print(f"[relic] ODE initialisation done: regression loss {final.get('first_loss', 0):.4f} -> "
         f"{final.get('loss', 0):.4f}; trajectories in {out}/trajectories, the student in "
         f"{out}/checkpoints")
 
 
 def distill(cfg, workdir):
-  from relic_jax.training.distill import distill, stage_workdir
-  final = distill(cfg, workdir)
+  final = distill_lib.distill(cfg, workdir)
   print(json.dumps(final, sort_keys=True))
-  out = stage_workdir(workdir)
+  out = distill_lib.stage_workdir(workdir)
   proxy = ""
   if "first_teacher_fm_loss" in final:
     proxy = (f"; teacher flow-matching loss on the student's rollouts "
@@ -100,18 +209,15 @@ def distill(cfg, workdir):
 def pose_estimator(cfg, workdir):
   """`relic pose_estimator`: the pose estimator of the evaluation, on the dataset's real
   frames, into <workdir>/pose_estimator."""
-  from data_pipeline.generate import dataset_dir
-  from relic_jax.evaluation.pose_estimation import train_pose_estimator
-  out = os.path.join(workdir, "pose_estimator")
-  meta = train_pose_estimator(cfg, dataset_dir(cfg, workdir), out,
-                              progress=cfg.train.progress_bar)
+  out = Workdir.of(cfg, workdir).pose_estimator
+  meta = pose_estimation.train_pose_estimator(cfg, datagen.dataset_dir(cfg, workdir), out,
+                                              progress=cfg.train.progress_bar)
   print(json.dumps(meta, sort_keys=True, default=str))
   print(f"[relic] pose estimator in {out} (stride {meta['stride']} frames)")
 
 
 def evaluate(cfg, workdir):
-  from relic_jax.evaluation.evaluate import evaluate
-  r = evaluate(cfg, workdir, progress=cfg.train.progress_bar)
+  r = evaluate_lib.evaluate(cfg, workdir, progress=cfg.train.progress_bar)
   m = r["metrics"]
   print(json.dumps(m, sort_keys=True))
   print(f"[relic] evaluation done in {r['seconds']:.0f}s: metrics {r['results']}/metrics.json "
@@ -119,14 +225,154 @@ def evaluate(cfg, workdir):
         f"in {r['results']}/plots")
 
 
-def pipeline(cfg, workdir):
-  from relic_jax.pipeline import run_pipeline
-  r = run_pipeline(cfg, workdir, progress=cfg.train.progress_bar)
-  res = r["results"]
-  print("[relic] pipeline stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["stages"].items()))
-  if r["metrics"] is not None:
-    with open(os.path.join(res, "metrics.md")) as f:
-      print(f.read())
-  print(f"[relic] pipeline done in {r['seconds'] / 60:.1f} min. Results in {res}: metrics.json "
-        f"and metrics.md, videos/*.mp4 (generated with memory | window only | ground truth), "
-        f"plots/*.png; details per case in details.json")
+def generate(cfg, workdir, actions, image=None, text=None, out=None):
+  """`relic generate --actions=NAME|FILE`: a video with the streaming generator."""
+  r = generate_lib.generate(cfg, workdir, actions, image_path=image, text=text, out_dir=out)
+  print(json.dumps({k: v for k, v in r.items() if k != "actions"}, sort_keys=True))
+  print(f"[relic] {r['frames']} frames ({r['blocks']} blocks, DiT from {r['dit_from']}, memory "
+        f"{r['memory']}, {r['decoder']} decoder) at {r['fps']:.1f} frames/s: {r['video']}")
+
+
+def import_wan_vae(cfg, workdir, source, out):
+  """A diffusers AutoencoderKLWan (Wan 2.1) directory -> params for config.vae.init_from."""
+  del workdir
+  vae_cfg, params = import_wan_vae_params(LazyStateDict(source), load_config(source),
+                                          param_dtype=cfg.vae.param_dtype)
+  meta = ckpt_lib.describe_model(dataclasses.asdict(vae_cfg), params)
+  save_params(out, ml_collections.ConfigDict(dataclasses.asdict(vae_cfg)), meta, params,
+              extra={"source": os.path.abspath(source)})
+  n = sum(x.size for x in jax.tree.leaves(params))
+  print(f"[relic] imported the Wan VAE ({n:,} params, base_dim {vae_cfg.base_dim}, z_dim "
+        f"{vae_cfg.z_dim}, dim_mult {vae_cfg.dim_mult}) into {os.path.abspath(out)}; "
+        "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
+
+
+def info(cfg, workdir):
+  """`relic info`: the resolved config, the mesh and the parameter count; trains nothing."""
+  del workdir
+  task = teacher_lib.TeacherTask(cfg)
+  shapes = jax.eval_shape(task.init_params, jax.random.key(0))
+  n = sum(x.size for x in jax.tree.leaves(shapes))
+  mesh = make_mesh(cfg.mesh)
+  print(cfg)
+  print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} x {jax.devices()[0].device_kind}")
+  print(f"params: {n:,}")
+
+
+# ----------------------------------------------------------------------------- registry
+
+_DATA_HELP = "generate the ViZDoom episode dataset (config.data.gen) into <workdir>/data"
+_STAGES = (
+    Stage("data", _DATA_HELP, data, dirs=("data",), inputs=("seed", "data.gen"),
+          produces="episode shards in config.data.dir or <workdir>/data", pipeline_step=1,
+          workdir=WorkdirUse.DATASET,
+          subcommands=(
+              Stage("generate", _DATA_HELP, data),
+              Stage("ingest", "convert external episodes (--source=DIR, see the README) into "
+                    "the same shards", data_ingest, flags=("source",)),
+              Stage("preview", "an MP4 and a top-down trajectory PNG of an episode "
+                    "(--episode, --out)", data_preview, options=("out", "episode")))),
+    Stage("train_vae", "the causal video VAE on the dataset's clips, then held-out PSNR/SSIM",
+          train_vae, dirs=("vae", "vae_tiny"), inputs=("vae",), pipeline_step=3,
+          produces="<workdir>/vae (+ vae_tiny): checkpoints, held-out PSNR/SSIM, a video",
+          workdir=WorkdirUse.REQUIRED),
+    Stage("encode", "the trained VAE encodes every training clip into the latent cache", encode,
+          dirs=("latents",), inputs=("data",), pipeline_step=4,
+          produces="the latent cache in config.data.latent_dir or <workdir>/latents",
+          workdir=WorkdirUse.REQUIRED),
+    Stage("train_teacher", "flow-matching training of the (bidirectional) DiT", train_teacher,
+          dirs=("teacher",), inputs=("model", "train", "mesh"), derive=dit_config,
+          pipeline_step=5, workdir=WorkdirUse.REQUIRED,
+          produces="<workdir>/teacher: checkpoints, TensorBoard logs, final_metrics.json"),
+    # the student trains with its memory and few-step sampler: changing them retrains it
+    Stage("ode_init", "the block-causal student regresses the teacher's ODE trajectories "
+          "(hybrid forcing)", ode_init, dirs=("ode_init",),
+          inputs=("ode_init", "memory", "generate"), derive=dit_config, pipeline_step=6,
+          produces="<workdir>/ode_init: trajectories and the student's checkpoints",
+          workdir=WorkdirUse.REQUIRED),
+    Stage("distill", "self-forcing DMD distillation of the student (critic, replayed "
+          "back-prop)", distill, dirs=("distill",), inputs=("distill",), derive=dit_config,
+          pipeline_step=7, produces="<workdir>/distill: checkpoints, metrics.jsonl",
+          workdir=WorkdirUse.REQUIRED),
+    Stage("info", "print the resolved config, mesh and parameter count; trains nothing", info),
+    Stage("import-wan", "convert a diffusers Wan 2.1 T2V transformer (--source) to params "
+          "(--out)", None, flags=("source", "out"), produces="an Orbax params checkpoint"),
+    Stage("import-wan-vae", "convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params "
+          "(--out)", import_wan_vae, flags=("source", "out"),
+          produces="params for config.vae.init_from"),
+    Stage("generate", "a video from an image, a caption and scripted actions "
+          "(--actions=NAME|FILE) with the streaming generator and its KV memory", generate,
+          dirs=("generate",), flags=("actions",), options=("image", "text", "out"),
+          produces="<workdir>/generate: an MP4 and its metadata", workdir=WorkdirUse.REQUIRED),
+    # the pose estimator's inputs: its split, the frames' size and its motion normalisers
+    Stage("pose_estimator", "train the pose estimator behind the action-following metrics on "
+          "real frames", pose_estimator, dirs=("pose_estimator",),
+          inputs=("evaluate.pose_estimator", "data.heldout_episodes", "data.latent_height",
+                  "data.latent_width", "data.spatial_stride", "generate.action_scale",
+                  "generate.fps"),
+          pipeline_step=2, produces="<workdir>/pose_estimator", workdir=WorkdirUse.REQUIRED),
+    Stage("evaluate", "action following, spatial memory, stability and speed on held-out maps, "
+          "against window-only, full-history and copy-last-frame baselines", evaluate,
+          dirs=("evaluate", "results"),
+          inputs=("evaluate", "memory.max_frames", "memory.overflow", "generate.decoder"),
+          derive=dit_config, pipeline_step=8, workdir=WorkdirUse.REQUIRED,
+          produces="<workdir>/results: metrics.json, metrics.md, videos, plots"),
+    Stage("pipeline", "every pipeline stage in order, skipping what is done and resuming what "
+          "was cut", None, dirs=("pipeline",), workdir=WorkdirUse.REQUIRED,
+          produces="every stage's outputs; <workdir>/pipeline: a done-marker per stage"),
+    Stage("sweep", "`relic sweep experiments/sweeps/<name>.py [--workdir=DIR]`: the "
+          "ablation's variants as pipelines sharing the baseline's stages, one comparison "
+          "table", None, takes_config=False,
+          produces="comparison.md, comparison.csv and plots in the sweep's workdir"),
+)
+REGISTRY: Mapping[str, Stage] = {s.name: s for s in _STAGES}
+
+
+def check_registry(registry: Mapping[str, Stage]) -> None:
+  """ValueError unless every record is keyed by its name, writes only Workdir places, has a
+  distinct pipeline step, and shares no input prefix with another record."""
+  steps, owners = {}, {}
+  for name, s in registry.items():
+    if s.name != name:
+      raise ValueError(f"registry key {name!r} holds the record of {s.name!r}. Fix: key each "
+                       "record by its name.")
+    bad = [d for d in s.dirs if not isinstance(getattr(Workdir, d, None), property)]
+    if bad:
+      raise ValueError(f"stage {name!r}: dirs {bad} are not places of relic_jax.workdir."
+                       "Workdir. Fix: add them there or name existing ones.")
+    if s.pipeline_step is not None:
+      if s.pipeline_step in steps:
+        raise ValueError(f"stages {steps[s.pipeline_step]!r} and {name!r} share pipeline step "
+                         f"{s.pipeline_step}. Fix: give each its own place.")
+      steps[s.pipeline_step] = name
+    for prefix in s.inputs:
+      if prefix in owners:
+        raise ValueError(f"config prefix {prefix!r} is an input of both {owners[prefix]!r} and "
+                         f"{name!r}. Fix: keep it on the first stage it feeds.")
+      owners[prefix] = name
+    if s.inputs and s.pipeline_step is None:
+      raise ValueError(f"stage {name!r} has inputs but no pipeline step. Fix: give it one, or "
+                       "drop its inputs.")
+
+
+def bind(registry: Mapping[str, Stage], **bodies: Callable) -> dict:
+  """A copy of `registry` with the bodies of its body-less records (`name=body`; '-' in a
+  name as '_'); ValueError if one is left without or a body names no such record."""
+  by_key = {name.replace("-", "_"): name for name in registry}
+  unknown = sorted(set(bodies) - set(by_key))
+  if unknown:
+    raise ValueError(f"bind: no records {unknown}. Fix: bind only registry records.")
+  out = {}
+  for key, name in by_key.items():
+    s = registry[name]
+    if key in bodies:
+      if s.body is not None:
+        raise ValueError(f"bind: stage {name!r} has a body already.")
+      s = dataclasses.replace(s, body=bodies[key])
+    elif s.body is None:
+      raise ValueError(f"bind: stage {name!r} has no body. Fix: bind one.")
+    out[name] = s
+  return out
+
+
+check_registry(REGISTRY)

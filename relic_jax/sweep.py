@@ -46,18 +46,18 @@ from collections.abc import Mapping
 
 import ml_collections
 
+from relic_jax import pipeline
+from relic_jax.config import ConfigError, validate
+from relic_jax.evaluation import report
 from relic_jax.io_utils import write_bytes_atomic, write_json_atomic
+from relic_jax.stages import REGISTRY
+from relic_jax.workdir import Workdir
 
 BASE = "base"
-# The "relic" method's metrics in the table: (key, column title, higher is better, format).
-METRICS = (
-    ("revisit_psnr", "revisit PSNR (dB)", True, ".2f"),
-    ("revisit_ssim", "revisit SSIM", True, ".3f"),
-    ("rpe_trans", "RPE trans", False, ".3f"),
-    ("rpe_rot", "RPE rot (deg)", False, ".2f"),
-    ("fps", "frames/s", True, ".1f"),
-)
-REFERENCE = ("window", "revisit_psnr")  # the same run's window-only baseline, for reference
+# The "relic" method's metrics in the table: the evaluation's metrics marked `sweep`.
+METRICS = tuple(m for m in report.METRICS if m.sweep)
+# The reference column: the same run's window-only baseline (method, metric key).
+REFERENCE = ("window", "revisit_psnr")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
 _SWEEP_KEYS = ("name", "description", "base", "variants")
 _BASE_KEYS = ("config", "overrides", "description")
@@ -138,7 +138,6 @@ def _describe_overrides(overrides: dict) -> str:
 
 
 def _variant(name: str, raw, sweep_file: str, keys=_VARIANT_KEYS) -> Variant:
-  from relic_jax import pipeline
   where = "base" if name == BASE else f"variant {name!r}"
   _check_keys(where, raw, keys, sweep_file)
   overrides = raw.get("overrides") or {}
@@ -190,7 +189,6 @@ def _apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict, where: str
 def load_sweep(path: str) -> Sweep:
   """Loads and checks a sweep file (`file.py` or `file.py:arg`): every run's config is built
   and validated, so a bad override fails now, not after the baseline's training."""
-  from relic_jax.config import ConfigError, validate
   file, _, arg = path.partition(":")
   if not os.path.isfile(file):
     raise SweepError(f"no sweep file {file!r} (relative to {os.getcwd()}). Fix: pass an "
@@ -263,22 +261,19 @@ def variant_config(sweep: Sweep, name: str) -> ml_collections.ConfigDict:
 
 def changed_fields(base_cfg, variant_cfg) -> list:
   """The dotted fields whose values differ (or exist in one config only), sorted."""
-  from relic_jax.pipeline import flatten_config
-  a, b = flatten_config(base_cfg), flatten_config(variant_cfg)
+  a, b = pipeline.flatten_config(base_cfg), pipeline.flatten_config(variant_cfg)
   return sorted(k for k in set(a) | set(b) if k not in a or k not in b or a[k] != b[k])
 
 
 def stage_of_field(field: str) -> str:
-  """The first stage a dotted field feeds (FIRST_STAGE_OF, longest prefix); a field no prefix
-  covers feeds the first stage of all, to be safe."""
-  from relic_jax import pipeline
+  """The first stage a dotted field feeds (the stage records' `inputs`, longest prefix); a
+  field no prefix covers feeds the first stage of all, to be safe."""
   return pipeline.stage_of_prefix(field) or pipeline.PIPELINE_STAGES[0]
 
 
 def first_stage(base_cfg, variant_cfg, from_stage: str | None = None) -> str | None:
   """The earliest stage (PIPELINE_STAGES order) whose inputs differ between the configs; an
   explicit from_stage wins. None: the configs are equal (nothing to rerun)."""
-  from relic_jax import pipeline
   if from_stage is not None:
     if from_stage not in pipeline.PIPELINE_STAGES:
       raise SweepError(f"unknown from_stage {from_stage!r}. Fix: use one of "
@@ -323,7 +318,7 @@ def _is_done(run_dir: str, recipe: dict, is_base: bool) -> bool:
 
 
 def _metrics_path(run_dir: str) -> str:
-  return os.path.join(run_dir, "results", "metrics.json")
+  return os.path.join(Workdir(root=run_dir).results, "metrics.json")
 
 
 def _read_metrics(run_dir: str) -> dict:
@@ -339,13 +334,14 @@ def _read_metrics(run_dir: str) -> dict:
 
 
 def _link_stages(base_dir: str, run_dir: str, stages) -> None:
-  """Relative symlinks run_dir/<d> -> base/<d> for the directories of `stages`, and copies of
-  the baseline's pipeline/<stage>.json markers, so the pipeline never reruns them here."""
-  from relic_jax import pipeline
-  os.makedirs(os.path.join(run_dir, "pipeline"), exist_ok=True)
+  """Relative symlinks run_dir/<d> -> base/<d> for the directories of `stages` (their records'
+  `dirs`), and copies of the baseline's pipeline/<stage>.json markers, so the pipeline never
+  reruns them here."""
+  base, run = Workdir(root=base_dir), Workdir(root=run_dir)
+  os.makedirs(run.pipeline, exist_ok=True)
   for stage in stages:
-    for d in pipeline.STAGE_DIRS[stage]:
-      src, dst = os.path.join(base_dir, d), os.path.join(run_dir, d)
+    for d in REGISTRY[stage].dirs:
+      src, dst = base.stage_dir(d), run.stage_dir(d)
       if not os.path.lexists(src):
         continue
       target = os.path.relpath(src, run_dir)
@@ -359,8 +355,7 @@ def _link_stages(base_dir: str, run_dir: str, stages) -> None:
         os.remove(tmp)
       os.symlink(target, tmp)
       os.replace(tmp, dst)
-    marker = os.path.join(run_dir, "pipeline", f"{stage}.json")
-    base_marker = os.path.join(base_dir, "pipeline", f"{stage}.json")
+    marker, base_marker = run.marker(stage), base.marker(stage)
     if os.path.exists(base_marker):
       with open(base_marker, "rb") as f:
         write_bytes_atomic(marker, f.read())
@@ -379,7 +374,6 @@ def run_sweep(path, workdir: str, progress: bool = True) -> dict:
   """Runs the baseline pipeline in <workdir>/base, then each variant in <workdir>/<variant>
   from its first stage on (earlier stages linked to the baseline's), skipping finished runs;
   writes the comparison table, CSV and plots. `path` is a sweep file or a loaded Sweep."""
-  from relic_jax import pipeline
   sweep = path if isinstance(path, Sweep) else load_sweep(path)
   os.makedirs(workdir, exist_ok=True)
   write_json_atomic(os.path.join(workdir, "sweep.json"), _describe(sweep))
@@ -477,17 +471,22 @@ def _md_cell(s: str) -> str:
 
 
 def _extra_metrics(rows) -> list:
-  main = {m[0] for m in METRICS}
+  main = {m.key for m in METRICS}
   return sorted({k for r in rows for k, v in r["metrics"].items()
                  if k not in main and _number(v) is not None})
 
 
+def _sweep_fmt(m: report.Metric) -> str:
+  return m.sweep_fmt or m.fmt
+
+
 def _table(sweep: Sweep, rows) -> str:
   has_ref = any(_number(r["reference"]) is not None for r in rows)
+  ref = report.BY_KEY[REFERENCE[1]]
   head = ["variant", "description", "rerun from"] + [
-      f"{title} {'↑' if higher else '↓'}" for _, title, higher, _ in METRICS]
+      f"{m.title} {'↑' if m.higher else '↓'}" for m in METRICS]
   if has_ref:
-    head.append("window-only revisit PSNR (dB)")
+    head.append(f"{REFERENCE[0]}-only {ref.title}")
   lines = [f"# Sweep `{sweep.name}`" + (f": {sweep.description}" if sweep.description else ""),
            "",
            f"Base config `{sweep.config}` with "
@@ -499,24 +498,24 @@ def _table(sweep: Sweep, rows) -> str:
            "",
            "| " + " | ".join(head) + " |",
            "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
-  best = {key: _best(rows, key, higher) for key, _, higher, _ in METRICS}
+  best = {m.key: _best(rows, m.key, m.higher) for m in METRICS}
   for r in rows:
     cells = [f"`{r['variant']}`", _md_cell(r["description"]), r["rerun_from"]]
-    for key, _, _, spec in METRICS:
-      cell = _fmt(r["metrics"].get(key), spec)
-      v = _number(r["metrics"].get(key))
-      cells.append(f"**{cell}**" if v is not None and v == best[key] else cell)
+    for m in METRICS:
+      cell = _fmt(r["metrics"].get(m.key), _sweep_fmt(m))
+      v = _number(r["metrics"].get(m.key))
+      cells.append(f"**{cell}**" if v is not None and v == best[m.key] else cell)
     if has_ref:
-      cells.append(_fmt(r["reference"], METRICS[0][3]))
+      cells.append(_fmt(r["reference"], _sweep_fmt(ref)))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def _csv(rows) -> str:
-  keys = [m[0] for m in METRICS] + _extra_metrics(rows)
+  keys = [m.key for m in METRICS] + _extra_metrics(rows)
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
-  w.writerow(["variant", "description", "rerun_from", *keys, "window_revisit_psnr"])
+  w.writerow(["variant", "description", "rerun_from", *keys, "_".join(REFERENCE)])
   for r in rows:
     vals = [_number(r["metrics"].get(k)) for k in keys] + [_number(r["reference"])]
     w.writerow([r["variant"], r["description"], r["rerun_from"],
@@ -527,6 +526,7 @@ def _csv(rows) -> str:
 def _plot(sweep: Sweep, rows, key: str, title: str, higher: bool) -> bytes | None:
   """A bar per run (the baseline grey, with a dashed line at its value); for revisit PSNR also
   the window-only baseline's. None if no run has a finite value."""
+  # matplotlib: a heavy optional dependency, imported when a plot is drawn
   from matplotlib.figure import Figure
   vals = [_number(r["metrics"].get(key)) for r in rows]
   vals = [v if v is not None and math.isfinite(v) else None for v in vals]
@@ -550,7 +550,7 @@ def _plot(sweep: Sweep, rows, key: str, title: str, higher: bool) -> bytes | Non
     ax.annotate("n/a" if v is None else f"{v:.3g}", (b.get_x() + b.get_width() / 2,
                 b.get_height()), ha="center", va="bottom", fontsize=7)
   if refs:
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # matplotlib, as above
     ax.bar([x + width / 2 for x in xs], [v or 0.0 for v in refs], width, color="C1")
     ax.legend(handles=[Patch(color="C0", label="relic (baseline grey)"),
                        Patch(color="C1", label="window-only, same run")], fontsize=7)
@@ -573,9 +573,9 @@ def write_report(sweep: Sweep, workdir: str, rows) -> dict:
   write_bytes_atomic(table, _table(sweep, rows).encode())
   write_bytes_atomic(csv_path, _csv(rows).encode())
   plots = []
-  for key, title, higher, _ in METRICS:
-    png = _plot(sweep, rows, key, title, higher)
-    out = os.path.join(workdir, f"comparison_{key}.png")
+  for m in METRICS:
+    png = _plot(sweep, rows, m.key, m.title, m.higher)
+    out = os.path.join(workdir, f"comparison_{m.key}.png")
     if png is not None:
       write_bytes_atomic(out, png)
       plots.append(out)

@@ -108,3 +108,24 @@ def test_case_metrics_of_a_perfect_and_of_a_frozen_model(look_away):
   # frames are all the same, so it is perfectly "consistent"
   assert m["revisit_psnr"] > m["psnr"] + 3.0
   assert m["consistency_psnr"] == 100.0
+
+
+def test_metric_table_drives_the_summary_the_markdown_and_the_sweep():
+  from relic_jax import sweep
+  from relic_jax.evaluation import report
+  assert report.SUMMARY_KEYS == ("revisit_psnr", "revisit_ssim", "consistency_psnr",
+                                 "rpe_trans", "rpe_rot", "psnr", "psnr_last_10s", "fps",
+                                 "block_latency_ms")
+  assert [m.key for m in sweep.METRICS] == ["revisit_psnr", "revisit_ssim", "rpe_trans",
+                                            "rpe_rot", "fps"]
+  assert all(m in report.METRICS for m in sweep.METRICS)
+  assert ev.METHODS == ("relic", "window", "full", "copy_last") and "copy_last" not in ev.MODES
+  summary = {"relic": {"revisit_psnr": 21.123, "revisit_ssim": 0.61234, "rpe_trans": 0.1234,
+                       "fps": 31.25, "block_latency_ms": 384.0},
+             "truth": {"rpe_trans": 0.05, "rpe_rot": 1.0}}
+  assert report.markdown_table(summary) == (
+      "| method | revisit_psnr | revisit_ssim | consistency_psnr | rpe_trans | rpe_rot | psnr | "
+      "psnr_last_10s | fps |\n"
+      "|---|---|---|---|---|---|---|---|---|\n"
+      "| relic | 21.12 | 0.612 | - | 0.123 | - | - | - | 31.25 |\n"
+      "| truth | - | - | - | 0.050 | 1.00 | - | - | - |\n")

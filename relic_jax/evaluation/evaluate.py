@@ -37,13 +37,15 @@ import numpy as np
 
 from data_pipeline.episode import DataError
 from relic_jax.evaluation import metrics as img_metrics
+from relic_jax.evaluation import report
 from relic_jax.evaluation import trajectory
 from relic_jax.io_utils import write_bytes_atomic, write_json_atomic, write_npz_atomic
+from relic_jax.workdir import Workdir
 
-METHODS = ("relic", "window", "full", "copy_last")
-MODES = {"relic": None, "window": "window", "full": "full"}  # None: the configured memory
-SUMMARY_KEYS = ("revisit_psnr", "revisit_ssim", "consistency_psnr", "rpe_trans", "rpe_rot",
-                "psnr", "psnr_last_10s", "fps", "block_latency_ms")
+# The methods that generate, with the memory mode each streams with (None: the configured
+# memory); METHODS adds "copy_last", frame 0 repeated, which generates nothing.
+MODES = {"relic": None, "window": "window", "full": "full"}
+METHODS = (*MODES, "copy_last")
 LONG_SCRIPT_S = 20.0  # scripts at least this long get the per-second stability curves
 
 
@@ -88,7 +90,7 @@ def render_truth(cfg, workdir: str, case: Case) -> dict:
   from data_pipeline import doom
   from data_pipeline import poses as poses_lib
   from relic_jax.inference import scripts as scripts_lib
-  path = os.path.join(workdir, "evaluate", "truth", f"{case.name}.npz")
+  path = os.path.join(Workdir.of(cfg, workdir).evaluate, "truth", f"{case.name}.npz")
   if os.path.exists(path):
     with np.load(path) as z:
       return {k: z[k] for k in z.files} | {"caption": str(z["caption"])}
@@ -209,68 +211,6 @@ def _mean(rows, key):
 # ------------------------------------------------------------------ reports
 
 
-def _table(summary: dict) -> str:
-  cols = ("revisit_psnr", "revisit_ssim", "consistency_psnr", "rpe_trans", "rpe_rot", "psnr",
-          "psnr_last_10s", "fps")
-  lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-  for method, row in summary.items():
-    cells = []
-    for c in cols:
-      v = row.get(c)
-      cells.append("-" if v is None else f"{v:.3f}" if c in ("revisit_ssim", "rpe_trans")
-                   else f"{v:.2f}")
-    lines.append(f"| {method} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def _plots(results_dir: str, details: dict, summary: dict) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  out_dir = os.path.join(results_dir, "plots")
-  os.makedirs(out_dir, exist_ok=True)
-  paths = []
-
-  def save(fig, name):
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    path = os.path.join(out_dir, name)
-    write_bytes_atomic(path, buf.getvalue())
-    paths.append(path)
-
-  # stability: per-second PSNR of the longest script, averaged over its cases
-  longest = max(details["cases"].values(), key=lambda c: c["frames"], default=None)
-  if longest is not None:
-    script = longest["script"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for method in summary:
-      curves = [c["methods"][method]["psnr_per_second"] for c in details["cases"].values()
-                if c["script"] == script and "psnr_per_second" in c["methods"].get(method, {})]
-      if curves:
-        n = min(len(c) for c in curves)
-        ax.plot(np.arange(n) + 0.5, np.mean([c[:n] for c in curves], 0), label=method)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("PSNR vs truth (dB)")
-    ax.set_title(f"stability: {script}")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    save(fig, "stability_psnr.png")
-  # bars of the headline metrics per method
-  keys = [k for k in ("revisit_psnr", "consistency_psnr", "rpe_trans", "rpe_rot")
-          if any(summary[m].get(k) is not None for m in summary)]
-  if keys:
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
-    for ax, k in zip(np.atleast_1d(axes), keys):
-      names = [m for m in summary if summary[m].get(k) is not None]
-      ax.bar(names, [summary[m][k] for m in names], color="tab:blue")
-      ax.set_title(k)
-      ax.tick_params(axis="x", rotation=45)
-    save(fig, "metrics.png")
-  return paths
-
-
 def _video(results_dir: str, case: Case, truth: dict, videos: dict, fps: float) -> str:
   from data_pipeline.preview import find_revisits, frame_captions, write_video
   panels = [videos[m] for m in ("relic", "window") if m in videos] + [truth["frames"]]
@@ -301,7 +241,8 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
   if unknown:
     raise DataError(f"config.evaluate.methods has unknown {unknown}. Fix: choose from "
                     f"{', '.join(METHODS)}.")
-  estimator = load_pose_estimator(os.path.join(workdir, "pose_estimator"))
+  wd = Workdir.of(cfg, workdir)
+  estimator = load_pose_estimator(wd.pose_estimator)
   all_cases = cases(cfg)
   t0 = time.time()
   truths = {}
@@ -332,7 +273,7 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
     static_rows.append({k: v for k, v in static.items() if k != "pairs"})
     videos = {}
     for method in methods:
-      path = os.path.join(workdir, "evaluate", method, f"{case.name}.npz")
+      path = os.path.join(wd.evaluate, method, f"{case.name}.npz")
       if os.path.exists(path):
         with np.load(path) as z:
           video, times = z["video"], z["times"]
@@ -348,16 +289,15 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
       rows[method].append(m)
       bar.update(1)
     if ev.videos:
-      videos_written.append(_video(os.path.join(workdir, "results"), case, truth, videos,
-                                   cfg.generate.fps))
+      videos_written.append(_video(wd.results, case, truth, videos, cfg.generate.fps))
     details["cases"][case.name] = entry
   bar.close()
-  summary = {m: {k: _mean(rows[m], k) for k in SUMMARY_KEYS} for m in methods}
+  summary = {m: {k: _mean(rows[m], k) for k in report.SUMMARY_KEYS} for m in methods}
   summary["truth"] = {"rpe_trans": _mean(truth_rows, "rpe_trans"),
                       "rpe_rot": _mean(truth_rows, "rpe_rot")}
   summary["static"] = {"rpe_trans": _mean(static_rows, "rpe_trans"),
                        "rpe_rot": _mean(static_rows, "rpe_rot")}
-  results = os.path.join(workdir, "results")
+  results = wd.results
   os.makedirs(results, exist_ok=True)
   details.update({"dit_from": gens.dit_from if gens else None, "seconds": time.time() - t0,
                   "pose_estimator": estimator.meta, "memory": cfg.memory.to_dict()})
@@ -370,7 +310,7 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
            "in degrees per stride of the pose estimator; 'truth' is the pose estimator on the "
            "true frames (its own error), 'static' a camera that never moves.\n")
   write_bytes_atomic(os.path.join(results, "metrics.md"),
-                     ("# Evaluation\n\n" + _table(summary) + notes).encode())
-  plots = _plots(results, details, {m: summary[m] for m in methods})
+                     ("# Evaluation\n\n" + report.markdown_table(summary) + notes).encode())
+  plots = report.plots(results, details, {m: summary[m] for m in methods})
   return {"metrics": summary, "results": results, "videos": videos_written, "plots": plots,
           "seconds": time.time() - t0}

@@ -1,0 +1,103 @@
+"""The evaluation's metrics, declared once, and the reports they drive.
+
+`METRICS` is the one table of the metrics a method is summarised by: its key in
+results/metrics.json, a title for people, whether higher is better, its number format, and which
+reports show it (the markdown table of `relic evaluate`, its bar plot, the comparison table of
+`relic sweep`). `markdown_table` and `plots` write `relic evaluate`'s reports from it;
+relic_jax/sweep.py reads it for its comparison.
+"""
+
+import io
+import os
+from typing import NamedTuple
+
+import numpy as np
+
+from relic_jax.io_utils import write_bytes_atomic
+
+
+class Metric(NamedTuple):
+  key: str                 # the key in results/metrics.json (method -> key -> value)
+  title: str               # for people: column and axis titles
+  higher: bool             # True: higher is better
+  fmt: str                 # format spec in the evaluation's markdown table
+  table: bool = True       # a column of the evaluation's markdown table (metrics.md)
+  plot: bool = False       # a panel of the evaluation's bar plot (plots/metrics.png)
+  sweep: bool = False      # a column of the sweep's comparison table
+  sweep_fmt: str = ""      # format spec in the sweep's table, where it differs from fmt
+
+
+# In report order: metrics.json summarises every row, each report shows the rows it marks.
+METRICS = (
+    Metric("revisit_psnr", "revisit PSNR (dB)", True, ".2f", plot=True, sweep=True),
+    Metric("revisit_ssim", "revisit SSIM", True, ".3f", sweep=True),
+    Metric("consistency_psnr", "consistency PSNR (dB)", True, ".2f", plot=True),
+    Metric("rpe_trans", "RPE trans", False, ".3f", plot=True, sweep=True),
+    Metric("rpe_rot", "RPE rot (deg)", False, ".2f", plot=True, sweep=True),
+    Metric("psnr", "PSNR (dB)", True, ".2f"),
+    Metric("psnr_last_10s", "PSNR, last 10 s (dB)", True, ".2f"),
+    Metric("fps", "frames/s", True, ".2f", sweep=True, sweep_fmt=".1f"),
+    Metric("block_latency_ms", "block latency (ms)", False, ".2f", table=False),
+)
+BY_KEY = {m.key: m for m in METRICS}
+SUMMARY_KEYS = tuple(m.key for m in METRICS)  # a method's summary in results/metrics.json
+
+
+def markdown_table(summary: dict) -> str:
+  """method -> metrics as a markdown table of the METRICS marked `table` ('-': no value)."""
+  cols = [m for m in METRICS if m.table]
+  lines = ["| method | " + " | ".join(m.key for m in cols) + " |",
+           "|---" * (len(cols) + 1) + "|"]
+  for method, row in summary.items():
+    cells = ["-" if row.get(m.key) is None else format(row[m.key], m.fmt) for m in cols]
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plots(results_dir: str, details: dict, summary: dict) -> list[str]:
+  """<results_dir>/plots: stability_psnr.png (per-second PSNR of the longest script, averaged
+  over its cases) and metrics.png (a bar panel per METRICS row marked `plot` that has a value).
+  Returns the paths written."""
+  # matplotlib: a heavy optional dependency, imported when a report is drawn
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  out_dir = os.path.join(results_dir, "plots")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+
+  def save(fig, name):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = os.path.join(out_dir, name)
+    write_bytes_atomic(path, buf.getvalue())
+    paths.append(path)
+
+  longest = max(details["cases"].values(), key=lambda c: c["frames"], default=None)
+  if longest is not None:
+    script = longest["script"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for method in summary:
+      curves = [c["methods"][method]["psnr_per_second"] for c in details["cases"].values()
+                if c["script"] == script and "psnr_per_second" in c["methods"].get(method, {})]
+      if curves:
+        n = min(len(c) for c in curves)
+        ax.plot(np.arange(n) + 0.5, np.mean([c[:n] for c in curves], 0), label=method)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("PSNR vs truth (dB)")
+    ax.set_title(f"stability: {script}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save(fig, "stability_psnr.png")
+  keys = [m.key for m in METRICS
+          if m.plot and any(summary[method].get(m.key) is not None for method in summary)]
+  if keys:
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3))
+    for ax, k in zip(np.atleast_1d(axes), keys):
+      names = [method for method in summary if summary[method].get(k) is not None]
+      ax.bar(names, [summary[method][k] for method in names], color="tab:blue")
+      ax.set_title(k)
+      ax.tick_params(axis="x", rotation=45)
+    save(fig, "metrics.png")
+  return paths
