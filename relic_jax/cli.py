@@ -84,7 +84,7 @@ def _import_wan_vae(cfg, workdir):
   import dataclasses
 
   import ml_collections
-  from relic_jax.training import checkpoint as ckpt_lib
+  from relic_jax import checkpoint as ckpt_lib
   from relic_jax.weights import LazyStateDict, import_wan_vae, load_config
   from relic_jax.weights.store import save_params
   vae_cfg, params = import_wan_vae(LazyStateDict(FLAGS.source), load_config(FLAGS.source),
@@ -152,7 +152,7 @@ def _import_wan(cfg, workdir):
 
   import jax
   from relic_jax.parallel import mesh as mesh_lib
-  from relic_jax.training import checkpoint as ckpt_lib
+  from relic_jax import checkpoint as ckpt_lib
   from relic_jax.training.optimizer import make_optimizer
   from relic_jax.training.state import state_shardings
   from relic_jax.training.teacher import TeacherTask
@@ -256,7 +256,7 @@ def main(argv):
     _fail(str(e))
   import jax
   from relic_jax.parallel.mesh import maybe_initialize_distributed
-  from relic_jax.training.checkpoint import CheckpointError
+  from relic_jax.checkpoint import CheckpointError
   from relic_jax.training.trainer import NonFiniteError
   from relic_jax.weights import SafetensorsError, WanImportError
   from data_pipeline.episode import DataError

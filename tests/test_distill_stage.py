@@ -105,7 +105,7 @@ def test_distill_resumes_exactly_after_a_kill(teacher_run, tmp_path):
   def final_state(w):
     tx_g, tx_c = dl.optimizers(cfg.distill)
     from relic_jax.parallel import mesh as mesh_lib
-    from relic_jax.training import checkpoint as ckpt_lib
+    from relic_jax import checkpoint as ckpt_lib
     from relic_jax.training.state import with_shardings
     mesh, rules = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]), mesh_lib.rules(cfg.mesh)
     abstract, sh = dl.state_layout(cfg, tx_g, tx_c, mesh, rules)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.loader import make_train_iterator
-from relic_jax.training import checkpoint as ckpt_lib
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.training.teacher import TeacherTask
 from relic_jax.training.trainer import NonFiniteError, load_state, train
 from tests.helpers import REPO

@@ -118,7 +118,7 @@ def test_import_wan_vae_cli_writes_params_train_vae_can_start_from(tmp_path):
   cfg.vae.init_from = out
   run_cfg = vae_train.stage_config(cfg)
   task = vae_train.VAETask(run_cfg)
-  from relic_jax.training import checkpoint as ckpt_lib
+  from relic_jax import checkpoint as ckpt_lib
   from relic_jax.weights.store import load_params
   abstract = jax.eval_shape(task.init_params, jax.random.key(0))
   params = load_params(out, abstract, ckpt_lib.describe_model(task.model_config, abstract))

@@ -242,7 +242,7 @@ def imported(tmp_path_factory):
 
 def test_import_wan_cli_restores_sharded_and_matches_diffusers(imported):
   from relic_jax.parallel import mesh as mesh_lib
-  from relic_jax.training.checkpoint import describe_model
+  from relic_jax.checkpoint import describe_model
   from relic_jax.training.optimizer import make_optimizer
   from relic_jax.training.state import state_shardings, with_shardings
   from relic_jax.training.teacher import TeacherTask

@@ -24,7 +24,7 @@ from data_pipeline.episode import DataError
 from relic_jax.inference import scripts as scripts_lib
 from relic_jax.inference.session import Decoder, Session
 from relic_jax.io_utils import write_json_atomic
-from relic_jax.training.checkpoint import has_checkpoint
+from relic_jax.checkpoint import has_checkpoint
 
 STUDENT_STAGES = ("distill", "ode_init", "teacher")
 

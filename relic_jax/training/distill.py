@@ -37,11 +37,11 @@ import numpy as np
 import optax
 from absl import logging
 
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config import validate
 from relic_jax.inference import streaming as st
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.parallel import mesh as mesh_lib
-from relic_jax.training import checkpoint as ckpt_lib
 from relic_jax.training import self_forcing as sf
 from relic_jax.training.state import param_count, with_shardings
 from relic_jax.training.teacher import TeacherTask

@@ -174,7 +174,7 @@ def with_teacher_rope(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def load_teacher(cfg: ml_collections.ConfigDict, workdir: str):
   """The trained teacher's params from <workdir>/teacher, for the stages after it."""
-  from relic_jax.training.checkpoint import CheckpointError, has_checkpoint
+  from relic_jax.checkpoint import CheckpointError, has_checkpoint
   from relic_jax.training.trainer import load_state
   tdir = os.path.join(workdir, "teacher")
   if not has_checkpoint(tdir):
@@ -193,7 +193,7 @@ def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 
 def _latest_step(run_dir: str) -> int | None:
-  from relic_jax.training import checkpoint as ckpt_lib
+  from relic_jax import checkpoint as ckpt_lib
   if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
     return None  # (opening a Checkpointer would create the directory)
   ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), 1, async_save=False)

@@ -24,10 +24,10 @@ import numpy as np
 import optax
 from absl import logging
 
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config import validate
 from relic_jax.parallel import chips
 from relic_jax.parallel import mesh as mesh_lib
-from relic_jax.training import checkpoint as ckpt_lib
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.training.optimizer import make_optimizer, make_schedule
 from relic_jax.training.state import TrainState, create_sharded_state, param_count, state_shardings, with_shardings
