@@ -306,25 +306,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
   return final
 
 
-def load_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task, step: int | None = None):
-  """Restores a run's train state onto cfg's mesh (which may differ from the one that wrote it)."""
-  validate(cfg)
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  rules = mesh_lib.rules(cfg.mesh)
-  tx = make_optimizer(cfg.train)
-  abstract, shardings = state_shardings(task.init_params, tx, mesh, rules, jax.random.key(cfg.seed))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints,
-                               async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise ckpt_lib.CheckpointError(f"{ckpt.directory} holds no checkpoint. Fix: train first, or "
-                                   "point --workdir at a run that saved one.")
-  meta = ckpt_lib.describe_model(task.model_config, abstract.params)
-  state, _ = ckpt.restore(step, with_shardings(abstract, shardings), meta)
-  ckpt.close()
-  return state
-
-
 def save_initial_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task) -> None:
   """Writes a step-0 checkpoint of freshly initialised params (and optimizer state) to
   workdir/checkpoints without compiling a train step: an untrained model for smoke runs and
