@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from data_pipeline.episode import DataError
 from relic_jax import pipeline, stages
+from relic_jax.checkpoint import CheckpointError
 from relic_jax.config import ConfigError, validate
 from relic_jax.evaluation.pose_estimation import PoseEstimatorError
 from relic_jax.inference.scripts import ScriptError
@@ -24,7 +25,6 @@ from relic_jax.parallel.mesh import maybe_initialize_distributed
 from relic_jax.pipeline import PipelineError
 from relic_jax.stages import WorkdirUse
 from relic_jax.sweep import SweepError, main_cli
-from relic_jax.training.checkpoint import CheckpointError
 from relic_jax.training.distill import DistillError
 from relic_jax.training.ode_init import ODEInitError
 from relic_jax.training.teacher import CurriculumError
@@ -88,14 +88,15 @@ def _import_wan(cfg, workdir):
   """Streams a diffusers Wan 2.1 T2V transformer into an Orbax params checkpoint, converted to
   config.model.param_dtype and laid out for config.model.scan_layers, sharded over cfg's mesh."""
   del workdir
+  import dataclasses
   import time
 
   import jax
+  from relic_jax import checkpoint as ckpt_lib
+  from relic_jax.inference.loading import dit_init
+  from relic_jax.models.dit import DiTConfig
   from relic_jax.parallel import mesh as mesh_lib
-  from relic_jax.training import checkpoint as ckpt_lib
-  from relic_jax.training.optimizer import make_optimizer
-  from relic_jax.training.state import state_shardings
-  from relic_jax.training.teacher import TeacherTask
+  from relic_jax.parallel.sharding import abstract_params
   from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
   from relic_jax.weights.store import save_params
 
@@ -108,18 +109,16 @@ def _import_wan(cfg, workdir):
   model_cfg.action_dim, model_cfg.pose_dim = cfg.model.action_dim, cfg.model.pose_dim
   run_cfg = cfg.copy_and_resolve_references()
   run_cfg.model = model_cfg
-  task = TeacherTask(run_cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  rules = mesh_lib.rules(cfg.mesh)
-  abstract, shardings = state_shardings(task.init_params, make_optimizer(cfg.train), mesh, rules,
-                                        jax.random.key(0))
-  flat = {tuple(k.key for k in p): s
-          for p, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]}
+  abstract = abstract_params(dit_init(run_cfg), mesh, mesh_lib.rules(cfg.mesh))
+  flat = {tuple(k.key for k in p): a.sharding
+          for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
   model_cfg, params = import_wan_transformer(
       state_dict, hf, param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
       action_dim=cfg.model.action_dim, pose_dim=cfg.model.pose_dim, seed=cfg.seed,
       put=lambda path, x: jax.device_put(x, flat[path]))
-  meta = ckpt_lib.describe_model(task.model_config, abstract.params)
+  meta = ckpt_lib.describe_model(dataclasses.asdict(DiTConfig.from_config(run_cfg.model)),
+                                 abstract)
   save_params(FLAGS.out, model_cfg, meta, params, extra={"source": os.path.abspath(FLAGS.source)})
   n = sum(x.size for x in jax.tree.leaves(params))
   print(f"[relic] imported {n:,} params ({model_cfg.num_layers} layers, dim {model_cfg.dim}, "

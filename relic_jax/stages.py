@@ -39,7 +39,7 @@ from relic_jax.evaluation import pose_estimation
 from relic_jax.inference import generate as generate_lib
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.parallel.mesh import make_mesh
-from relic_jax.training import checkpoint as ckpt_lib
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.training import distill as distill_lib
 from relic_jax.training import ode_init as ode_init_lib
 from relic_jax.training import teacher as teacher_lib

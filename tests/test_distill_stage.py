@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from relic_jax.inference import loading
 from relic_jax.training import distill as dl
 from relic_jax.training import self_forcing as sf
 from relic_jax.training.teacher import TeacherTask
-from relic_jax.training.trainer import load_state, train
+from relic_jax.training.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # tiny (synthetic source, 4 latent frames = frame 0 + one block) with a short distillation
@@ -48,7 +49,7 @@ def teacher_run(tmp_path_factory):
   work = str(tmp_path_factory.mktemp("distill"))
   cfg = _config()
   train(cfg, os.path.join(work, "teacher"), TeacherTask(cfg))
-  return work, cfg, load_state(cfg, os.path.join(work, "teacher"), TeacherTask(cfg)).params
+  return work, cfg, loading.load_teacher(cfg, work)
 
 
 def test_distill_lowers_the_teacher_fit_proxy(teacher_run, tmp_path):
@@ -71,7 +72,7 @@ def test_distill_lowers_the_teacher_fit_proxy(teacher_run, tmp_path):
   fit = jax.jit(lambda g: sf.teacher_fit(g, teacher, spec, batch, jax.random.key(123)))
   before = float(fit(student))
   final = dl.distill(cfg, str(tmp_path), teacher=teacher, gen_init=student)
-  after = float(fit(dl.load_generator(cfg, str(tmp_path), use_ema=False)))
+  after = float(fit(loading.load_dit_params(cfg, str(tmp_path / "distill"), "gen")))
   assert final["step"] == 16 and final["generator_from"] == "given"
   assert after < 0.9 * before, (before, after)
 
@@ -105,7 +106,7 @@ def test_distill_resumes_exactly_after_a_kill(teacher_run, tmp_path):
   def final_state(w):
     tx_g, tx_c = dl.optimizers(cfg.distill)
     from relic_jax.parallel import mesh as mesh_lib
-    from relic_jax.training import checkpoint as ckpt_lib
+    from relic_jax import checkpoint as ckpt_lib
     from relic_jax.training.state import with_shardings
     mesh, rules = mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]), mesh_lib.rules(cfg.mesh)
     abstract, sh = dl.state_layout(cfg, tx_g, tx_c, mesh, rules)
@@ -118,6 +119,11 @@ def test_distill_resumes_exactly_after_a_kill(teacher_run, tmp_path):
 
   a, data_a = final_state(killed)
   b, data_b = final_state(whole)
+  # params-only loading (what generation uses) reads the same generator as the full restore
+  params, source = loading.load_dit(cfg, killed)
+  assert source == "distill" and cfg.distill.ema_decay > 0
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(a.gen_ema)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert data_a == data_b and int(a.step) == int(b.step) == 6
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -118,8 +118,7 @@ def test_teacher_trains_on_the_latent_cache(data, tmp_path):
   import jax
 
   from relic_jax import stages
-  from relic_jax.training.teacher import TeacherTask
-  from relic_jax.training.trainer import load_state
+  from relic_jax.inference.loading import load_dit_params
   cfg, out = data
   cache = str(tmp_path / "latents")
   lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, progress=False)
@@ -137,7 +136,7 @@ def test_teacher_trains_on_the_latent_cache(data, tmp_path):
   np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
   np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
   assert src[0]["text"].dtype == np.int32 and src[0]["actions"].shape == (9, 13)
-  params = jax.device_get(load_state(c, str(teacher), TeacherTask(c)).params)
+  params = jax.device_get(load_dit_params(c, str(teacher)))
   blocks = params["blocks"]
   moved = {name: float(np.abs(node["kernel"]).max()) for name, node in
            (("action_proj", blocks["action_proj"]), ("pose_q", blocks["self_attn"]["pose_q"]),

@@ -13,8 +13,7 @@ import jax
 import numpy as np
 
 from data_pipeline.loader import make_train_iterator
-from relic_jax.training.teacher import TeacherTask
-from relic_jax.training.trainer import load_state
+from relic_jax.inference.loading import load_dit_params
 from tests.helpers import REPO
 
 STEPS = 6
@@ -87,8 +86,7 @@ def test_two_processes_train_like_one(tmp_path):
   np.testing.assert_allclose(_losses(tmp_path / "multi"), _losses(tmp_path / "single"),
                              rtol=1e-5)
   cfg = _tiny()
-  task = TeacherTask(cfg)
-  a = jax.device_get(load_state(cfg, str(tmp_path / "multi"), task).params)
-  b = jax.device_get(load_state(cfg, str(tmp_path / "single"), task).params)
+  a = jax.device_get(load_dit_params(cfg, str(tmp_path / "multi")))
+  b = jax.device_get(load_dit_params(cfg, str(tmp_path / "single")))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

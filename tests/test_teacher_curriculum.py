@@ -19,11 +19,11 @@ import pytest
 
 from data_pipeline.loader import make_train_iterator
 from relic_jax.config import ConfigError, get_base_config, validate
+from relic_jax.config.derive import final_teacher_config, phase_config, yarn_factors
+from relic_jax.inference import loading
 from relic_jax.training import teacher as teacher_lib
 from relic_jax.training import trainer as trainer_lib
-from relic_jax.training.teacher import (CurriculumError, TeacherTask, drop_text,
-                                        final_teacher_config, phase_config, train_teacher,
-                                        yarn_factors)
+from relic_jax.training.teacher import CurriculumError, TeacherTask, drop_text, train_teacher
 
 # yarn_original_frames = 4 makes the tiny second phase (6 frames) a YaRN phase: factor 1.5
 CURRICULUM = ((4, 2), (6, 2))
@@ -70,7 +70,7 @@ def _flat(params):
 def _phase_params(cfg, workdir, i):
   pcfg = phase_config(cfg, i)
   d = teacher_lib.phase_dirs(cfg, workdir)[i]
-  return _flat(trainer_lib.load_state(pcfg, d, TeacherTask(pcfg)).params)
+  return _flat(loading.load_dit_params(pcfg, d))
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_an_unfinished_phase_resumes_without_reloading_the_previous_one(run, tmp
   shutil.copytree(run["workdir"], workdir)
   # the last phase may grow (like train.steps): its checkpoint at 2 of 3 steps is unfinished
   spy = _Spy(monkeypatch, real=False)
-  monkeypatch.setattr(trainer_lib, "load_state", lambda *a, **k: pytest.fail("reloaded"))
+  monkeypatch.setattr(loading, "load_dit_params", lambda *a, **k: pytest.fail("reloaded"))
   train_teacher(_cfg(((4, 2), (6, 3))), workdir, make_train_iterator)
   assert [(c["dir"], c["cfg"].train.steps, c["init"]) for c in spy.calls] == [
       (os.path.join(workdir, "teacher"), 3, None)]  # the trainer resumes it from its checkpoint

@@ -11,11 +11,16 @@ import sys
 import jax
 import numpy as np
 import pytest
+from orbax.checkpoint import type_handlers
 
 from data_pipeline.loader import make_train_iterator
-from relic_jax.training import checkpoint as ckpt_lib
+from relic_jax import checkpoint as ckpt_lib
+from relic_jax.inference.loading import load_dit_params
+from relic_jax.parallel import mesh as mesh_lib
+from relic_jax.training.optimizer import make_optimizer
+from relic_jax.training.state import state_shardings, with_shardings
 from relic_jax.training.teacher import TeacherTask
-from relic_jax.training.trainer import NonFiniteError, load_state, train
+from relic_jax.training.trainer import NonFiniteError, train
 from tests.helpers import REPO
 
 STEPS = 10
@@ -69,6 +74,21 @@ def _flat(params):
   return {jax.tree_util.keystr(p): np.asarray(x) for p, x in flat}
 
 
+def _full_state(cfg, workdir, task):
+  """The whole train state (params, EMA, optimizer state, step) of workdir's latest step,
+  restored as a resuming run restores it."""
+  mesh, rules = mesh_lib.make_mesh(cfg.mesh), mesh_lib.rules(cfg.mesh)
+  abstract, sh = state_shardings(task.init_params, make_optimizer(cfg.train), mesh, rules,
+                                 jax.random.key(cfg.seed))
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), 3, async_save=False)
+  try:
+    state, _ = ckpt.restore(ckpt.latest_step(), with_shardings(abstract, sh),
+                            ckpt_lib.describe_model(task.model_config, abstract.params))
+  finally:
+    ckpt.close()
+  return state
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
   """An uninterrupted single-device run of STEPS steps."""
@@ -118,9 +138,9 @@ def test_restore_and_continue_on_a_different_mesh(reference_run, tmp_path):
   cfg = _config(steps=STEPS)
   cfg.mesh.shape = {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
   task = TeacherTask(cfg)
-  restored = load_state(cfg, str(ref_dir), task)  # read the reference's final state too
-  assert len(restored.params["blocks"]["ffn"]["fc1"]["kernel"].sharding.device_set) == 8
-  for k, v in _flat(restored.params).items():
+  restored = load_dit_params(cfg, str(ref_dir))  # read the reference's final params too
+  assert len(restored["blocks"]["ffn"]["fc1"]["kernel"].sharding.device_set) == 8
+  for k, v in _flat(restored).items():
     np.testing.assert_array_equal(v, ref_params[k], err_msg=k)
 
   final = train(cfg, str(work), task)
@@ -128,7 +148,7 @@ def test_restore_and_continue_on_a_different_mesh(reference_run, tmp_path):
   losses = _losses(work)
   np.testing.assert_allclose([losses[s] for s in range(1, STEPS + 1)],
                              [ref_losses[s] for s in range(1, STEPS + 1)], rtol=2e-5)
-  params = _flat(load_state(cfg, str(work), task).params)
+  params = _flat(load_dit_params(cfg, str(work)))
   for k in params:
     np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-4, atol=2e-5, err_msg=k)
 
@@ -183,5 +203,48 @@ def test_non_finite_step_raises_and_saves_nothing(tmp_path, bad_step):
     train(cfg, str(tmp_path), task, iterator=_PoisonedIterator(cfg, bad_step))
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), 3, async_save=False)
   assert ckpt.all_steps() == [2]
-  state = load_state(cfg, str(tmp_path), task)
+  state = _full_state(cfg, str(tmp_path), task)
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state)))
+
+
+def test_params_only_loading_reads_only_the_params_and_equals_the_full_restore(reference_run,
+                                                                               monkeypatch):
+  """`load_dit_params` restores one sub-tree of the saved train state (partial restore): Orbax
+  deserialises that sub-tree's arrays and nothing else, and they are bit-identical (values and
+  shardings) to the same sub-tree of a full-state restore. A checkpoint of another model is
+  still refused by its metadata."""
+  ref_dir = reference_run[0]
+  cfg = _config(steps=STEPS)
+  cfg.mesh.shape = {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
+  read = []  # the names of the arrays Orbax deserialises
+  for handler in (type_handlers.ArrayHandler, type_handlers.NumpyHandler):
+    def spy(self, infos, args=None, _orig=handler.deserialize):
+      read.extend(info.name for info in infos)
+      return _orig(self, infos, args)
+    monkeypatch.setattr(handler, "deserialize", spy)
+
+  full = _full_state(cfg, str(ref_dir), TeacherTask(cfg))
+  assert any(n.startswith("opt_state.") for n in read)  # the spy sees what a restore reads
+  for key in ("params", "ema_params"):
+    read.clear()
+    got = load_dit_params(cfg, str(ref_dir), key)
+    want = getattr(full, key)
+    assert len(read) == len(jax.tree.leaves(want)), read
+    assert all(n.startswith(f"{key}.") for n in read), read
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert a.dtype == b.dtype and a.sharding == b.sharding
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # (the two sub-trees differ: a mixed-up key would fail above)
+  params, ema = _flat(full.params), _flat(full.ema_params)
+  assert any(not np.array_equal(params[k], ema[k]) for k in params)
+
+  other = cfg.copy_and_resolve_references()
+  other.model.dim, other.model.num_heads = 32, 2
+  with pytest.raises(ckpt_lib.CheckpointError,
+                     match=r"was written by a different model \(param .* in the checkpoint but "
+                           r".* in this model\)\. Config differences: model\.dim: checkpoint 64, "
+                           r"config 32\. Fix: use the config that wrote it, or a fresh --workdir\."):
+    load_dit_params(other, str(ref_dir))
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"holds no checkpoint\. Fix: train first"):
+    load_dit_params(cfg, str(ref_dir / "nothing"))

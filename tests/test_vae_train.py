@@ -13,8 +13,10 @@ import pytest
 from data_pipeline import generate
 from data_pipeline import latent_cache as lc
 from data_pipeline.loader import make_clip_iterator
+from relic_jax.inference import loading
+from relic_jax.models.vae import VAEConfig
 from relic_jax.training import vae_train
-from relic_jax.training.trainer import load_state, train
+from relic_jax.training.trainer import train
 from tests.helpers import run_cli
 from tests.test_data import small_data_config
 
@@ -42,8 +44,7 @@ def workdir(tmp_path_factory):
 
 
 def _params(cfg, work):
-  run_cfg = vae_train.stage_config(cfg)
-  return load_state(run_cfg, vae_train.stage_workdir(work), vae_train.VAETask(run_cfg)).params
+  return loading.load_vae(cfg, work)[1]
 
 
 def test_training_lowers_the_error_and_resume_equals_uninterrupted(workdir, tmp_path):
@@ -89,7 +90,7 @@ def test_encode_fills_the_cache_resumes_and_notices_a_new_vae(workdir):
   assert clip["latents"].shape == (2, 4, 4, 4)
   # the cached latent is the VAE's mean of that clip
   params = _params(cfg, workdir)
-  vae = vae_train.vae_config(cfg.vae)
+  vae = VAEConfig.from_config(cfg.vae)
   from data_pipeline import loader
   src = loader.make_clip_source(cfg, os.path.join(workdir, "data"))
   frames = loader.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")(
@@ -118,7 +119,7 @@ def test_import_wan_vae_cli_writes_params_train_vae_can_start_from(tmp_path):
   cfg.vae.init_from = out
   run_cfg = vae_train.stage_config(cfg)
   task = vae_train.VAETask(run_cfg)
-  from relic_jax.training import checkpoint as ckpt_lib
+  from relic_jax import checkpoint as ckpt_lib
   from relic_jax.weights.store import load_params
   abstract = jax.eval_shape(task.init_params, jax.random.key(0))
   params = load_params(out, abstract, ckpt_lib.describe_model(task.model_config, abstract))

@@ -242,7 +242,7 @@ def imported(tmp_path_factory):
 
 def test_import_wan_cli_restores_sharded_and_matches_diffusers(imported):
   from relic_jax.parallel import mesh as mesh_lib
-  from relic_jax.training.checkpoint import describe_model
+  from relic_jax.checkpoint import describe_model
   from relic_jax.training.optimizer import make_optimizer
   from relic_jax.training.state import state_shardings, with_shardings
   from relic_jax.training.teacher import TeacherTask
@@ -273,7 +273,8 @@ def test_import_wan_cli_restores_sharded_and_matches_diffusers(imported):
 
 def test_training_starts_from_imported_params(imported, tmp_path):
   from relic_jax.training.teacher import TeacherTask
-  from relic_jax.training.trainer import load_state, train
+  from relic_jax.inference.loading import load_dit_params
+  from relic_jax.training.trainer import train
   from tests.test_trainer import _config as tiny_experiment
 
   _, src, out = imported
@@ -284,7 +285,7 @@ def test_training_starts_from_imported_params(imported, tmp_path):
   cfg.mesh.shape = {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
   task = TeacherTask(cfg)
   train(cfg, str(tmp_path), task)
-  trained = jax.device_get(load_state(cfg, str(tmp_path), task).params)
+  trained = jax.device_get(load_dit_params(cfg, str(tmp_path)))
   _, reference = import_wan_transformer(load_state_dict(src), load_config(src))
   for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(reference)):
     np.testing.assert_allclose(a, b, atol=1e-8)

@@ -38,9 +38,9 @@ def main():
 
   train(cfg, workdir, TeacherTask(cfg), hooks=(killer,))
   if flags.FLAGS.dump:
-    from relic_jax.training.trainer import load_state
-    state = load_state(cfg, workdir, TeacherTask(cfg))
-    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
+    from relic_jax.inference.loading import load_dit_params
+    params = load_dit_params(cfg, workdir)
+    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
     np.savez(flags.FLAGS.dump, **{jax.tree_util.keystr(p): np.asarray(x) for p, x in flat})
 
 

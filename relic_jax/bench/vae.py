@@ -24,6 +24,10 @@ import numpy as np
 from absl import app, flags
 
 from relic_jax.bench.common import FLAGS, define_flags, emit
+from relic_jax.inference import loading
+from relic_jax.models import tiny_decoder as tiny_lib
+from relic_jax.models import vae as vae_lib
+from relic_jax.training import vae_train
 
 define_flags("experiments/tiny.py")
 flags.DEFINE_string("workdir", None, "A run with a trained VAE (DIR/vae), for its params and "
@@ -42,23 +46,17 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def bench_vae(cfg, workdir: str | None, repeats: int) -> dict:
-  from relic_jax.models import vae as vae_lib
-  from relic_jax.training import vae_train
   run_cfg = vae_train.stage_config(cfg)
   task = vae_train.VAETask(run_cfg)
   vae = task.vae
-  from relic_jax.models import tiny_decoder as tiny_lib
   quality = {"heldout_psnr": None, "heldout_ssim": None, "tiny_decoder_psnr": None}
-  tiny_cfg = vae_train.tiny_config(cfg)
+  tiny_cfg = tiny_lib.TinyDecoderConfig.from_config(cfg.vae)
   tiny_params = tiny_lib.init_params(tiny_cfg, jax.random.key(1))
   if workdir:
-    from relic_jax.training.trainer import load_state
-    params = load_state(run_cfg, vae_train.stage_workdir(workdir), task).params
+    _, params = loading.load_vae(cfg, workdir)
     tiny_dir = os.path.join(workdir, "vae_tiny")
     if os.path.isdir(os.path.join(tiny_dir, "checkpoints")):
-      tiny_run = vae_train.tiny_stage_config(cfg)
-      tiny_params = load_state(tiny_run, tiny_dir,
-                               vae_train.TinyDecoderTask(tiny_run, params)).params
+      _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
     path = os.path.join(vae_train.stage_workdir(workdir), "eval.json")
     if os.path.exists(path):
       with open(path) as f:

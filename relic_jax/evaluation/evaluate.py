@@ -36,9 +36,12 @@ import time
 import numpy as np
 
 from data_pipeline.episode import DataError
+from relic_jax.config.derive import with_teacher_rope
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.evaluation import report
 from relic_jax.evaluation import trajectory
+from relic_jax.inference.loading import load_decoder, load_dit
+from relic_jax.inference.session import Session
 from relic_jax.io_utils import write_bytes_atomic, write_json_atomic, write_npz_atomic
 from relic_jax.workdir import Workdir
 
@@ -116,8 +119,6 @@ class _Generators:
   """One streaming session per method, compiled once for the longest case."""
 
   def __init__(self, cfg, workdir: str, max_latent_frames: int):
-    from relic_jax.inference.generate import load_decoder, load_dit
-    from relic_jax.training.teacher import with_teacher_rope
     self.cfg = with_teacher_rope(cfg)
     self.params, self.dit_from = load_dit(self.cfg, workdir)
     self.decoder = load_decoder(self.cfg, workdir)
@@ -125,7 +126,6 @@ class _Generators:
     self._sessions = {}
 
   def session(self, method: str):
-    from relic_jax.inference.session import Session
     if method not in self._sessions:
       self._sessions[method] = Session(self.cfg, self.params, decoder=self.decoder,
                                        mode=MODES[method], max_frames=self.max_frames)

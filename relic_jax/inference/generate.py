@@ -13,66 +13,17 @@ Writes <workdir>/generate/<script>.mp4 (each frame captioned with its time and a
 and <script>.json (the actions, the source of each model, the timing).
 """
 
-import json
 import os
 import time
 
-import jax
 import numpy as np
 
 from data_pipeline.episode import DataError
+from relic_jax.config.derive import with_teacher_rope
 from relic_jax.inference import scripts as scripts_lib
-from relic_jax.inference.session import Decoder, Session
+from relic_jax.inference.loading import load_decoder, load_dit
+from relic_jax.inference.session import Session
 from relic_jax.io_utils import write_json_atomic
-from relic_jax.training.checkpoint import has_checkpoint
-
-STUDENT_STAGES = ("distill", "ode_init", "teacher")
-
-
-def load_dit(cfg, workdir: str):
-  """(params, which stage they come from) of the newest trained DiT in workdir."""
-  from relic_jax.training.teacher import TeacherTask
-  from relic_jax.training.trainer import load_state
-  for stage in STUDENT_STAGES:
-    path = os.path.join(workdir, stage)
-    if not has_checkpoint(path):
-      continue
-    if stage == "distill":  # the generator's EMA (its raw params when distill.ema_decay = 0)
-      from relic_jax.training.distill import load_generator
-      return load_generator(cfg, workdir, use_ema=cfg.distill.ema_decay > 0), stage
-    if stage == "ode_init":
-      from relic_jax.training.ode_init import stage_config
-      return load_state(stage_config(cfg), path, TeacherTask(cfg)).params, stage
-    return load_state(cfg, path, TeacherTask(cfg)).params, stage
-  raise DataError(f"no trained DiT in {workdir} (looked in {', '.join(STUDENT_STAGES)}). Fix: "
-                  "run `relic train_teacher` (and later ode_init/distill) with this --workdir.")
-
-
-def load_decoder(cfg, workdir: str) -> Decoder:
-  from relic_jax.training import vae_train
-  from relic_jax.training.trainer import load_state
-  vdir = vae_train.stage_workdir(workdir)
-  if not has_checkpoint(vdir):
-    raise DataError(f"no trained VAE in {vdir}. Fix: run `relic train_vae` with this --workdir.")
-  run_cfg = vae_train.stage_config(cfg)
-  task = vae_train.VAETask(run_cfg)
-  vae_params = load_state(run_cfg, vdir, task).params
-  tiny_params = tiny_cfg = None
-  if cfg.generate.decoder == "tiny":
-    tdir = os.path.join(workdir, "vae_tiny")
-    if not has_checkpoint(tdir):
-      raise DataError(f"config.generate.decoder='tiny' but there is no tiny decoder in {tdir}. "
-                      "Fix: run `relic train_vae` with config.vae.tiny_steps > 0, or use "
-                      "--config.generate.decoder=vae.")
-    tcfg = vae_train.tiny_stage_config(cfg)
-    ttask = vae_train.TinyDecoderTask(tcfg, vae_params)
-    tiny_params, tiny_cfg = load_state(tcfg, tdir, ttask).params, ttask.tiny
-  stats = None
-  path = os.path.join(workdir, "teacher", "latent_stats.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      stats = json.load(f)
-  return Decoder(cfg.generate.decoder, task.vae, vae_params, stats, tiny_cfg, tiny_params)
 
 
 def start_image(cfg, workdir: str, image_path: str | None):
@@ -103,7 +54,6 @@ def start_image(cfg, workdir: str, image_path: str | None):
 def generate(cfg, workdir: str, script: str, image_path: str | None = None,
              text: str | None = None, out_dir: str | None = None, seed: int = 0) -> dict:
   from data_pipeline.preview import frame_captions, write_video
-  from relic_jax.training.teacher import with_teacher_rope
   cfg = with_teacher_rope(cfg)  # the DiT runs with the final teacher's RoPE (YaRN)
   actions = scripts_lib.load(script, cfg.generate.fps)
   params, source = load_dit(cfg, workdir)

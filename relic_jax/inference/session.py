@@ -18,7 +18,7 @@ import numpy as np
 from relic_jax.config.choices import Decoder
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
-from relic_jax.training.vae_train import to_uint8, to_unit
+from relic_jax.models.vae import to_uint8, to_unit
 
 
 class Decoder:

@@ -421,6 +421,17 @@ class WanDiT(nn.Module):
     return out if kv_cache is None else (out, new_kv)
 
 
+def init_params(cfg: DiTConfig, rng, clip: tuple[int, int, int], text_len: int):
+  """WanDiT(cfg)'s initial params, boxed (nn.Partitioned leaves carrying their logical axis
+  names), from a one-example batch of zeros: latents of clip = (latent frames, height, width),
+  text_len text tokens (or embeddings). Actions and poses are left to the model's own zeros."""
+  t, h, w = clip
+  latents = jnp.zeros((1, t, h, w, cfg.in_channels), jnp.float32)
+  text = (jnp.zeros((1, text_len), jnp.int32) if cfg.text_encoder == "bytes" else
+          jnp.zeros((1, text_len, cfg.text_dim), jnp.float32))
+  return WanDiT(cfg).init(rng, latents, jnp.zeros((1, t), jnp.float32), text)["params"]
+
+
 def unstack_blocks(params: dict, num_layers: int) -> dict:
   """Scanned params ("blocks" with a leading layer axis) -> per-layer "blocks_{i}" params."""
   out = {k: v for k, v in params.items() if k != "blocks"}

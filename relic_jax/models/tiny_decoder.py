@@ -14,6 +14,9 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from relic_jax.models.vae import VAEConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +25,13 @@ class TinyDecoderConfig:
   dim: int = 64
   temporal_stride: int = 4
   upsamples: int = 3  # spatial stride 2 ** upsamples
+
+  @classmethod
+  def from_config(cls, v: ml_collections.ConfigDict) -> "TinyDecoderConfig":
+    """The tiny decoder of the VAE config.vae describes (its width: config.vae.tiny_dim)."""
+    vae = VAEConfig.from_config(v)
+    return cls(z_dim=vae.z_dim, dim=v.tiny_dim, temporal_stride=vae.temporal_stride,
+               upsamples=len(vae.dim_mult) - 1)
 
 
 class TinyDecoder(nn.Module):

@@ -24,10 +24,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 CONTEXT = 2  # past frames a temporal-kernel-3 causal conv needs (diffusers' CACHE_T)
 RGB = 3
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamps log-variance
+# the fields of config.vae that are VAEConfig's (the others configure its training)
+CONFIG_FIELDS = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temporal_downsample",
+                 "dtype", "param_dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +103,19 @@ class VAEConfig:
       raise ValueError(f"unknown VAEConfig key {unknown[0]!r}. Fix: use only {sorted(fields)} "
                        "(a diffusers config.json goes through weights.import_wan_vae).")
     return cls(**d)
+
+  @classmethod
+  def from_config(cls, v: ml_collections.ConfigDict,
+                  spatial_stride: int | None = None) -> "VAEConfig":
+    """From config.vae; spatial_stride (config.data.spatial_stride), when given, must be the
+    VAE's own."""
+    out = cls(**{k: (tuple(v[k]) if isinstance(v[k], (list, tuple)) else v[k])
+                 for k in CONFIG_FIELDS})
+    if spatial_stride is not None and out.spatial_stride != spatial_stride:
+      raise ValueError(f"config.vae.dim_mult={tuple(v.dim_mult)} gives a spatial stride "
+                       f"of {out.spatial_stride}, but config.data.spatial_stride="
+                       f"{spatial_stride}. Fix: make them agree (Wan: 8).")
+    return out
 
   @property
   def temporal_stride(self) -> int:
@@ -350,6 +368,16 @@ class Decoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- functional API
+
+
+def to_unit(frames):
+  """uint8 frames -> float32 in [-1, 1] (the VAE's video range)."""
+  return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(video) -> np.ndarray:
+  """Video in [-1, 1] -> uint8 frames."""
+  return np.asarray(np.clip(np.round((np.asarray(video) + 1.0) * 127.5), 0, 255), np.uint8)
 
 
 def init_params(cfg: VAEConfig, key) -> dict:

@@ -37,14 +37,17 @@ import numpy as np
 import optax
 from absl import logging
 
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config import validate
+from relic_jax.config.derive import with_teacher_rope
+from relic_jax.inference import loading
 from relic_jax.inference import streaming as st
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.parallel import mesh as mesh_lib
-from relic_jax.training import checkpoint as ckpt_lib
 from relic_jax.training import self_forcing as sf
 from relic_jax.training.state import param_count, with_shardings
 from relic_jax.training.teacher import TeacherTask
+from relic_jax.workdir import Workdir
 
 GEN_METRICS = ("dmd_loss", "score_diff", "dmd_norm", "teacher_fm_loss", "mean_exit",
                "gen_grad_norm")
@@ -217,18 +220,11 @@ def initial_state(gen_params, critic_params, tx_gen, tx_critic, shardings) -> Di
 
 def load_teacher_and_init(cfg, workdir: str):
   """(teacher params, generator init params, where the generator starts from)."""
-  from relic_jax.training.teacher import load_teacher
-  from relic_jax.training.trainer import load_state
-  teacher = load_teacher(cfg, workdir)
-  odir = os.path.join(workdir, "ode_init")
+  teacher = loading.load_teacher(cfg, workdir)
+  odir = Workdir.of(cfg, workdir).ode_init
   if ckpt_lib.has_checkpoint(odir):
-    return teacher, load_state(ode_stage_config(cfg), odir, TeacherTask(cfg)).params, "ode_init"
+    return teacher, loading.load_dit_params(cfg, odir), "ode_init"
   return teacher, teacher, "teacher"
-
-
-def ode_stage_config(cfg):
-  from relic_jax.training.ode_init import stage_config
-  return stage_config(cfg)
 
 
 def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher=None,
@@ -236,7 +232,6 @@ def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher
   """Runs (or resumes) the distillation stage in <workdir>/distill. teacher / gen_init: params
   to use instead of loading them from <workdir> (tests). hooks: called as hook(step, metrics)
   after each step's metrics are read, before its checkpoint."""
-  from relic_jax.training.teacher import with_teacher_rope
   from relic_jax.training.trainer import _progress, _Writer, NonFiniteError, compiled_stats
   validate(cfg)
   validate_distill(cfg)
@@ -372,21 +367,3 @@ def _data_iterator(cfg, workdir: str):
     source = CachedLatents(cfg, cfg.data.latent_dir or os.path.join(workdir, "latents"))
     return make_train_iterator(cfg, source=source)
   return make_train_iterator(cfg)
-
-
-def load_generator(cfg, workdir: str, use_ema: bool = True):
-  """The distilled student's params (its EMA by default) from <workdir>/distill."""
-  d = cfg.distill
-  tx_gen, tx_critic = optimizers(d)
-  mesh, rules = mesh_lib.make_mesh(cfg.mesh), mesh_lib.rules(cfg.mesh)
-  abstract, shardings = state_layout(cfg, tx_gen, tx_critic, mesh, rules)
-  meta = ckpt_lib.describe_model(TeacherTask(cfg).model_config, abstract.gen)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_workdir(workdir), "checkpoints"),
-                               d.keep_checkpoints, async_save=False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise ckpt_lib.CheckpointError(f"{ckpt.directory} holds no checkpoint. Fix: run "
-                                   "`relic distill` with this --workdir.")
-  state, _ = ckpt.restore(step, with_shardings(abstract, shardings), meta)
-  ckpt.close()
-  return state.gen_ema if use_ema else state.gen

@@ -29,8 +29,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from relic_jax.config.derive import with_teacher_rope
 from relic_jax.diffusion import flow_matching as fm
 from relic_jax.inference import camera
+from relic_jax.inference.loading import load_teacher
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
@@ -282,7 +284,6 @@ class ODEInitTask(TeacherTask):
 
 def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progress: bool = False):
   """The stage: trajectories (resumable), then the regression (resumable) -> final metrics."""
-  from relic_jax.training.teacher import load_teacher, with_teacher_rope
   from relic_jax.training.trainer import train
   validate_ode(cfg)
   cfg = with_teacher_rope(cfg)

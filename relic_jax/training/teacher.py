@@ -17,7 +17,8 @@ phase i-1's final params, with YaRN extending the temporal RoPE once a phase is 
 pretrained horizon (train.yarn_auto). Layout under <workdir>/teacher:
   horizon_<i>_<frames>f/   every phase but the last (checkpoints, metrics, TensorBoard)
   .                        the last phase, so whatever loads <workdir>/teacher gets the final
-                           teacher; load it with `final_teacher_config(cfg)` (its yarn_factor)
+                           teacher; load it with `config.derive.final_teacher_config(cfg)`
+                           (its yarn_factor)
   curriculum.json          the phases, their yarn factors, directories and progress
 """
 
@@ -32,7 +33,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from relic_jax import checkpoint as ckpt_lib
+from relic_jax.config import validate
+from relic_jax.config.derive import phase_config, phases, yarn_factors
 from relic_jax.diffusion import flow_matching as fm
+from relic_jax.inference import loading
+from relic_jax.io_utils import write_json_atomic
+from relic_jax.models import dit as dit_lib
 from relic_jax.models import flops as flops_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
 
@@ -83,11 +90,7 @@ class TeacherTask:
     return batch
 
   def init_params(self, rng):
-    # TeacherTask's own example (subclasses train on other batches, with the same params)
-    ex = {k: jnp.asarray(v) for k, v in TeacherTask.example_batch(self, 1).items()}
-    t = jnp.zeros((1, self._clip[0]), jnp.float32)
-    return self.model.init(rng, ex["latents"], t, ex["text"], actions=ex.get("actions"),
-                           poses=ex.get("poses"))["params"]
+    return dit_lib.init_params(self.dit, rng, self._clip, self.cfg.data.text_len)
 
   def loss_fn(self, params, batch, rng):
     tc = self.cfg.train
@@ -112,77 +115,6 @@ class TeacherTask:
 # ------------------------------------------------------------------ the horizon curriculum
 
 
-def phases(cfg: ml_collections.ConfigDict) -> list[tuple[int, int]]:
-  """[(latent_frames, steps)] of the teacher's phases; one phase of data.latent_frames for
-  train.steps when train.horizon_curriculum is empty."""
-  cur = cfg.train.horizon_curriculum
-  if not cur:
-    return [(int(cfg.data.latent_frames), int(cfg.train.steps))]
-  return [(int(frames), int(steps)) for frames, steps in cur]
-
-
-def yarn_factors(cfg: ml_collections.ConfigDict) -> list[float]:
-  """model.yarn_factor of each phase. With train.yarn_auto, a phase longer than the horizon
-  the model was pretrained on (model.yarn_original_frames) stretches the temporal RoPE by
-  frames / original; later phases keep the largest factor so far, since the model has adapted
-  to it (a shorter phase after a longer one is still inside the stretched range). A factor the
-  user set (!= 1), or an empty curriculum, applies as it is to every phase."""
-  m, t = cfg.model, cfg.train
-  n = len(phases(cfg))
-  if not t.horizon_curriculum or not t.yarn_auto or m.yarn_factor != 1.0:
-    return [float(m.yarn_factor)] * n
-  out, factor = [], 1.0
-  for frames, _ in phases(cfg):
-    factor = max(factor, frames / m.yarn_original_frames)
-    out.append(float(factor))
-  return out
-
-
-def phase_config(cfg: ml_collections.ConfigDict, i: int) -> ml_collections.ConfigDict:
-  """A copy of cfg for phase i: its data.latent_frames, train.steps and model.yarn_factor."""
-  ph = phases(cfg)
-  if not 0 <= i < len(ph):
-    raise IndexError(f"phase {i} does not exist: config.train.horizon_curriculum has "
-                     f"{len(ph)} phase(s). Fix: use a phase index in [0, {len(ph)}).")
-  frames, steps = ph[i]
-  out = cfg.copy_and_resolve_references()
-  out.data.latent_frames = frames
-  out.train.steps = steps
-  out.model.yarn_factor = yarn_factors(cfg)[i]
-  return out
-
-
-def final_teacher_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config that describes the teacher train_teacher leaves in <workdir>/teacher: its
-  model fields (yarn_factor in particular, which the checkpoint's param shapes do not reveal)
-  and the horizon it was last trained on (data.latent_frames). cfg itself when the curriculum
-  is empty."""
-  if not cfg.train.horizon_curriculum:
-    return cfg
-  return phase_config(cfg, len(phases(cfg)) - 1)
-
-
-def with_teacher_rope(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """cfg with model.yarn_factor of the final teacher: what every stage after the teacher
-  (ODE init, distillation, generation) runs the DiT with, so the student's RoPE is the one the
-  teacher was last trained with (YaRN-extended to its longest horizon)."""
-  out = cfg.copy_and_resolve_references()
-  with out.unlocked():
-    out.model.yarn_factor = final_teacher_config(cfg).model.yarn_factor
-  return out
-
-
-def load_teacher(cfg: ml_collections.ConfigDict, workdir: str):
-  """The trained teacher's params from <workdir>/teacher, for the stages after it."""
-  from relic_jax.training.checkpoint import CheckpointError, has_checkpoint
-  from relic_jax.training.trainer import load_state
-  tdir = os.path.join(workdir, "teacher")
-  if not has_checkpoint(tdir):
-    raise CheckpointError(f"no trained teacher in {tdir}. Fix: run `relic train_teacher` with "
-                          "this --workdir first.")
-  return load_state(cfg, tdir, TeacherTask(cfg)).params
-
-
 def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Each phase's run directory: <workdir>/teacher/horizon_<i>_<frames>f, the last phase
   <workdir>/teacher itself."""
@@ -193,7 +125,6 @@ def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
 
 
 def _latest_step(run_dir: str) -> int | None:
-  from relic_jax.training import checkpoint as ckpt_lib
   if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
     return None  # (opening a Checkpointer would create the directory)
   ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), 1, async_save=False)
@@ -247,9 +178,7 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
   Returns the final phase's final metrics; <workdir>/teacher/curriculum.json records the plan
   and each phase's progress.
   """
-  from relic_jax.config import validate
-  from relic_jax.io_utils import write_json_atomic
-  from relic_jax.training.trainer import load_state, train
+  from relic_jax.training.trainer import train
   validate(cfg)
   teacher_dir = os.path.join(workdir, "teacher")
   dirs, ph, factors = phase_dirs(cfg, workdir), phases(cfg), yarn_factors(cfg)
@@ -285,7 +214,7 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
       init = None
       if i > 0 and latest is None:  # a new phase starts where the previous one ended
         prev = phase_config(cfg, i - 1)
-        init = load_state(prev, dirs[i - 1], TeacherTask(prev)).params
+        init = loading.load_dit_params(prev, dirs[i - 1])
       if is_main:
         how = ("resuming" if latest is not None else
                f"starting from phase {i}'s params" if init is not None else "starting")

@@ -24,10 +24,10 @@ import numpy as np
 import optax
 from absl import logging
 
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config import validate
 from relic_jax.parallel import chips
 from relic_jax.parallel import mesh as mesh_lib
-from relic_jax.training import checkpoint as ckpt_lib
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.training.optimizer import make_optimizer, make_schedule
 from relic_jax.training.state import TrainState, create_sharded_state, param_count, state_shardings, with_shardings
@@ -304,25 +304,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
   if is_main:
     write_json_atomic(os.path.join(workdir, "final_metrics.json"), final)
   return final
-
-
-def load_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task, step: int | None = None):
-  """Restores a run's train state onto cfg's mesh (which may differ from the one that wrote it)."""
-  validate(cfg)
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  rules = mesh_lib.rules(cfg.mesh)
-  tx = make_optimizer(cfg.train)
-  abstract, shardings = state_shardings(task.init_params, tx, mesh, rules, jax.random.key(cfg.seed))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints,
-                               async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise ckpt_lib.CheckpointError(f"{ckpt.directory} holds no checkpoint. Fix: train first, or "
-                                   "point --workdir at a run that saved one.")
-  meta = ckpt_lib.describe_model(task.model_config, abstract.params)
-  state, _ = ckpt.restore(step, with_shardings(abstract, shardings), meta)
-  ckpt.close()
-  return state
 
 
 def save_initial_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task) -> None:

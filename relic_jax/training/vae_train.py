@@ -22,16 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from relic_jax.inference import loading
 from relic_jax.models import tiny_decoder as tiny_lib
 from relic_jax.models import vae as vae_lib
-
-VAE_FIELDS = ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temporal_downsample",
-              "dtype", "param_dtype")
-
-
-def vae_config(v: ml_collections.ConfigDict) -> vae_lib.VAEConfig:
-  return vae_lib.VAEConfig(**{k: (tuple(v[k]) if isinstance(v[k], (list, tuple)) else v[k])
-                              for k in VAE_FIELDS})
+from relic_jax.models.tiny_decoder import TinyDecoderConfig
+from relic_jax.models.vae import VAEConfig, to_uint8, to_unit
 
 
 def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -69,15 +64,6 @@ class FramesOnly:
     self._it.set_state(state)
 
 
-def to_unit(frames):
-  """uint8 frames -> float32 in [-1, 1]."""
-  return frames.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(video) -> np.ndarray:
-  return np.asarray(np.clip(np.round((np.asarray(video) + 1.0) * 127.5), 0, 255), np.uint8)
-
-
 class VAETask:
   """A `trainer.Task`: reconstruction + KL of video clips."""
   has_aux = True
@@ -85,13 +71,9 @@ class VAETask:
   def __init__(self, cfg: ml_collections.ConfigDict):
     from data_pipeline.loader import clip_frames
     self.cfg = cfg
-    self.vae = vae_config(cfg.vae)
-    self.model_config = dataclasses.asdict(self.vae)
     d = cfg.data
-    if self.vae.spatial_stride != d.spatial_stride:
-      raise ValueError(f"config.vae.dim_mult={tuple(cfg.vae.dim_mult)} gives a spatial stride "
-                       f"of {self.vae.spatial_stride}, but config.data.spatial_stride="
-                       f"{d.spatial_stride}. Fix: make them agree (Wan: 8).")
+    self.vae = VAEConfig.from_config(cfg.vae, d.spatial_stride)
+    self.model_config = dataclasses.asdict(self.vae)
     self.frames = clip_frames(d.latent_frames, self.vae.temporal_stride)
     self.height = d.latent_height * d.spatial_stride
     self.width = d.latent_width * d.spatial_stride
@@ -154,8 +136,8 @@ def evaluate(cfg, params, data_dir: str, out_dir: str, max_clips: int | None = N
   n = min(len(source), max_clips or cfg.vae.eval_clips)
   # evenly spread over the held-out clips
   picks = np.unique(np.linspace(0, len(source) - 1, n).round().astype(int))
-  run = reconstruct_fn(vae_config(cfg.vae))
-  tiny_cfg = tiny_config(cfg)
+  run = reconstruct_fn(VAEConfig.from_config(cfg.vae))
+  tiny_cfg = TinyDecoderConfig.from_config(cfg.vae)
   tiny = jax.jit(lambda p, z: tiny_lib.decode(p, tiny_cfg, z))
   psnrs, ssims, tiny_psnrs, tiny_ssims, pairs = [], [], [], [], []
   for i in picks:
@@ -197,7 +179,7 @@ class TinyDecoderTask:
     self.cfg = cfg
     self.vae_task = VAETask(cfg)
     self.vae = self.vae_task.vae
-    self.tiny = tiny_config(cfg)
+    self.tiny = TinyDecoderConfig.from_config(cfg.vae)
     self.model_config = dataclasses.asdict(self.tiny)
     self._vae_params = vae_params
 
@@ -223,13 +205,6 @@ class TinyDecoderTask:
     return self.vae_task.tokens_per_example()
 
 
-def tiny_config(cfg) -> "tiny_lib.TinyDecoderConfig":
-  vae = vae_config(cfg.vae)
-  return tiny_lib.TinyDecoderConfig(z_dim=vae.z_dim, dim=cfg.vae.tiny_dim,
-                                    temporal_stride=vae.temporal_stride,
-                                    upsamples=len(vae.dim_mult) - 1)
-
-
 def tiny_stage_config(cfg):
   out = stage_config(cfg)
   with out.unlocked():
@@ -243,13 +218,13 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   then evaluates both on held-out clips; returns the VAE's final metrics with "eval"."""
   from data_pipeline.generate import dataset_dir
   from data_pipeline.loader import make_clip_iterator
-  from relic_jax.training.trainer import load_state, train
+  from relic_jax.training.trainer import train
   data_dir = dataset_dir(cfg, workdir)
   run_cfg = stage_config(cfg)
   task = VAETask(run_cfg)
   out = stage_workdir(workdir)
   final = train(run_cfg, out, task, FramesOnly(make_clip_iterator(run_cfg, data_dir)))
-  params = load_state(run_cfg, out, task).params
+  _, params = loading.load_vae(cfg, workdir)
   tiny_params = None
   if cfg.vae.tiny_steps > 0:
     tiny_cfg = tiny_stage_config(cfg)
@@ -257,7 +232,7 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     tiny_dir = os.path.join(workdir, "vae_tiny")
     final["tiny"] = train(tiny_cfg, tiny_dir, tiny_task,
                           FramesOnly(make_clip_iterator(tiny_cfg, data_dir)))
-    tiny_params = load_state(tiny_cfg, tiny_dir, tiny_task).params
+    _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
   final["eval"] = evaluate(run_cfg, params, data_dir, out, tiny_params=tiny_params)
   return final
 
@@ -280,16 +255,13 @@ def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool 
   VAE checkpoint changes."""
   from data_pipeline import latent_cache
   from data_pipeline.generate import dataset_dir
-  from relic_jax.training.trainer import load_state
-  run_cfg = stage_config(cfg)
-  task = VAETask(run_cfg)
-  params = load_state(run_cfg, stage_workdir(workdir), task).params
-  encode = jax.jit(lambda p, f: vae_lib.encode(p, task.vae, to_unit(f))[0])
+  vae, params = loading.load_vae(cfg, workdir)
+  encode = jax.jit(lambda p, f: vae_lib.encode(p, vae, to_unit(f))[0])
 
   def encode_fn(frames):
     return np.asarray(encode(params, frames))
   cache_dir = cfg.data.latent_dir or os.path.join(workdir, "latents")
   return latent_cache.build(cfg, dataset_dir(cfg, workdir), cache_dir, encode_fn,
-                            params_fingerprint(params), task.vae.z_dim,
+                            params_fingerprint(params), vae.z_dim,
                             batch_size=cfg.data.encode_batch_size, progress=progress,
                             stop_after=stop_after)

@@ -13,8 +13,8 @@ import shutil
 import ml_collections
 import orbax.checkpoint as ocp
 
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.io_utils import write_json_atomic
-from relic_jax.training import checkpoint as ckpt_lib
 
 
 def save_params(out: str, model_cfg: ml_collections.ConfigDict, model_meta: dict, params,

@@ -6,6 +6,11 @@ kill at any moment leaves the previous checkpoints intact. A restore reads the m
 and refuses, with a clear message, a checkpoint written by a different model. The state is
 restored into an abstract target that carries the *current* mesh's shardings, so a run can
 resume on a different mesh or device count.
+
+For inference and for the stages that read a finished stage's weights, `load_latest_params` restores
+only one params sub-tree of a saved state (`params`, `ema_params`, `gen_ema`, ...) into an
+abstract params tree, without building an optimizer or a train state (maxtext's
+`checkpointing.load_params_from_path` does the same): Orbax reads only that sub-tree's arrays.
 """
 
 import json
@@ -89,7 +94,8 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore(self, step: int, target, expected_meta: dict) -> tuple[Any, dict]:
+  def _check_meta(self, step: int, expected_meta: dict) -> str:
+    """Reads step's metadata and refuses a checkpoint of another model -> the step's path."""
     where = os.path.join(self.directory, str(step))
     try:
       meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -98,6 +104,10 @@ class Checkpointer:
                             "this step directory to fall back to an older one, or use a fresh "
                             "--workdir.") from e
     check_compatible(meta, expected_meta, where)
+    return where
+
+  def restore(self, step: int, target, expected_meta: dict) -> tuple[Any, dict]:
+    where = self._check_meta(step, expected_meta)
     try:
       out = self._mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
@@ -106,9 +116,39 @@ class Checkpointer:
                             "step directory to fall back to an older one.") from e
     return out["state"], out["data"]
 
+  def restore_params(self, step: int, key: str, target, expected_meta: dict):
+    """Only the sub-tree `key` of step's saved state (a partial restore: the other fields, the
+    optimizer state above all, are neither read nor allocated) into `target`, an abstract
+    params tree carrying the wanted shardings; expected_meta describes the params."""
+    where = self._check_meta(step, expected_meta)
+    item = {key: target}
+    try:
+      out = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+          partial_restore=True)))
+    except Exception as e:
+      raise CheckpointError(f"{where}: restoring the {key} of the train state failed ({e}). "
+                            "Fix: delete this step directory to fall back to an older one.") from e
+    return out["state"][key]
+
   def wait(self) -> None:
     self._mngr.wait_until_finished()
 
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+def load_latest_params(run_dir: str, key: str, target, model_config: dict, fix: str):
+  """The params sub-tree `key` of the latest step saved in run_dir/checkpoints (see
+  `Checkpointer.restore_params`), after checking they belong to model_config. fix: what the
+  error says to do when run_dir holds no checkpoint."""
+  directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+  if not has_checkpoint(run_dir):  # (opening a Checkpointer would create the directory)
+    raise CheckpointError(f"{directory} holds no checkpoint. Fix: {fix}")
+  ckpt = Checkpointer(directory, keep=1, async_save=False)
+  try:
+    return ckpt.restore_params(ckpt.latest_step(), key, target,
+                               describe_model(model_config, target))
+  finally:
+    ckpt.close()
