@@ -233,6 +233,7 @@ def ode_stage_config(cfg):
 
 
 def check_batch_split(d: ml_collections.ConfigDict, mesh) -> None:
+  """Refuses a distill.batch_size that the mesh's data x fsdp devices cannot split."""
   split = mesh.shape["data"] * mesh.shape["fsdp"]
   if d.batch_size % split or (d.batch_size // jax.process_count()) % max(
       split // jax.process_count(), 1):
