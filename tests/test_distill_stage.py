@@ -16,6 +16,7 @@ import pytest
 from relic_jax.inference import loading
 from relic_jax.training import distill as dl
 from relic_jax.training import self_forcing as sf
+from relic_jax.training.data import train_iterator
 from relic_jax.training.teacher import TeacherTask
 from relic_jax.training.trainer import train
 
@@ -68,7 +69,7 @@ def test_distill_lowers_the_teacher_fit_proxy(teacher_run, tmp_path):
   student = tree.unflatten([x + 0.3 * jnp.std(x) * jax.random.normal(k, x.shape)
                             for x, k in zip(leaves, keys)])
   spec = sf.spec_from_config(cfg, 1)
-  batch = dl.to_distill_batch(cfg, next(dl._data_iterator(cfg, work)), 1)
+  batch = dl.to_distill_batch(cfg, next(train_iterator(cfg, work)), 1)
   fit = jax.jit(lambda g: sf.teacher_fit(g, teacher, spec, batch, jax.random.key(123)))
   before = float(fit(student))
   final = dl.distill(cfg, str(tmp_path), teacher=teacher, gen_init=student)
@@ -181,7 +182,7 @@ def test_ode_init_stores_trajectories_resumes_and_regresses_with_hybrid_forcing(
   # resume: a lost part is recomputed to the same arrays (the same clips and noise)
   parts[0].unlink()
   oi.write_trajectories(_ode_data_cfg(cfg), str(tmp_path), teacher,
-                        dl._data_iterator(_ode_data_cfg(cfg), str(tmp_path)))
+                        train_iterator(_ode_data_cfg(cfg), str(tmp_path)))
   again = dict(np.load(parts[0]))
   for k in data:
     np.testing.assert_array_equal(again[k], data[k], err_msg=k)

@@ -13,8 +13,9 @@ Both use AdamW with betas (distill.b1, distill.b2) and their own constant learni
 The rollout length follows distill.rollout_curriculum [(blocks, steps), ...]; each length
 compiles its own step.
 
-Checkpoints hold the whole state and the data iterator (Orbax, atomic), every
-distill.checkpoint_every steps and at the end: a killed run resumes where its last checkpoint
+`DistillStage` runs in the shared training loop (`training/loop.py`): checkpoints hold the
+whole state and the data iterator (Orbax, atomic), every distill.checkpoint_every steps and
+at the end: a killed run resumes where its last checkpoint
 left it, and then continues exactly as an uninterrupted run. Logged (metrics.jsonl,
 TensorBoard): critic_loss every step; on generator steps dmd_loss (the DMD objective's
 value, 0.5 mean g^2 of the normalised direction), teacher_fm_loss (the teacher's denoising
@@ -23,9 +24,7 @@ score_diff (mean squared distance between the teacher's and the critic's x0 pred
 gen_grad_norm and the mean exit step.
 """
 
-import json
 import os
-import time
 from typing import Any
 
 import flax
@@ -42,9 +41,10 @@ from relic_jax.config import validate
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.inference import loading
 from relic_jax.inference import streaming as st
-from relic_jax.io_utils import write_json_atomic
 from relic_jax.parallel import mesh as mesh_lib
+from relic_jax.training import loop
 from relic_jax.training import self_forcing as sf
+from relic_jax.training.data import train_iterator
 from relic_jax.training.state import param_count, with_shardings
 from relic_jax.training.teacher import TeacherTask
 from relic_jax.workdir import Workdir
@@ -104,7 +104,7 @@ def validate_distill(cfg: ml_collections.ConfigDict) -> None:
     fail("rollout_curriculum", "must be a non-empty list of (blocks >= 1, steps >= 1)",
          "e.g. ((1, 20), (2, 20))")
   if d.backprop not in sf.BACKPROP_MODES:
-    fail("backprop", f"unknown", f"use one of {sf.BACKPROP_MODES}")
+    fail("backprop", "unknown", f"use one of {sf.BACKPROP_MODES}")
   if int(d.critic_ratio) < 1:
     fail("critic_ratio", "must be >= 1", "use 1 (alternate every step) or more")
   if not 0 <= d.min_timestep < d.max_timestep <= 1000:
@@ -227,143 +227,150 @@ def load_teacher_and_init(cfg, workdir: str):
   return teacher, teacher, "teacher"
 
 
-def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher=None,
-            gen_init=None, hooks=()) -> dict:
-  """Runs (or resumes) the distillation stage in <workdir>/distill. teacher / gen_init: params
-  to use instead of loading them from <workdir> (tests). hooks: called as hook(step, metrics)
-  after each step's metrics are read, before its checkpoint."""
-  from relic_jax.training.trainer import _progress, _Writer, NonFiniteError, compiled_stats
-  validate(cfg)
-  validate_distill(cfg)
-  cfg = with_teacher_rope(cfg)  # the student runs with the final teacher's RoPE (YaRN)
-  d = cfg.distill
-  out = stage_workdir(workdir)
-  os.makedirs(out, exist_ok=True)
-  is_main = jax.process_index() == 0
-  if is_main:
-    write_json_atomic(os.path.join(out, "config.json"), json.loads(cfg.to_json()))
-  mesh, rules = mesh_lib.make_mesh(cfg.mesh), mesh_lib.rules(cfg.mesh)
+def check_batch_split(d: ml_collections.ConfigDict, mesh) -> None:
+  """Refuses a distill.batch_size that the mesh's data x fsdp devices cannot split."""
   split = mesh.shape["data"] * mesh.shape["fsdp"]
   if d.batch_size % split or (d.batch_size // jax.process_count()) % max(
       split // jax.process_count(), 1):
     raise DistillError(f"config.distill.batch_size={d.batch_size} does not split over the mesh's "
                        f"data x fsdp = {split} devices. Fix: use a multiple of {split}.")
-  tx_gen, tx_critic = optimizers(d)
-  abstract, shardings = state_layout(cfg, tx_gen, tx_critic, mesh, rules)
-  meta = ckpt_lib.describe_model(TeacherTask(cfg).model_config, abstract.gen)
+
+
+def data_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """cfg with train.batch_size = distill.batch_size: the config the data iterator reads."""
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    out.train.batch_size = cfg.distill.batch_size
+  return out
+
+
+class DistillStage(loop.Stage):
+  """Distillation as a stage of the loop: the DistillState, the frozen teacher as the step's
+  constant, one compiled step per rollout length of the curriculum."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, mesh, rules, teacher,
+               gen_init, source: str):
+    """cfg: with the teacher's RoPE. teacher, gen_init: params (teacher's layout)."""
+    d = cfg.distill
+    self.cfg, self.d, self.workdir, self.source = cfg, d, workdir, source
+    self.mesh, self.rules = mesh, rules
+    self.task = TeacherTask(cfg)
+    self.tx_gen, self.tx_critic = optimizers(d)
+    abstract, self.shardings = state_layout(cfg, self.tx_gen, self.tx_critic, mesh, rules)
+    self.n_params = param_count(abstract.gen)
+    self.abstract_state = with_shardings(abstract, self.shardings)
+    self.meta = ckpt_lib.describe_model(self.task.model_config, abstract.gen)
+    self.constants = (jax.device_put(teacher, self.shardings.critic),)
+    self.abstract_constants = (with_shardings(abstract.critic, self.shardings.critic),)
+    self._gen_init = gen_init
+    self.phases = curriculum(cfg)
+    self.cadence = loop.Cadence(
+        steps=self.phases[-1][1], log_every=d.log_every, checkpoint_every=d.checkpoint_every,
+        keep_checkpoints=d.keep_checkpoints, async_checkpointing=cfg.train.async_checkpointing,
+        progress_bar=cfg.train.progress_bar)
+    self.batch_size = d.batch_size
+
+  def init_state(self) -> DistillState:
+    state = initial_state(self._gen_init, self.constants[0], self.tx_gen, self.tx_critic,
+                          self.shardings)
+    logging.info("distillation starts: generator from %s", self.source)
+    return state
+
+  def step_kind(self, step: int) -> int:
+    return blocks_at(self.phases, step)
+
+  def train_step(self, blocks: int):
+    return make_step(sf.spec_from_config(self.cfg, blocks), self.tx_gen, self.tx_critic, self.d,
+                     self.cfg.seed)
+
+  def example_batch(self, blocks: int, batch_size: int) -> dict:
+    return to_distill_batch(self.cfg, self.task.example_batch(batch_size), blocks)
+
+  def batch(self, blocks: int, batch: dict) -> dict:
+    return to_distill_batch(self.cfg, batch, blocks)
+
+  def on_compiled(self, blocks: int, stats: dict) -> None:
+    if jax.process_index() == 0:
+      spec = sf.spec_from_config(self.cfg, blocks)
+      print(f"[relic] distill step for {blocks} block(s) ({spec.latent_frames} latent frames, "
+            f"{spec.backprop} back-propagation) compiled in {stats['compile_s']:.1f}s; "
+            f"temp {stats.get('temp_bytes', 0) / 2**20:.1f} MiB", flush=True)
+
+  def scalars(self, step: int, m: dict) -> dict:
+    """critic_loss and critic_grad_norm every step, the generator's metrics on its steps."""
+    row = {"blocks": blocks_at(self.phases, step - 1), "critic_loss": float(m["critic_loss"]),
+           "critic_grad_norm": float(m["critic_grad_norm"])}
+    if bool(m["gen_step"]):
+      row |= {k: float(m[k]) for k in GEN_METRICS}
+    return row
+
+  def log_now(self, step: int, scalars: dict) -> bool:
+    return step % self.d.log_every == 0 or "dmd_loss" in scalars  # every generator step
+
+  def postfix(self, scalars: dict) -> dict:
+    return {"blocks": scalars["blocks"], "critic": f"{scalars['critic_loss']:.4f}",
+            **({"dmd": f"{scalars['dmd_loss']:.4f}"} if "dmd_loss" in scalars else {})}
+
+  def nonfinite_message(self, step: int, m: dict, latest: int | None) -> str:
+    values = {k: float(v) for k, v in m.items()}
+    # (this message has always numbered the step from 0: step - 1 updates were good)
+    return (f"distill step {step - 1}: a non-finite loss ({values}). The update was "
+            f"discarded; the latest good checkpoint is step {latest}. Fix: lower "
+            "config.distill.gen_lr / critic_lr.")
+
+  def final_metrics(self, summary: loop.Summary) -> dict:
+    history = summary.history
+    gen_rows = [h for h in history if "dmd_loss" in h]
+    final = {"step": summary.step, "param_count": self.n_params, "wall_s": summary.wall_s,
+             "generator_from": self.source, "backprop": self.d.backprop,
+             "compiled": {str(k): v for k, v in summary.compiled.items()}}
+    if gen_rows:
+      final |= {"first_dmd_loss": gen_rows[0]["dmd_loss"],
+                "last_dmd_loss": gen_rows[-1]["dmd_loss"],
+                "first_score_diff": gen_rows[0]["score_diff"],
+                "last_score_diff": gen_rows[-1]["score_diff"],
+                "first_teacher_fm_loss": gen_rows[0]["teacher_fm_loss"],
+                "last_teacher_fm_loss": gen_rows[-1]["teacher_fm_loss"]}
+    if history:
+      final["last_critic_loss"] = history[-1]["critic_loss"]
+    return final
+
+
+def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher=None,
+            gen_init=None, hooks=()) -> dict:
+  """Runs (or resumes) the distillation stage in <workdir>/distill. teacher / gen_init: params
+  to use instead of loading them from <workdir> (tests). hooks: called as hook(step, metrics)
+  after each step's metrics are read, before its checkpoint."""
+  validate(cfg)
+  validate_distill(cfg)
+  cfg = with_teacher_rope(cfg)  # the student runs with the final teacher's RoPE (YaRN)
+  out = stage_workdir(workdir)
+  loop.prepare_run(cfg, out)
+  mesh, rules = mesh_lib.make_mesh(cfg.mesh), mesh_lib.rules(cfg.mesh)
+  check_batch_split(cfg.distill, mesh)
   source = "given"
   if teacher is None:
     teacher, gen_init, source = load_teacher_and_init(cfg, workdir)
-  gen_init = teacher if gen_init is None else gen_init
-  teacher = jax.device_put(teacher, shardings.critic)
-
-  run_cfg = cfg.copy_and_resolve_references()
-  with run_cfg.unlocked():
-    run_cfg.train.batch_size = d.batch_size
+  stage = DistillStage(cfg, out, mesh, rules, teacher, teacher if gen_init is None else gen_init,
+                       source)
   if iterator is None:
-    iterator = _data_iterator(run_cfg, workdir)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(out, "checkpoints"), d.keep_checkpoints,
-                               cfg.train.async_checkpointing)
-  latest = ckpt.latest_step()
-  if latest is None:
-    state = initial_state(gen_init, teacher, tx_gen, tx_critic, shardings)
-    logging.info("distillation starts: generator from %s", source)
-  else:
-    state, data_state = ckpt.restore(latest, with_shardings(abstract, shardings), meta)
-    iterator.set_state(data_state)
-    logging.info("restored distillation step %d", latest)
-  start = int(jax.device_get(state.step))
-  phases = curriculum(cfg)
-  total = phases[-1][1]
-  per_process = d.batch_size // jax.process_count()
-
-  compiled: dict[int, Any] = {}
-  stats: dict[int, dict] = {}
-
-  def compiled_for(blocks: int):
-    if blocks not in compiled:
-      spec = sf.spec_from_config(cfg, blocks)
-      example = to_distill_batch(cfg, _example(run_cfg, per_process), blocks)
-      bsh = {k: mesh_lib.batch_sharding(mesh, rules, v.ndim) for k, v in example.items()}
-      abatch = {k: jax.ShapeDtypeStruct((d.batch_size,) + v.shape[1:], v.dtype, sharding=bsh[k])
-                for k, v in example.items()}
-      t0 = time.time()
-      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        fn = jax.jit(make_step(spec, tx_gen, tx_critic, d, cfg.seed),
-                     in_shardings=(shardings, shardings.critic, bsh),
-                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-        compiled[blocks] = fn.lower(with_shardings(abstract, shardings),
-                                    with_shardings(abstract.critic, shardings.critic),
-                                    abatch).compile()
-      stats[blocks] = {**compiled_stats(compiled[blocks]), "compile_s": time.time() - t0}
-      if is_main:
-        print(f"[relic] distill step for {blocks} block(s) ({spec.latent_frames} latent frames, "
-              f"{spec.backprop} back-propagation) compiled in {stats[blocks]['compile_s']:.1f}s; "
-              f"temp {stats[blocks].get('temp_bytes', 0) / 2**20:.1f} MiB", flush=True)
-    return compiled[blocks]
-
-  writer = _Writer(out, is_main)
-  bar = _progress(total, start, is_main and cfg.train.progress_bar)
-  history: list[dict] = []
-  t_start = time.time()
-  try:
-    for step in range(start, total):
-      blocks = blocks_at(phases, step)
-      fn = compiled_for(blocks)
-      batch = mesh_lib.global_batch(mesh, rules, to_distill_batch(cfg, next(iterator), blocks))
-      state, metrics = fn(state, teacher, batch)
-      m = jax.device_get(metrics)
-      if not bool(m["finite"]):
-        ckpt.wait()
-        raise NonFiniteError(
-            f"distill step {step}: a non-finite loss ({ {k: float(v) for k, v in m.items()} }). "
-            f"The update was discarded; the latest good checkpoint is step "
-            f"{ckpt.latest_step()}. Fix: lower config.distill.gen_lr / critic_lr.")
-      row = {"step": step + 1, "blocks": blocks, "critic_loss": float(m["critic_loss"]),
-             "critic_grad_norm": float(m["critic_grad_norm"])}
-      if bool(m["gen_step"]):
-        row |= {k: float(m[k]) for k in GEN_METRICS}
-      history.append(row)
-      for hook in hooks:
-        hook(step + 1, row)
-      if (step + 1) % d.log_every == 0 or bool(m["gen_step"]):
-        writer.write(step + 1, {k: v for k, v in row.items() if k != "step"})
-      if bar is not None:
-        bar.update(1)
-        bar.set_postfix(blocks=blocks, critic=f"{row['critic_loss']:.4f}",
-                        **({"dmd": f"{row['dmd_loss']:.4f}"} if "dmd_loss" in row else {}))
-      if (step + 1) % d.checkpoint_every == 0 or step + 1 == total:
-        ckpt.save(step + 1, state, iterator.get_state(), meta)
-  finally:
-    if bar is not None:
-      bar.close()
-    writer.close()
-    ckpt.close()
-
-  gen_rows = [h for h in history if "dmd_loss" in h]
-  final = {"step": int(jax.device_get(state.step)), "param_count": param_count(abstract.gen),
-           "wall_s": time.time() - t_start, "generator_from": source,
-           "backprop": d.backprop, "compiled": {str(k): v for k, v in stats.items()}}
-  if gen_rows:
-    final |= {"first_dmd_loss": gen_rows[0]["dmd_loss"], "last_dmd_loss": gen_rows[-1]["dmd_loss"],
-              "first_score_diff": gen_rows[0]["score_diff"],
-              "last_score_diff": gen_rows[-1]["score_diff"],
-              "first_teacher_fm_loss": gen_rows[0]["teacher_fm_loss"],
-              "last_teacher_fm_loss": gen_rows[-1]["teacher_fm_loss"]}
-  if history:
-    final["last_critic_loss"] = history[-1]["critic_loss"]
-  if is_main:
-    write_json_atomic(os.path.join(out, "final_metrics.json"), final)
-  return final
+    iterator = train_iterator(data_config(cfg), workdir)
+  return loop.run(stage, iterator, hooks)
 
 
-def _example(cfg, batch_size: int) -> dict:
-  return TeacherTask(cfg).example_batch(batch_size)
-
-
-def _data_iterator(cfg, workdir: str):
-  from data_pipeline.loader import CachedLatents, make_train_iterator
-  if cfg.data.source == "latents":
-    source = CachedLatents(cfg, cfg.data.latent_dir or os.path.join(workdir, "latents"))
-    return make_train_iterator(cfg, source=source)
-  return make_train_iterator(cfg)
+def load_generator(cfg, workdir: str, use_ema: bool = True):
+  """The distilled student's params (its EMA by default) from <workdir>/distill."""
+  d = cfg.distill
+  tx_gen, tx_critic = optimizers(d)
+  mesh, rules = mesh_lib.make_mesh(cfg.mesh), mesh_lib.rules(cfg.mesh)
+  abstract, shardings = state_layout(cfg, tx_gen, tx_critic, mesh, rules)
+  meta = ckpt_lib.describe_model(TeacherTask(cfg).model_config, abstract.gen)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(stage_workdir(workdir), "checkpoints"),
+                               d.keep_checkpoints, async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ckpt_lib.CheckpointError(f"{ckpt.directory} holds no checkpoint. Fix: run "
+                                   "`relic distill` with this --workdir.")
+  state, _ = ckpt.restore(step, with_shardings(abstract, shardings), meta)
+  ckpt.close()
+  return state.gen_ema if use_ema else state.gen

@@ -28,15 +28,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from tqdm import tqdm
 
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.diffusion import flow_matching as fm
 from relic_jax.inference import camera
 from relic_jax.inference.loading import load_teacher
 from relic_jax.inference import streaming as st
+from relic_jax.io_utils import write_npz_atomic
 from relic_jax.memory import kv_cache as kv_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
+from relic_jax.training.data import train_iterator
 from relic_jax.training.teacher import TeacherTask
+from relic_jax.training.trainer import train
 
 
 class ODEInitError(ValueError):
@@ -144,7 +148,6 @@ def _conditioning(cfg, batch: dict, frames: int):
 
 def write_trajectories(cfg, workdir: str, teacher, iterator, progress: bool = False) -> str:
   """Computes the missing trajectory parts -> their directory."""
-  from relic_jax.io_utils import write_npz_atomic
   validate_ode(cfg)
   out = os.path.join(stage_workdir(workdir), "trajectories")
   os.makedirs(out, exist_ok=True)
@@ -158,7 +161,6 @@ def write_trajectories(cfg, workdir: str, teacher, iterator, progress: bool = Fa
                                                                r, o.guidance))
   bar = None
   if progress:
-    from tqdm import tqdm
     bar = tqdm(total=parts, unit="part", desc="teacher ODE trajectories")
   for i in range(parts):
     batch = next(iterator)  # drawn for every part, done or not: the same clips on resume
@@ -284,7 +286,6 @@ class ODEInitTask(TeacherTask):
 
 def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progress: bool = False):
   """The stage: trajectories (resumable), then the regression (resumable) -> final metrics."""
-  from relic_jax.training.trainer import train
   validate_ode(cfg)
   cfg = with_teacher_rope(cfg)
   if teacher is None:
@@ -293,8 +294,7 @@ def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progres
   with data_cfg.unlocked():
     if data_cfg.data.source != "latents":
       data_cfg.data.latent_frames = clip_frames(cfg)
-  from relic_jax.training.distill import _data_iterator
-  traj_dir = write_trajectories(data_cfg, workdir, teacher, _data_iterator(data_cfg, workdir),
+  traj_dir = write_trajectories(data_cfg, workdir, teacher, train_iterator(data_cfg, workdir),
                                 progress)
   run_cfg = stage_config(cfg)
   it = TrajectoryIterator(traj_dir, run_cfg.train.batch_size, run_cfg.seed, jax.process_index(),
