@@ -230,3 +230,9 @@ def test_chunked_is_a_config_choice_and_the_teacher_runs_with_it(mode):
   assert task.model.cfg.attention_impl == "chunked"
   out = jax.jit(lambda p: task.model.apply({"params": p}, x, t, txt))(params)
   np.testing.assert_allclose(out, ref, **FWD_TOL)
+
+
+def test_the_kernel_table_is_the_config_choice():
+  from relic_jax.config.choices import AttentionImpl
+  from relic_jax.models.attention import KERNELS
+  assert sorted(KERNELS) == sorted(AttentionImpl.values())
