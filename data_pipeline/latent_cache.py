@@ -46,6 +46,8 @@ ALIGNMENT = ("latent frame 0 <- video frame 0; latent frame k >= 1 <- video fram
              "actions and poses per video frame")
 ARRAYS = ("latents", "actions", "poses", "camera", "text_tokens", "clip", "done")
 
+CACHE_META = "cache.json"  # what the cache was built from; its presence marks a cache
+
 
 def _spec(path: str, shape=None, chunks=None, dtype=None) -> dict:
   spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": path}}
@@ -94,7 +96,7 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
   and whether and why an old cache was rebuilt). stop_after: stop after this many batches
   (tests of interruption)."""
   desc = cache_description(cfg, data_dir, vae_fingerprint)
-  meta_path = os.path.join(cache_dir, "cache.json")
+  meta_path = os.path.join(cache_dir, CACHE_META)
   rebuilt = ""
   if os.path.exists(meta_path):
     with open(meta_path) as f:
@@ -192,7 +194,7 @@ class LatentCacheSource:
   "actions" [F, 13], "poses" [F, 12], "camera" [F, 4, 4], "text_tokens" [L], "clip" [3]}."""
 
   def __init__(self, cache_dir: str, expected: dict | None = None):
-    meta_path = os.path.join(cache_dir, "cache.json")
+    meta_path = os.path.join(cache_dir, CACHE_META)
     if not os.path.exists(meta_path):
       raise DataError(f"no latent cache at {cache_dir} (cache.json is missing). Fix: run "
                       "`relic encode` first.")

@@ -218,7 +218,8 @@ def main(argv, registry=REGISTRY):
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
     validate(cfg, num_devices=jax.device_count(), num_processes=jax.process_count())
-    run.body(cfg, FLAGS.workdir, **{f: FLAGS[f].value for f in run.flags + run.options})
+    run_cfg = stages.derived_config(run, cfg, FLAGS.workdir, f"[relic] {full}")
+    run.body(run_cfg, FLAGS.workdir, **{f: FLAGS[f].value for f in run.flags + run.options})
   except USER_ERRORS as e:
     _fail(str(e))
   except NonFiniteError as e:

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.stages import REGISTRY, Stage
-from relic_jax.stages import LATENT_SETUP, dit_config  # noqa: F401  (their home is stages.py)
+from relic_jax.config.derive import flatten_config
+from relic_jax.stages import LATENT_SETUP, changed_fields, derived_config, dit_config  # noqa: F401
 from relic_jax.workdir import Workdir
 
 
@@ -42,18 +43,6 @@ _NOT_INPUTS = ("progress_bar", "log_every", "checkpoint_every", "keep_checkpoint
 
 class PipelineError(ValueError):
   """A workdir whose finished stages do not match the config, or a bad stage list."""
-
-
-def flatten_config(cfg, prefix: str = "") -> dict:
-  """A config (or nested mapping) as {dotted field: value}."""
-  out = {}
-  for k, v in cfg.items():
-    key = f"{prefix}{k}"
-    if hasattr(v, "items"):
-      out.update(flatten_config(v, key + "."))
-    else:
-      out[key] = v
-  return out
 
 
 def stage_of_prefix(field: str, registry: Mapping[str, Stage] = REGISTRY) -> str | None:
@@ -87,12 +76,6 @@ def stage_inputs(cfg, stage: str, registry: Mapping[str, Stage] = REGISTRY) -> d
   return out
 
 
-def changed_fields(before, after) -> dict:
-  """{dotted field: new value} of the fields `after` sets differently from `before`."""
-  a, b = flatten_config(before), flatten_config(after)
-  return {k: v for k, v in b.items() if k not in a or a[k] != v}
-
-
 def stage_done(cfg, workdir: str, stage: str,
                registry: Mapping[str, Stage] = REGISTRY) -> dict | None:
   """The done-marker of `stage` in workdir, or None; PipelineError if it was made with other
@@ -119,12 +102,7 @@ def stage_done(cfg, workdir: str, stage: str,
 def _run_stage(cfg, workdir: str, stage: Stage, head: str):
   """Runs a stage's body with the config its record derives, saying what the derivation
   changed."""
-  run_cfg = stage.derive(cfg) if stage.derive is not None else cfg
-  changed = changed_fields(cfg, run_cfg)
-  if changed:
-    print(f"{head} runs with " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
-          + f" (derived by stages.{stage.derive.__name__})", flush=True)
-  stage.body(run_cfg, workdir)
+  stage.body(derived_config(stage, cfg, workdir, head), workdir)
 
 
 def run_pipeline(cfg, workdir: str, stages=None, progress: bool = True,

@@ -13,11 +13,14 @@ A body is called `body(cfg, workdir, **flags)` with the values of the record's `
 nothing the caller needs. Three records carry no body here: `pipeline` and `sweep` run on this
 registry and `import-wan` lives in the CLI, so relic_jax/cli.py binds theirs (`bind`).
 
-The config derivation (`Stage.derive`): `relic pipeline` runs the DiT stages (train_teacher,
-ode_init, distill, evaluate) of a config made for the synthetic latents (data.source=
-'synthetic', as experiments/tiny.py) on its own latent cache and the conditioning its episodes
-carry (`LATENT_SETUP`, by `dit_config`), and prints the fields it changed. A stage run alone
-(`relic train_teacher --config=X`) runs X as given: it is how the synthetic quick start trains.
+The config derivation (`Stage.derive`, applied by `derived_config` the same way whether a
+stage runs alone or inside `relic pipeline`, and printed when it changes anything): the DiT
+stages (train_teacher, ode_init, distill, evaluate, generate) of a config made for the
+synthetic latents (data.source='synthetic', as experiments/tiny.py) run, in a workdir that
+holds a latent cache (`relic encode` built it, as the pipeline does before the teacher), on
+that cache with the conditioning its episodes carry (`LATENT_SETUP`, by `dit_config`). In a
+workdir without a cache, the synthetic quick start (`relic train_teacher
+--config=experiments/tiny.py --workdir=runs/tiny`) trains on the synthetic latents as given.
 """
 
 import dataclasses
@@ -33,13 +36,16 @@ import ml_collections
 from data_pipeline import generate as datagen
 from data_pipeline import ingest as ingest_lib
 from data_pipeline import preview as preview_lib
+from data_pipeline.latent_cache import CACHE_META
 from data_pipeline.loader import CachedLatents, make_train_iterator
+from relic_jax import checkpoint as ckpt_lib
+from relic_jax.config.choices import DataSource
+from relic_jax.config.derive import flatten_config
 from relic_jax.evaluation import evaluate as evaluate_lib
 from relic_jax.evaluation import pose_estimation
 from relic_jax.inference import generate as generate_lib
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.parallel.mesh import make_mesh
-from relic_jax import checkpoint as ckpt_lib
 from relic_jax.training import distill as distill_lib
 from relic_jax.training import ode_init as ode_init_lib
 from relic_jax.training import teacher as teacher_lib
@@ -65,7 +71,7 @@ class Stage:
   dirs: tuple[str, ...] = ()                  # the Workdir places it writes
   inputs: tuple[str, ...] = ()                # config prefixes whose change reruns it and the
                                               # stages after it (the longest prefix wins)
-  derive: Callable | None = None              # cfg -> the config `relic pipeline` runs it with
+  derive: Callable | None = None              # (cfg, workdir) -> the config it runs with
   produces: str = ""                          # what it leaves, for people
   pipeline_step: int | None = None            # its place in `relic pipeline`; None: not in it
   workdir: WorkdirUse = WorkdirUse.OPTIONAL
@@ -86,18 +92,46 @@ LATENT_SETUP = {"data.source": "latents", "model.text_encoder": "bytes", "model.
 
 
 def dit_config(cfg):
-  """The config the DiT stages (teacher, ODE init, distillation, evaluation) run with in the
-  pipeline: a config made for the synthetic latents (data.source='synthetic', as
-  experiments/tiny.py for the quick demo) is switched to the pipeline's latent cache and the
-  conditioning its episodes carry (LATENT_SETUP); a config that already says
-  data.source='latents' is used as it is."""
-  if cfg.data.source != "synthetic":
+  """A config made for the synthetic latents (data.source='synthetic', as experiments/tiny.py
+  for the quick demo) switched to the latent cache and the conditioning its episodes carry
+  (LATENT_SETUP); a config that already says data.source='latents' is used as it is."""
+  if cfg.data.source != DataSource.SYNTHETIC:
     return cfg
   out = cfg.copy_and_resolve_references()
   with out.unlocked():
     for dotted, value in LATENT_SETUP.items():
       group, field = dotted.split(".")
       out[group][field] = value
+  return out
+
+
+def has_latent_cache(cfg, workdir) -> bool:
+  """Whether the run's latent cache exists (config.data.latent_dir or <workdir>/latents)."""
+  return os.path.exists(os.path.join(Workdir.of(cfg, workdir).latents, CACHE_META))
+
+
+def latent_cache_config(cfg, workdir):
+  """`Stage.derive` of the DiT stages: `dit_config(cfg)` in a workdir that holds a latent
+  cache, cfg as given elsewhere (see the module docstring)."""
+  return dit_config(cfg) if has_latent_cache(cfg, workdir) else cfg
+
+
+def changed_fields(before, after) -> dict:
+  """{dotted field: new value} of the fields `after` sets differently from `before`."""
+  a, b = flatten_config(before), flatten_config(after)
+  return {k: v for k, v in b.items() if k not in a or a[k] != v}
+
+
+def derived_config(stage: "Stage", cfg, workdir, head: str):
+  """The config `stage` runs with (its record's derivation of cfg), printing under `head`
+  the fields the derivation changed: the same for `relic <stage>` and `relic pipeline`."""
+  if stage.derive is None:
+    return cfg
+  out = stage.derive(cfg, workdir)
+  changed = changed_fields(cfg, out)
+  if changed:
+    print(f"{head} runs with " + ", ".join(f"{k}={v!r}" for k, v in changed.items())
+          + f" (derived by stages.{stage.derive.__name__})", flush=True)
   return out
 
 
@@ -281,17 +315,17 @@ _STAGES = (
           produces="the latent cache in config.data.latent_dir or <workdir>/latents",
           workdir=WorkdirUse.REQUIRED),
     Stage("train_teacher", "flow-matching training of the (bidirectional) DiT", train_teacher,
-          dirs=("teacher",), inputs=("model", "train", "mesh"), derive=dit_config,
+          dirs=("teacher",), inputs=("model", "train", "mesh"), derive=latent_cache_config,
           pipeline_step=5, workdir=WorkdirUse.REQUIRED,
           produces="<workdir>/teacher: checkpoints, TensorBoard logs, final_metrics.json"),
     # the student trains with its memory and few-step sampler: changing them retrains it
     Stage("ode_init", "the block-causal student regresses the teacher's ODE trajectories "
           "(hybrid forcing)", ode_init, dirs=("ode_init",),
-          inputs=("ode_init", "memory", "generate"), derive=dit_config, pipeline_step=6,
+          inputs=("ode_init", "memory", "generate"), derive=latent_cache_config, pipeline_step=6,
           produces="<workdir>/ode_init: trajectories and the student's checkpoints",
           workdir=WorkdirUse.REQUIRED),
     Stage("distill", "self-forcing DMD distillation of the student (critic, replayed "
-          "back-prop)", distill, dirs=("distill",), inputs=("distill",), derive=dit_config,
+          "back-prop)", distill, dirs=("distill",), inputs=("distill",), derive=latent_cache_config,
           pipeline_step=7, produces="<workdir>/distill: checkpoints, metrics.jsonl",
           workdir=WorkdirUse.REQUIRED),
     Stage("info", "print the resolved config, mesh and parameter count; trains nothing", info),
@@ -303,6 +337,7 @@ _STAGES = (
     Stage("generate", "a video from an image, a caption and scripted actions "
           "(--actions=NAME|FILE) with the streaming generator and its KV memory", generate,
           dirs=("generate",), flags=("actions",), options=("image", "text", "out"),
+          derive=latent_cache_config,
           produces="<workdir>/generate: an MP4 and its metadata", workdir=WorkdirUse.REQUIRED),
     # the pose estimator's inputs: its split, the frames' size and its motion normalisers
     Stage("pose_estimator", "train the pose estimator behind the action-following metrics on "
@@ -315,7 +350,7 @@ _STAGES = (
           "against window-only, full-history and copy-last-frame baselines", evaluate,
           dirs=("evaluate", "results"),
           inputs=("evaluate", "memory.max_frames", "memory.overflow", "generate.decoder"),
-          derive=dit_config, pipeline_step=8, workdir=WorkdirUse.REQUIRED,
+          derive=latent_cache_config, pipeline_step=8, workdir=WorkdirUse.REQUIRED,
           produces="<workdir>/results: metrics.json, metrics.md, videos, plots"),
     Stage("pipeline", "every pipeline stage in order, skipping what is done and resuming what "
           "was cut", None, dirs=("pipeline",), workdir=WorkdirUse.REQUIRED,

@@ -10,6 +10,7 @@ import pytest
 
 from relic_jax import cli, pipeline, stages
 from relic_jax.config import get_base_config
+from data_pipeline.latent_cache import CACHE_META
 from relic_jax.workdir import Workdir
 from tests.helpers import run_cli
 
@@ -69,6 +70,9 @@ def _fake_registry(calls, derive=None):
       calls.append((name, cfg.data.source))
       for d in reg[name].dirs:
         os.makedirs(Workdir.of(cfg, workdir).stage_dir(d), exist_ok=True)
+      if name == "encode":  # what marks a latent cache (the DiT stages' derivation looks)
+        with open(os.path.join(Workdir.of(cfg, workdir).latents, CACHE_META), "w") as f:
+          f.write("{}")
     return body
 
   fake = stages.Stage("check", "a fake stage between distill and evaluate", None,
@@ -88,7 +92,7 @@ def _fake_registry(calls, derive=None):
 
 def test_a_record_added_to_the_registry_is_in_the_pipeline_and_the_cli(tmp_path, capsys):
   calls = []
-  reg = _fake_registry(calls, derive=stages.dit_config)
+  reg = _fake_registry(calls, derive=stages.latent_cache_config)
   order = [s.name for s in pipeline.pipeline_stages(reg)]
   assert order == ["data", "pose_estimator", "train_vae", "encode", "train_teacher",
                    "ode_init", "distill", "check", "evaluate"]
@@ -111,7 +115,7 @@ def test_a_record_added_to_the_registry_is_in_the_pipeline_and_the_cli(tmp_path,
   assert {name for name, source in calls if source == "latents"} == derived
   out = capsys.readouterr().out
   assert out.count("runs with data.source='latents', model.action_dim=13, model.pose_dim=12, "
-                   "model.text_encoder='bytes' (derived by stages.dit_config)") == 5
+                   "model.text_encoder='bytes' (derived by stages.latent_cache_config)") == 5
   assert "[relic] pipeline 8/9 check runs with data.source='latents'" in out
   assert list(r["stages"]) == order
   marker = json.loads(open(Workdir(root=work).marker("check")).read())
@@ -125,7 +129,7 @@ def test_a_record_added_to_the_registry_is_in_the_pipeline_and_the_cli(tmp_path,
 
 def test_a_latents_config_runs_unchanged_and_prints_nothing(tmp_path, capsys):
   calls = []
-  reg = _fake_registry(calls, derive=stages.dit_config)
+  reg = _fake_registry(calls, derive=stages.latent_cache_config)
   cfg = get_base_config()
   with cfg.unlocked():
     cfg.data.source = "latents"
@@ -176,8 +180,29 @@ def test_check_registry_refuses_a_bad_record(change, message):
     stages.check_registry(reg)
 
 
-def test_the_dit_stages_derive_the_latent_setup():
+def test_the_dit_stages_derive_the_latent_setup_where_a_cache_exists(tmp_path):
   cfg = get_base_config()
-  derived = stages.REGISTRY["train_teacher"].derive(cfg)
-  assert pipeline.changed_fields(cfg, derived) == stages.LATENT_SETUP
+  work = str(tmp_path / "run")
+  for name in ("train_teacher", "ode_init", "distill", "evaluate", "generate"):
+    assert stages.REGISTRY[name].derive(cfg, work) is cfg  # no cache: the config as given
+  os.makedirs(Workdir(root=work).latents)
+  with open(os.path.join(Workdir(root=work).latents, CACHE_META), "w") as f:
+    f.write("{}")
+  for name in ("train_teacher", "ode_init", "distill", "evaluate", "generate"):
+    derived = stages.REGISTRY[name].derive(cfg, work)
+    assert stages.changed_fields(cfg, derived) == stages.LATENT_SETUP
   assert stages.REGISTRY["data"].derive is None
+
+
+def test_a_stage_run_alone_derives_its_config_as_in_the_pipeline(tmp_path, capsys):
+  calls = []
+  reg = _fake_registry(calls, derive=stages.latent_cache_config)
+  work = str(tmp_path / "run")
+  cfg = get_base_config()
+  pipeline.run_pipeline(cfg, work, stages=["data", "pose_estimator", "train_vae", "encode"],
+                        progress=False, registry=reg)
+  capsys.readouterr()
+  run_cfg = stages.derived_config(reg["train_teacher"], cfg, work, "[relic] train_teacher")
+  assert (run_cfg.data.source, run_cfg.model.action_dim) == ("latents", 13)
+  assert ("[relic] train_teacher runs with data.source='latents', model.action_dim=13"
+          in capsys.readouterr().out)

@@ -1,8 +1,21 @@
-"""Configs derived from an experiment's config: the teacher's horizon-curriculum phases and
+"""Configs derived from an experiment's config (and `flatten_config`, a config as dotted
+fields): the teacher's horizon-curriculum phases and
 the RoPE (YaRN factor) of the teacher it leaves, which every stage after it (ODE init,
 distillation, generation, evaluation) runs the DiT with."""
 
 import ml_collections
+
+
+def flatten_config(cfg, prefix: str = "") -> dict:
+  """A config (or nested mapping) as {dotted field: value}."""
+  out = {}
+  for k, v in cfg.items():
+    key = f"{prefix}{k}"
+    if hasattr(v, "items"):
+      out.update(flatten_config(v, key + "."))
+    else:
+      out[key] = v
+  return out
 
 
 def phases(cfg: ml_collections.ConfigDict) -> list[tuple[int, int]]:
