@@ -84,57 +84,9 @@ def _sweep(argv):
     _fail(str(e), code=3)
 
 
-def _import_wan(cfg, workdir):
-  """Streams a diffusers Wan 2.1 T2V transformer into an Orbax params checkpoint, converted to
-  config.model.param_dtype and laid out for config.model.scan_layers, sharded over cfg's mesh."""
-  del workdir
-  import dataclasses
-  import time
-
-  import jax
-  from relic_jax import checkpoint as ckpt_lib
-  from relic_jax.inference.loading import dit_init
-  from relic_jax.models.dit import DiTConfig
-  from relic_jax.parallel import mesh as mesh_lib
-  from relic_jax.parallel.sharding import abstract_params
-  from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
-  from relic_jax.weights.store import save_params
-
-  t0 = time.time()
-  state_dict = LazyStateDict(FLAGS.source)
-  hf = load_config(FLAGS.source)
-  model_cfg = infer_model_config(state_dict.shapes, hf)  # fails early, before any reading
-  model_cfg.param_dtype = cfg.model.param_dtype
-  model_cfg.scan_layers = cfg.model.scan_layers
-  model_cfg.action_dim, model_cfg.pose_dim = cfg.model.action_dim, cfg.model.pose_dim
-  run_cfg = cfg.copy_and_resolve_references()
-  run_cfg.model = model_cfg
-  mesh = mesh_lib.make_mesh(cfg.mesh)
-  abstract = abstract_params(dit_init(run_cfg), mesh, mesh_lib.rules(cfg.mesh))
-  flat = {tuple(k.key for k in p): a.sharding
-          for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-  model_cfg, params = import_wan_transformer(
-      state_dict, hf, param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
-      action_dim=cfg.model.action_dim, pose_dim=cfg.model.pose_dim, seed=cfg.seed,
-      put=lambda path, x: jax.device_put(x, flat[path]))
-  meta = ckpt_lib.describe_model(dataclasses.asdict(DiTConfig.from_config(run_cfg.model)),
-                                 abstract)
-  save_params(FLAGS.out, model_cfg, meta, params, extra={"source": os.path.abspath(FLAGS.source)})
-  n = sum(x.size for x in jax.tree.leaves(params))
-  print(f"[relic] imported {n:,} params ({model_cfg.num_layers} layers, dim {model_cfg.dim}, "
-        f"{model_cfg.num_heads} heads, ffn {model_cfg.ffn_dim}, {model_cfg.param_dtype}) over "
-        f"mesh {dict(mesh.shape)} in {time.time() - t0:.1f}s into {os.path.abspath(FLAGS.out)}")
-  diffs = sorted(k for k in ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim",
-                             "in_channels", "out_channels") if model_cfg[k] != cfg.model[k])
-  if diffs:
-    print("[relic] note: the checkpoint differs from --config's model in "
-          + ", ".join(f"{k} ({model_cfg[k]} vs {cfg.model[k]})" for k in diffs)
-          + "; train it with a config whose model matches (see model_config.json).")
-
-
 # The registry with the bodies stages.py leaves to the CLI: `pipeline` and `sweep` run on the
-# registry itself, `import-wan` lives here.
-REGISTRY = stages.bind(stages.REGISTRY, pipeline=_pipeline, sweep=_sweep, import_wan=_import_wan)
+# registry itself.
+REGISTRY = stages.bind(stages.REGISTRY, pipeline=_pipeline, sweep=_sweep)
 
 
 def usage(registry=REGISTRY) -> str:

@@ -10,8 +10,8 @@ the sweep (relic_jax/sweep.py: first-stage inference, linking the baseline's dir
 
 A body is called `body(cfg, workdir, **flags)` with the values of the record's `flags` and
 `options`, prints a one-line summary of what it did and where its outputs are, and returns
-nothing the caller needs. Three records carry no body here: `pipeline` and `sweep` run on this
-registry and `import-wan` lives in the CLI, so relic_jax/cli.py binds theirs (`bind`).
+nothing the caller needs. Two records carry no body here: `pipeline` and `sweep` run on this
+registry, so relic_jax/cli.py binds theirs (`bind`).
 
 The config derivation (`Stage.derive`, applied by `derived_config` the same way whether a
 stage runs alone or inside `relic pipeline`, and printed when it changes anything): the DiT
@@ -45,12 +45,17 @@ from relic_jax.evaluation import evaluate as evaluate_lib
 from relic_jax.evaluation import pose_estimation
 from relic_jax.inference import generate as generate_lib
 from relic_jax.io_utils import write_json_atomic
+from relic_jax.inference.loading import dit_init
+from relic_jax.models.dit import DiTConfig
 from relic_jax.parallel.mesh import make_mesh
+from relic_jax.parallel.mesh import rules as mesh_rules
+from relic_jax.parallel.sharding import abstract_params
 from relic_jax.training import distill as distill_lib
 from relic_jax.training import ode_init as ode_init_lib
 from relic_jax.training import teacher as teacher_lib
 from relic_jax.training import vae_train
-from relic_jax.weights import LazyStateDict, import_wan_vae as import_wan_vae_params, load_config
+from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
+from relic_jax.weights import import_wan_vae as import_wan_vae_params
 from relic_jax.weights.store import save_params
 from relic_jax.workdir import Workdir
 
@@ -267,6 +272,42 @@ def generate(cfg, workdir, actions, image=None, text=None, out=None):
         f"{r['memory']}, {r['decoder']} decoder) at {r['fps']:.1f} frames/s: {r['video']}")
 
 
+def import_wan(cfg, workdir, source, out):
+  """Streams a diffusers Wan 2.1 T2V transformer into an Orbax params checkpoint, converted to
+  config.model.param_dtype and laid out for config.model.scan_layers, sharded over cfg's mesh."""
+  del workdir
+  t0 = time.time()
+  state_dict = LazyStateDict(source)
+  hf = load_config(source)
+  model_cfg = infer_model_config(state_dict.shapes, hf)  # fails early, before any reading
+  model_cfg.param_dtype = cfg.model.param_dtype
+  model_cfg.scan_layers = cfg.model.scan_layers
+  model_cfg.action_dim, model_cfg.pose_dim = cfg.model.action_dim, cfg.model.pose_dim
+  run_cfg = cfg.copy_and_resolve_references()
+  run_cfg.model = model_cfg
+  mesh = make_mesh(cfg.mesh)
+  abstract = abstract_params(dit_init(run_cfg), mesh, mesh_rules(cfg.mesh))
+  flat = {tuple(k.key for k in p): a.sharding
+          for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  model_cfg, params = import_wan_transformer(
+      state_dict, hf, param_dtype=cfg.model.param_dtype, scan_layers=cfg.model.scan_layers,
+      action_dim=cfg.model.action_dim, pose_dim=cfg.model.pose_dim, seed=cfg.seed,
+      put=lambda path, x: jax.device_put(x, flat[path]))
+  meta = ckpt_lib.describe_model(dataclasses.asdict(DiTConfig.from_config(run_cfg.model)),
+                                 abstract)
+  save_params(out, model_cfg, meta, params, extra={"source": os.path.abspath(source)})
+  n = sum(x.size for x in jax.tree.leaves(params))
+  print(f"[relic] imported {n:,} params ({model_cfg.num_layers} layers, dim {model_cfg.dim}, "
+        f"{model_cfg.num_heads} heads, ffn {model_cfg.ffn_dim}, {model_cfg.param_dtype}) over "
+        f"mesh {dict(mesh.shape)} in {time.time() - t0:.1f}s into {os.path.abspath(out)}")
+  diffs = sorted(k for k in ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim",
+                             "in_channels", "out_channels") if model_cfg[k] != cfg.model[k])
+  if diffs:
+    print("[relic] note: the checkpoint differs from --config's model in "
+          + ", ".join(f"{k} ({model_cfg[k]} vs {cfg.model[k]})" for k in diffs)
+          + "; train it with a config whose model matches (see model_config.json).")
+
+
 def import_wan_vae(cfg, workdir, source, out):
   """A diffusers AutoencoderKLWan (Wan 2.1) directory -> params for config.vae.init_from."""
   del workdir
@@ -330,7 +371,7 @@ _STAGES = (
           workdir=WorkdirUse.REQUIRED),
     Stage("info", "print the resolved config, mesh and parameter count; trains nothing", info),
     Stage("import-wan", "convert a diffusers Wan 2.1 T2V transformer (--source) to params "
-          "(--out)", None, flags=("source", "out"), produces="an Orbax params checkpoint"),
+          "(--out)", import_wan, flags=("source", "out"), produces="an Orbax params checkpoint"),
     Stage("import-wan-vae", "convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params "
           "(--out)", import_wan_vae, flags=("source", "out"),
           produces="params for config.vae.init_from"),

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from relic_jax.config.choices import Decoder
+from relic_jax.config.choices import Decoder as DecoderKind
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
 from relic_jax.models.vae import to_uint8, to_unit
@@ -28,7 +28,7 @@ class Decoder:
 
   def __init__(self, kind: str, vae_cfg, vae_params, stats: dict | None = None,
                tiny_cfg=None, tiny_params=None):
-    if kind not in Decoder.values():
+    if kind not in DecoderKind.values():
       raise ValueError(f"decoder {kind!r}: use 'vae' or 'tiny'")
     if kind == "tiny" and tiny_params is None:
       raise ValueError("the tiny decoder needs its params (train it with `relic train_vae`, "
