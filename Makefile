@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-relic_jax
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-slow test-all venv clean
 
 TEST_STAMP := $(VENV)/.installed-relic_jax-test
 
@@ -27,11 +27,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/relic pipeline --config=experiments/tiny.py --workdir=$(WORKDIR)
 
-# The default test suite (CPU, 14-20 minutes on 2 cores).
+# The default test suite (CPU, at most 12 minutes on 2 cores; see docs/testing.md).
 test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --dist loadscope -q tests
 
-# Also the tests marked slow.
+# Only the tests marked slow (whole-pipeline and kill-and-resume subprocess runs, multi-process
+# training, long compiles); CI runs it after `make test`.
+test-slow: $(TEST_STAMP)
+	$(PY) -m pytest -n 2 --dist loadscope -q --runslow -m slow tests
+
+# Everything: the default suite and the slow tests.
 test-all: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --dist loadscope -q --runslow tests
 

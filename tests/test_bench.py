@@ -110,6 +110,7 @@ def test_streaming(tmp_path):
   assert set(s["analytic"]) >= {"wan_1_3b", "relic_14b"}
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_distill_memory(tmp_path):
   s = _bench("distill_memory", "--config=experiments/tiny.py", "--blocks=1,3", "--repeats=1",
              out=str(tmp_path / "distill_memory.json"))

@@ -53,6 +53,7 @@ def teacher_run(tmp_path_factory):
   return work, cfg, loading.load_teacher(cfg, work)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_distill_lowers_the_teacher_fit_proxy(teacher_run, tmp_path):
   """The proxy (`self_forcing.teacher_fit`): the frozen teacher's denoising loss on the
   student's rollouts, at fixed noise. A student started off the teacher's distribution (the
@@ -85,6 +86,7 @@ def _run(work, config_file, *extra):
                         capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_distill_resumes_exactly_after_a_kill(teacher_run, tmp_path):
   work, cfg, _ = teacher_run
   config_file = tmp_path / "cfg.py"

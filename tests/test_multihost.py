@@ -11,6 +11,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from data_pipeline.loader import make_train_iterator
 from relic_jax.inference.loading import load_dit_params
@@ -64,6 +65,7 @@ def test_process_slices_assemble_the_single_process_batch():
       np.testing.assert_array_equal(np.concatenate([p[k] for p in pieces]), whole[k])
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_two_processes_train_like_one(tmp_path):
   single = subprocess.run(_cmd(tmp_path / "single"), cwd=REPO, env=_env(4), capture_output=True,
                           text=True, timeout=600)

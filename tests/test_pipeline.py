@@ -53,6 +53,7 @@ def _env():
   return {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "PYTHONPATH": ROOT}
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_pipeline_resumes_after_a_kill_and_skips_what_is_done(tmp_path):
   config, work = _config(tmp_path), str(tmp_path / "run")
   # 1. killed (SIGKILL) inside train_teacher, once it has written a checkpoint

@@ -164,6 +164,7 @@ def _sharded_step(cfg, gen, teacher, critic, batch, devices, mesh_shape):
   return new, metrics
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_sharded_distill_step_equals_single_device(models):
   """fsdp x tensor over 4 faked devices vs one device: the same generator and critic updates
   (the DMD step with its rollout, scores and replayed gradient, then the critic's)."""

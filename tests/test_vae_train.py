@@ -47,6 +47,7 @@ def _params(cfg, work):
   return loading.load_vae(cfg, work)[1]
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_training_lowers_the_error_and_resume_equals_uninterrupted(workdir, tmp_path):
   cfg = micro_config(steps=30)
   final = vae_train.train_vae(cfg, workdir)
