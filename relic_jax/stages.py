@@ -57,7 +57,7 @@ from relic_jax.training import vae_train
 from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
 from relic_jax.weights import import_wan_vae as import_wan_vae_params
 from relic_jax.weights.store import save_params
-from relic_jax.workdir import Workdir
+from relic_jax.workdir import PLACES, Workdir
 
 
 class WorkdirUse(str, enum.Enum):
@@ -412,7 +412,7 @@ def check_registry(registry: Mapping[str, Stage]) -> None:
     if s.name != name:
       raise ValueError(f"registry key {name!r} holds the record of {s.name!r}. Fix: key each "
                        "record by its name.")
-    bad = [d for d in s.dirs if not isinstance(getattr(Workdir, d, None), property)]
+    bad = [d for d in s.dirs if d not in PLACES]
     if bad:
       raise ValueError(f"stage {name!r}: dirs {bad} are not places of relic_jax.workdir."
                        "Workdir. Fix: add them there or name existing ones.")

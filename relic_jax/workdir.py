@@ -47,12 +47,11 @@ class Workdir:
     return os.path.join(self.root, name)
 
   def stage_dir(self, name: str) -> str:
-    """<root>/<name>, or the dataset / latent cache directory for 'data' / 'latents'."""
-    if name == "data":
-      return self.data
-    if name == "latents":
-      return self.latents
-    return self._under(name)
+    """The directory of the place `name` (one of PLACES)."""
+    if name not in PLACES:
+      raise ValueError(f"{name!r} is not a place of a workdir; the places: "
+                       f"{', '.join(PLACES)}.")
+    return getattr(self, name)
 
   @property
   def data(self) -> str:
@@ -63,51 +62,22 @@ class Workdir:
     return self.latent_dir or self._under("latents")
 
   @property
-  def pose_estimator(self) -> str:
-    return self._under("pose_estimator")
-
-  @property
-  def vae(self) -> str:
-    return self._under("vae")
-
-  @property
-  def vae_tiny(self) -> str:
-    return self._under("vae_tiny")
-
-  @property
-  def teacher(self) -> str:
-    return self._under("teacher")
-
-  @property
   def latent_stats(self) -> str:
     """The latent cache's statistics the teacher trained with (and generation de-normalises
     by), copied beside the teacher."""
     return os.path.join(self.teacher, LATENT_STATS)
 
-  @property
-  def ode_init(self) -> str:
-    return self._under("ode_init")
-
-  @property
-  def distill(self) -> str:
-    return self._under("distill")
-
-  @property
-  def evaluate(self) -> str:
-    return self._under("evaluate")
-
-  @property
-  def results(self) -> str:
-    return self._under("results")
-
-  @property
-  def generate(self) -> str:
-    return self._under("generate")
-
-  @property
-  def pipeline(self) -> str:
-    return self._under("pipeline")
-
   def marker(self, stage: str) -> str:
     """The pipeline's done-marker of `stage`."""
     return os.path.join(self.pipeline, f"{stage}.json")
+
+
+# The places of a run (the module docstring says what each holds); every one but data and
+# latents (above) is <root>/<its name>.
+PLACES = ("data", "pose_estimator", "vae", "vae_tiny", "latents", "teacher", "ode_init",
+          "distill", "evaluate", "results", "generate", "pipeline")
+for _name in PLACES:
+  if not hasattr(Workdir, _name):
+    setattr(Workdir, _name, property(lambda self, name=_name: self._under(name),
+                                     doc=f"<root>/{_name}"))
+del _name

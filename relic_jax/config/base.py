@@ -10,6 +10,9 @@ One `ml_collections.ConfigDict` with these groups:
 Experiments override fields; `relic_jax.config.validate` checks the result.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 # Mesh axes, outermost first. `data` is pure data parallelism, `fsdp` shards params and batch,
@@ -308,3 +311,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   dist.num_processes = 0           # 0: let JAX detect (TPU pods, SLURM)
   dist.process_id = -1
   return c
+
+
+def parent_config(experiment_file: str, parent: str) -> ml_collections.ConfigDict:
+  """The config of the experiment `parent` (a file name without .py) in the directory of
+  `experiment_file`: how an experiment starts from its parent and changes what differs, as
+  big_vision's configs do. Loaded by path, so it works however the child was loaded (relic's
+  --config, a sweep, a test)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(experiment_file)), f"{parent}.py")
+  spec = importlib.util.spec_from_file_location(f"relic_experiment_{parent}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
