@@ -3,25 +3,32 @@
 them (below, and in `relic --help`).
 """
 
+import dataclasses
 import difflib
 import importlib.util
 import os
 import sys
 import textwrap
+import time
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data_pipeline.episode import DataError
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax import pipeline, stages
 from relic_jax.checkpoint import CheckpointError
 from relic_jax.config import ConfigError, validate
 from relic_jax.evaluation.pose_estimation import PoseEstimatorError
+from relic_jax.inference.loading import dit_init
 from relic_jax.inference.scripts import ScriptError
 from relic_jax.inference.streaming import ActionError
 from relic_jax.memory.kv_cache import CacheCapacityError
+from relic_jax.models.dit import DiTConfig
+from relic_jax.parallel import mesh as mesh_lib
 from relic_jax.parallel.mesh import maybe_initialize_distributed
+from relic_jax.parallel.sharding import abstract_params
 from relic_jax.pipeline import PipelineError
 from relic_jax.stages import WorkdirUse
 from relic_jax.sweep import SweepError, main_cli
@@ -29,7 +36,9 @@ from relic_jax.training.distill import DistillError
 from relic_jax.training.ode_init import ODEInitError
 from relic_jax.training.teacher import CurriculumError
 from relic_jax.training.trainer import NonFiniteError
-from relic_jax.weights import SafetensorsError, WanImportError
+from relic_jax.weights import (LazyStateDict, SafetensorsError, WanImportError,
+                               import_wan_transformer, infer_model_config, load_config)
+from relic_jax.weights.store import save_params
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
@@ -88,18 +97,6 @@ def _import_wan(cfg, workdir):
   """Streams a diffusers Wan 2.1 T2V transformer into an Orbax params checkpoint, converted to
   config.model.param_dtype and laid out for config.model.scan_layers, sharded over cfg's mesh."""
   del workdir
-  import dataclasses
-  import time
-
-  import jax
-  from relic_jax import checkpoint as ckpt_lib
-  from relic_jax.inference.loading import dit_init
-  from relic_jax.models.dit import DiTConfig
-  from relic_jax.parallel import mesh as mesh_lib
-  from relic_jax.parallel.sharding import abstract_params
-  from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
-  from relic_jax.weights.store import save_params
-
   t0 = time.time()
   state_dict = LazyStateDict(FLAGS.source)
   hf = load_config(FLAGS.source)
