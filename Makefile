@@ -15,7 +15,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-# The test extras add torch (CPU) and diffusers, for the Wan parity tests.
+# The test extras add torch (CPU) and diffusers, for the Wan parity tests, and ruff.
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(TEST_STAMP)
@@ -27,12 +27,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/relic pipeline --config=experiments/tiny.py --workdir=$(WORKDIR)
 
-# The default test suite (CPU, 14-20 minutes on 2 cores).
+# The linter (ruff.toml), then the default test suite (CPU, 14-20 minutes on 2 cores).
 test: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadscope -q tests
 
-# Also the tests marked slow.
+# The linter, then the tests including those marked slow.
 test-all: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadscope -q --runslow tests
 
 clean:
