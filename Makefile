@@ -15,7 +15,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-# The test extras add torch (CPU) and diffusers, for the Wan parity tests.
+# The test extras add torch (CPU) and diffusers, for the Wan parity tests, and ruff.
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(TEST_STAMP)
@@ -27,8 +27,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/relic pipeline --config=experiments/tiny.py --workdir=$(WORKDIR)
 
-# The default test suite (CPU, at most 12 minutes on 2 cores; see docs/testing.md).
+# The linter (ruff.toml), then the default test suite (CPU, at most 12 minutes on 2 cores;
+# see docs/testing.md).
 test: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadscope -q tests
 
 # Only the tests marked slow (whole-pipeline and kill-and-resume subprocess runs, multi-process
@@ -36,8 +38,9 @@ test: $(TEST_STAMP)
 test-slow: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 --dist loadscope -q --runslow -m slow tests
 
-# Everything: the default suite and the slow tests.
+# Everything: the linter, the default suite and the slow tests.
 test-all: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadscope -q --runslow tests
 
 clean:

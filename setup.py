@@ -33,9 +33,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        # torch (CPU) and diffusers: only to check parity with the reference Wan implementation.
+        # torch (CPU) and diffusers: only to check parity with the reference Wan implementation;
+        # ruff: the linter `make test` runs first (rules in ruff.toml; PLC0415 is stable from 0.12).
         "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "diffusers>=0.35",
-                 "safetensors>=0.4"],
+                 "safetensors>=0.4", "ruff>=0.12"],
     },
     entry_points={"console_scripts": ["relic=relic_jax.cli:run"]},
 )

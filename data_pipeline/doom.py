@@ -84,7 +84,8 @@ class GenConfig:
 
 
 def _resolution(text: str):
-  import vizdoom as vzd
+  # vizdoom: a heavy optional dependency (the engine binding), only when episodes are rendered
+  import vizdoom as vzd  # noqa: PLC0415
   name = "RES_" + text.upper()
   if not hasattr(vzd.ScreenResolution, name):
     options = sorted(n[4:].lower() for n in dir(vzd.ScreenResolution) if n.startswith("RES_"))
@@ -96,7 +97,7 @@ def _resolution(text: str):
 def make_game(map_path: str, seed: int, render_resolution: str = "256x192",
               sectors: bool = False):
   """A headless ViZDoom game on `map_path` ("freedoom2/MAP01") with a free camera."""
-  import vizdoom as vzd
+  import vizdoom as vzd  # noqa: PLC0415  (heavy optional dependency, as above)
   wad, level = map_path.split("/")
   game = vzd.DoomGame()
   game.set_doom_game_path(os.path.join(os.path.dirname(vzd.__file__), f"{wad}.wad"))

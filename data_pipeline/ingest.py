@@ -44,7 +44,9 @@ import json
 import os
 import warnings
 
+import av
 import numpy as np
+from PIL import Image
 
 from data_pipeline import poses as poses_lib
 from data_pipeline import shards as shards_lib
@@ -165,7 +167,6 @@ def _find_frames(path: str) -> tuple[str, str | list[str]]:
 
 
 def _open_video(file: str):
-  import av
   try:
     container = av.open(file)
   except Exception as e:  # av raises many FFmpeg error types
@@ -208,7 +209,6 @@ def _decode_video(file: str, height: int, width: int) -> np.ndarray:
 
 
 def _read_images(files: list[str], height: int, width: int) -> np.ndarray:
-  from PIL import Image
   frames = []
   for file in files:
     try:
@@ -427,7 +427,6 @@ def ingest(source: str, out_dir: str, height: int, width: int, codec: str = "jpe
 
 
 def _write_video(file: str, frames: np.ndarray, fps: float) -> None:
-  import av
   if frames.shape[1] % 2 or frames.shape[2] % 2:
     raise DataError(f"{file}: frames of {frames.shape[1]}x{frames.shape[2]} cannot be stored "
                     "as a yuv420p video. Fix: use even sizes, or as_video=False.")
@@ -475,7 +474,6 @@ def export_episode(path: str, frames, poses_ours, fps: float, caption: str,
   if as_video:
     _write_video(os.path.join(path, "frames.mp4"), frames, fps)
   else:
-    from PIL import Image
     os.makedirs(os.path.join(path, FRAMES))
     for i, frame in enumerate(frames):
       Image.fromarray(frame).save(os.path.join(path, FRAMES, f"{i:06d}.png"))

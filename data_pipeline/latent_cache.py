@@ -34,6 +34,7 @@ import time
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from data_pipeline import clips as clips_lib
 from data_pipeline import shards as shards_lib
@@ -59,7 +60,8 @@ def _spec(path: str, shape=None, chunks=None, dtype=None) -> dict:
 
 
 def _open(path: str, **kw):
-  import tensorstore as ts
+  # tensorstore: a heavy optional dependency (slow to import), only when a cache is opened
+  import tensorstore as ts  # noqa: PLC0415
   return ts.open(_spec(path, **kw)).result()
 
 
@@ -133,7 +135,6 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
   t0 = time.perf_counter()
   bar = None
   if progress:
-    from tqdm import tqdm
     bar = tqdm(total=n, initial=n - len(todo), unit="clips", dynamic_ncols=True)
   batches = 0
   for s in range(0, len(todo), batch_size):

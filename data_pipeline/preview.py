@@ -14,9 +14,11 @@ import io
 import os
 import textwrap
 
+import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from data_pipeline import doom
 from data_pipeline import poses as poses_lib
 from data_pipeline import shards
 from data_pipeline.episode import DataError
@@ -110,7 +112,6 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
 
 
 def _codec() -> str:
-  import av
   for name in ("libx264", "mpeg4"):
     try:
       av.codec.Codec(name, "w")
@@ -130,7 +131,6 @@ def write_video(path: str, frames, fps: float, captions_per_frame=None, scale: i
   (N strings, "\\n" for line breaks) are drawn in a strip under each frame; where `highlight`
   (N bools) is true the strip is red. Written atomically; returns `path`.
   """
-  import av
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
     raise DataError(f"write_video: frames are {frames.dtype} {list(frames.shape)}. Fix: pass "
@@ -197,10 +197,11 @@ def plot_trajectory(path: str, poses, revisits, walls=None, title: str = "") -> 
   """A top-down PNG of the camera path: x, y in metres coloured by frame, start and end,
   heading arrows every ~N/40 frames, revisit frames (red) linked to the frames they revisit,
   and the map's walls [L, 4] (x1, y1, x2, y2) in grey if given. Atomic write; returns `path`."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.collections import LineCollection
-  from matplotlib.figure import Figure
-  from matplotlib.lines import Line2D
+  # matplotlib: a heavy optional dependency (slow to import), only when a plot is drawn
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+  from matplotlib.collections import LineCollection  # noqa: PLC0415
+  from matplotlib.figure import Figure  # noqa: PLC0415
+  from matplotlib.lines import Line2D  # noqa: PLC0415
 
   poses = np.asarray(poses, np.float64)
   revisits = np.asarray(revisits)
@@ -320,7 +321,6 @@ def preview(data_dir: str, out_dir: str, episode: str | None = None,
   revisits = find_revisits(poses)
   walls = None
   if with_map and ep.source.startswith("vizdoom:"):
-    from data_pipeline import doom
     walls = doom.map_geometry(ep.map or ep.source[len("vizdoom:"):])
   stem = ep.name.replace(os.sep, "-")
   os.makedirs(out_dir, exist_ok=True)

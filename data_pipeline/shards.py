@@ -28,6 +28,7 @@ import struct
 import zlib
 
 import numpy as np
+from array_record.python import array_record_module
 from PIL import Image
 
 from data_pipeline.episode import DataError, Episode
@@ -97,12 +98,10 @@ def _sha256(path: str) -> str:
 
 
 def _writer(path):
-  from array_record.python import array_record_module
   return array_record_module.ArrayRecordWriter(path, "group_size:1")
 
 
 def _reader(path):
-  from array_record.python import array_record_module
   return array_record_module.ArrayRecordReader(path)
 
 

@@ -17,8 +17,11 @@ import os
 import time
 from typing import Any, Callable, Sequence
 
+from tqdm import tqdm
+
 from data_pipeline import shards as shards_lib
 from data_pipeline.episode import DataError, Episode
+from relic_jax.io_utils import write_json_atomic
 
 STATE = "dataset_config.json"
 
@@ -40,7 +43,6 @@ def _first_difference(a, b, prefix=""):
 
 def _claim(directory: str, config: dict) -> str:
   """Records the config in the directory, or checks it against the one recorded there."""
-  from relic_jax.io_utils import write_json_atomic
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, STATE)
   digest = config_hash(config)
@@ -119,5 +121,4 @@ def write_dataset(directory: str, config: dict, jobs: Sequence[Any],
 def _progress(total, initial, enabled, unit):
   if not enabled:
     return None
-  from tqdm import tqdm
   return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True)

@@ -1,9 +1,12 @@
 """Atomic file writes (no JAX): a reader sees the old file or the complete new one, never a
 partial one, and a killed writer leaves only a `*.tmp-<pid>` file behind."""
 
+import io
 import json
 import os
 from typing import Any
+
+import numpy as np
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -23,9 +26,6 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 def write_npz_atomic(path: str, **arrays) -> None:
   """Writes numpy arrays as an .npz atomically (see `write_bytes_atomic`)."""
-  import io
-
-  import numpy as np
   buf = io.BytesIO()
   np.savez(buf, **arrays)
   write_bytes_atomic(path, buf.getvalue())

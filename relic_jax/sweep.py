@@ -526,8 +526,8 @@ def _csv(rows) -> str:
 def _plot(sweep: Sweep, rows, key: str, title: str, higher: bool) -> bytes | None:
   """A bar per run (the baseline grey, with a dashed line at its value); for revisit PSNR also
   the window-only baseline's. None if no run has a finite value."""
-  # matplotlib: a heavy optional dependency, imported when a plot is drawn
-  from matplotlib.figure import Figure
+  # matplotlib: a heavy optional dependency (slow to import), imported when a plot is drawn
+  from matplotlib.figure import Figure  # noqa: PLC0415
   vals = [_number(r["metrics"].get(key)) for r in rows]
   vals = [v if v is not None and math.isfinite(v) else None for v in vals]
   if all(v is None for v in vals):
@@ -550,7 +550,7 @@ def _plot(sweep: Sweep, rows, key: str, title: str, higher: bool) -> bytes | Non
     ax.annotate("n/a" if v is None else f"{v:.3g}", (b.get_x() + b.get_width() / 2,
                 b.get_height()), ha="center", va="bottom", fontsize=7)
   if refs:
-    from matplotlib.patches import Patch  # matplotlib, as above
+    from matplotlib.patches import Patch  # noqa: PLC0415  (matplotlib, as above)
     ax.bar([x + width / 2 for x in xs], [v or 0.0 for v in refs], width, color="C1")
     ax.legend(handles=[Patch(color="C0", label="relic (baseline grey)"),
                        Patch(color="C1", label="window-only, same run")], fontsize=7)

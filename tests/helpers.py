@@ -6,7 +6,6 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from relic_jax.config import get_base_config
 from relic_jax.models.dit import DiTConfig, WanDiT

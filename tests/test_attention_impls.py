@@ -83,8 +83,9 @@ def test_splash_cross_attention_and_offset_blocks():
   tokens = 24
   layout = BlockCausal(2 * tokens, q_offset=4 * tokens)
   q, k, v = _qkv(1, 2 * tokens, 6 * tokens, 2, 16, seed=1)
-  np.testing.assert_allclose(*(attn_lib.dot_product_attention(q, k, v, impl=impl, block_causal=layout)
-                               for impl in ("splash", "xla")), **FWD_TOL)
+  np.testing.assert_allclose(
+      *(attn_lib.dot_product_attention(q, k, v, impl=impl, block_causal=layout)
+        for impl in ("splash", "xla")), **FWD_TOL)
 
 
 def test_mask_is_lazy_and_right():

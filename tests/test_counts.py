@@ -68,7 +68,8 @@ def _xla_forward_flops(cfg, frames, h, w, text_len):
   t = jnp.zeros((1, frames))
   txt = jnp.zeros((1, text_len, cfg.text_dim))
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, txt))["params"]
-  cost = jax.jit(lambda p: model.apply({"params": p}, x, t, txt)).lower(params).compile().cost_analysis()
+  compiled = jax.jit(lambda p: model.apply({"params": p}, x, t, txt)).lower(params).compile()
+  cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return cost["flops"]
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config import get_base_config
 from relic_jax.parallel import mesh as mesh_lib
-from relic_jax import checkpoint as ckpt_lib
 from relic_jax.training import loop
 
 STEPS = 6

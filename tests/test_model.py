@@ -161,7 +161,8 @@ def test_rope_rotates_pairs_and_preserves_norm():
   def dot_at(tq, tk):
     a = rope_lib.rope_angles(12, (1, 1, 1), 10000.0, t_offset=tq)
     b = rope_lib.rope_angles(12, (1, 1, 1), 10000.0, t_offset=tk)
-    return jnp.vdot(rope_lib.apply_rope(q[None, None, None], a), rope_lib.apply_rope(k[None, None, None], b))
+    return jnp.vdot(rope_lib.apply_rope(q[None, None, None], a),
+                    rope_lib.apply_rope(k[None, None, None], b))
   np.testing.assert_allclose(dot_at(5.0, 2.0), dot_at(13.0, 10.0), rtol=1e-4)
 
 

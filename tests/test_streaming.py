@@ -133,8 +133,8 @@ def test_pooling_schedule_fills_memory_as_documented():
   np.testing.assert_allclose(mk[:16], written[0][0, 0], atol=1e-6)
   np.testing.assert_allclose(mk[16], written[1][0, 0].mean(0), atol=1e-6)
   grid = written[2][0, 0].reshape(4, 4, 2, 32)
-  np.testing.assert_allclose(mk[17:21], grid.reshape(2, 2, 2, 2, 2, 32).mean((1, 3)).reshape(4, 2, 32),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      mk[17:21], grid.reshape(2, 2, 2, 2, 2, 32).mean((1, 3)).reshape(4, 2, 32), atol=1e-6)
   np.testing.assert_allclose(np.asarray(cache.mem_v[0, 0, :24]), 2 * mk[:24], atol=1e-5)
   pos = np.asarray(cache.mem_pos[:24])
   assert pos[16].tolist() == [1.0, 1.5, 1.5]  # the centre of the 4 x 4 frame 1

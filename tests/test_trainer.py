@@ -241,10 +241,11 @@ def test_params_only_loading_reads_only_the_params_and_equals_the_full_restore(r
 
   other = cfg.copy_and_resolve_references()
   other.model.dim, other.model.num_heads = 32, 2
-  with pytest.raises(ckpt_lib.CheckpointError,
-                     match=r"was written by a different model \(param .* in the checkpoint but "
-                           r".* in this model\)\. Config differences: model\.dim: checkpoint 64, "
-                           r"config 32\. Fix: use the config that wrote it, or a fresh --workdir\."):
+  with pytest.raises(
+      ckpt_lib.CheckpointError,
+      match=r"was written by a different model \(param .* in the checkpoint but "
+            r".* in this model\)\. Config differences: model\.dim: checkpoint 64, "
+            r"config 32\. Fix: use the config that wrote it, or a fresh --workdir\."):
     load_dit_params(other, str(ref_dir))
   with pytest.raises(ckpt_lib.CheckpointError, match=r"holds no checkpoint\. Fix: train first"):
     load_dit_params(cfg, str(ref_dir / "nothing"))

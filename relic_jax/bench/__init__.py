@@ -1,1 +1,2 @@
-"""Performance benchmarks; each module prints one JSON object on its last line and writes it to --out."""
+"""Performance benchmarks; each module prints one JSON object on its last line and writes it
+to --out."""

@@ -20,7 +20,10 @@ import time
 
 from absl import app, flags
 
+from data_pipeline import loader
+from data_pipeline.generate import generate
 from relic_jax.bench.common import FLAGS, define_flags, emit
+from relic_jax.bench.train_step import bench_train_step
 
 define_flags("experiments/tiny.py")
 flags.DEFINE_integer("episodes", 8, "Episodes to generate for the benchmark.")
@@ -31,8 +34,6 @@ flags.DEFINE_string("workdir", None, "Where to write the data (default: a tempor
 
 def bench_data(cfg, episodes: int, loader_batches: int, trainer_steps: int,
                workdir: str | None = None) -> dict:
-  from data_pipeline import loader
-  from data_pipeline.generate import generate
   cfg = cfg.copy_and_resolve_references()
   cfg.data.gen.num_episodes = episodes
   cfg.data.gen.episodes_per_shard = 1
@@ -62,7 +63,6 @@ def bench_data(cfg, episodes: int, loader_batches: int, trainer_steps: int,
       "loader_over_trainer": None,
   }
   if trainer_steps > 0:
-    from relic_jax.bench.train_step import bench_train_step
     step = bench_train_step(cfg, trainer_steps, 1)
     result["trainer_clips_per_s"] = cfg.train.batch_size / step["step_time_s"]
     result["trainer_device"] = step["device_kind"]

@@ -26,6 +26,9 @@ import numpy as np
 from absl import app, flags
 
 from relic_jax.bench.common import FLAGS, define_flags, emit
+from relic_jax.training import self_forcing as sf
+from relic_jax.training.teacher import TeacherTask
+from relic_jax.training.trainer import compiled_stats
 
 define_flags("experiments/small.py")
 flags.DEFINE_list("blocks", ["2", "4", "8", "16"], "Rollout lengths (blocks).")
@@ -39,8 +42,6 @@ flags.DEFINE_integer("repeats", 2, "Timed steps per measurement (after one warm-
 
 
 def measure(cfg, params, mode: str, blocks: int, batch: int, repeats: int) -> dict:
-  from relic_jax.training import self_forcing as sf
-  from relic_jax.training.trainer import compiled_stats
   spec = sf.spec_from_config(cfg, blocks, backprop=mode)
   c, d = spec.stream.dit, cfg.data
   k = jax.random.split(jax.random.key(1), 3)
@@ -70,7 +71,6 @@ def measure(cfg, params, mode: str, blocks: int, batch: int, repeats: int) -> di
 
 def main(argv):
   del argv
-  from relic_jax.training.teacher import TeacherTask
   cfg = FLAGS.config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.model.attention_impl = FLAGS.attention
@@ -86,8 +86,9 @@ def main(argv):
       r = measure(cfg, params, mode, n, FLAGS.batch, FLAGS.repeats)
       result[mode][str(n)] = r
       print(f"[bench] {mode} {n} blocks: temp {r.get('temp_bytes', 0) / 2**20:.1f} MiB, peak "
-            f"{r.get('peak_bytes', 0) / 2**20:.1f} MiB, step {r.get('step_time_s', float('nan')):.2f}"
-            f" s (compile {r['compile_s']:.1f} s)", flush=True)
+            f"{r.get('peak_bytes', 0) / 2**20:.1f} MiB, "
+            f"step {r.get('step_time_s', float('nan')):.2f} s (compile {r['compile_s']:.1f} s)",
+            flush=True)
   result["growth"] = {
       m: result[m][str(blocks[-1])].get("temp_bytes", 0) / max(
           result[m][str(blocks[0])].get("temp_bytes", 0), 1) for m in FLAGS.modes}

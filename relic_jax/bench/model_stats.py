@@ -8,13 +8,13 @@ from absl import app
 
 from relic_jax.bench.common import FLAGS, define_flags, emit
 from relic_jax.config import validate
+from relic_jax.models import flops
+from relic_jax.models.dit import RELIC_ADDITIONS
+from relic_jax.training.teacher import TeacherTask
 
 define_flags("experiments/tiny.py")
 
 def model_stats(cfg) -> dict:
-  from relic_jax.models import flops
-  from relic_jax.models.dit import RELIC_ADDITIONS
-  from relic_jax.training.teacher import TeacherTask
   validate(cfg)
   task = TeacherTask(cfg)
   shapes = jax.eval_shape(task.init_params, jax.random.key(0))
@@ -30,7 +30,8 @@ def model_stats(cfg) -> dict:
       "backbone_param_count": total - additions,
       "flops_per_token_fwd": flops.flops_per_token_fwd(task.dit, d.latent_frames, d.latent_height,
                                                        d.latent_width, d.text_len),
-      "tokens_per_clip": flops.tokens(task.dit, d.latent_frames, d.latent_height, d.latent_width)[2],
+      "tokens_per_clip": flops.tokens(task.dit, d.latent_frames, d.latent_height,
+                                      d.latent_width)[2],
       "layers": task.dit.num_layers,
       "dim": task.dit.dim,
       "ffn_dim": task.dit.ffn_dim,

@@ -22,14 +22,20 @@ latents, 30x52 tokens per frame, 512 text tokens) for each mode and horizon, and
 ratio between 80 and 21 latent frames.
 """
 
+import importlib
 import time
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from relic_jax.bench.common import FLAGS, define_flags, emit
+from relic_jax.inference import streaming as st
+from relic_jax.inference.session import Session
+from relic_jax.memory import kv_cache as kv_lib
+from relic_jax.models import flops as flops_lib
+from relic_jax.training.teacher import TeacherTask
 
 define_flags("experiments/small.py")
 flags.DEFINE_list("horizons", ["21", "80", "240"], "Latent-frame horizons.")
@@ -41,7 +47,6 @@ MODES = ("relic", "full", "window")
 
 def _fill(session, state, frames: int, rng):
   """Writes random K/V for latent frames 1 .. frames-1 (frame 0 is the session's start)."""
-  from relic_jax.memory import kv_cache as kv_lib
   spec = session.spec.cache
   cache = state.stream.cache
   b = cache.win_k.shape[1]
@@ -55,9 +60,6 @@ def _fill(session, state, frames: int, rng):
 
 
 def measure(cfg, params, mode: str, horizon: int, blocks: int) -> dict:
-  from relic_jax.inference.session import Session
-  from relic_jax.memory import kv_cache as kv_lib
-  from relic_jax.models import flops as flops_lib
   bf = cfg.model.block_frames
   session = Session(cfg, params, mode=mode, max_frames=horizon)
   spec = session.spec
@@ -93,11 +95,6 @@ def measure(cfg, params, mode: str, horizon: int, blocks: int) -> dict:
 
 def analytic(horizons) -> dict:
   """FLOPs per block of the big shapes at 480x832, from the cache arithmetic alone."""
-  import importlib
-
-  from relic_jax.inference import streaming as st
-  from relic_jax.memory import kv_cache as kv_lib
-  from relic_jax.models import flops as flops_lib
   out = {}
   for name in ("wan_1_3b", "relic_14b"):
     cfg = importlib.import_module(f"experiments.{name}").get_config()
@@ -124,12 +121,10 @@ def analytic(horizons) -> dict:
 
 def main(argv):
   del argv
-  from relic_jax.training.teacher import TeacherTask
   cfg = FLAGS.config.copy_and_resolve_references()
   cfg.model.attention_mode = "block_causal"
   horizons = [int(h) for h in FLAGS.horizons]
   params = TeacherTask(cfg).init_params(jax.random.key(0))
-  import flax.linen as nn
   params = nn.meta.unbox(params)
   result = {"config": cfg.name, "device": jax.devices()[0].device_kind,
             "latent_hw": [cfg.data.latent_height, cfg.data.latent_width],

@@ -14,7 +14,13 @@ import numpy as np
 from absl import app, flags
 
 from relic_jax.bench.common import FLAGS, define_flags, emit
-
+from relic_jax.config import validate
+from relic_jax.parallel import chips
+from relic_jax.parallel import mesh as mesh_lib
+from relic_jax.training.optimizer import make_optimizer
+from relic_jax.training.state import create_sharded_state, param_count
+from relic_jax.training.teacher import TeacherTask
+from relic_jax.training.trainer import compile_train_step, compiled_stats
 
 
 def _define_flags():  # only when run as a program: other benchmarks import bench_train_step
@@ -26,13 +32,6 @@ def _define_flags():  # only when run as a program: other benchmarks import benc
 def bench_train_step(cfg, steps: int, warmup: int) -> dict:
   if steps < 1 or warmup < 0:
     raise app.UsageError(f"--steps={steps} --warmup={warmup}: need steps >= 1 and warmup >= 0.")
-  from relic_jax.config import validate
-  from relic_jax.parallel import chips
-  from relic_jax.parallel import mesh as mesh_lib
-  from relic_jax.training.optimizer import make_optimizer
-  from relic_jax.training.state import create_sharded_state, param_count
-  from relic_jax.training.teacher import TeacherTask
-  from relic_jax.training.trainer import compile_train_step, compiled_stats
 
   validate(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh)

@@ -5,4 +5,4 @@ from relic_jax.config.base import DEFAULT_RULES, MESH_AXES, get_base_config, par
 from relic_jax.config.validation import ConfigError, head_dim_split, validate
 
 __all__ = ["DEFAULT_RULES", "MESH_AXES", "ConfigError", "get_base_config", "head_dim_split",
-           "validate"]
+           "parent_config", "validate"]

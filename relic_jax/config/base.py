@@ -1,7 +1,8 @@
 """The shared base configuration every experiment in `experiments/` starts from.
 
 One `ml_collections.ConfigDict` with these groups:
-  model   the video DiT (Wan 2.1 architecture) and how it is computed (dtype, scan, remat, attention)
+  model   the video DiT (Wan 2.1 architecture) and how it is computed (dtype, scan, remat,
+          attention)
   mesh    device-mesh shape and the logical-axis rules mapping model axes to mesh axes
   data    the clip shape, the synthetic latent source, episode datasets and their generation
   train   optimizer, schedule, flow matching, checkpointing, logging, profiling

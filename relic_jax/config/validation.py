@@ -258,7 +258,8 @@ def validate_generation(cfg: ml_collections.ConfigDict) -> None:
     _fail("memory.max_frames", mem.max_frames, "holds less than frame 0 and one block",
           f"use at least {1 + cfg.model.block_frames}")
   steps = tuple(gen.timesteps)
-  if not steps or any(not 0 < t <= 1000 for t in steps) or list(steps) != sorted(steps, reverse=True):
+  if (not steps or any(not 0 < t <= 1000 for t in steps)
+      or list(steps) != sorted(steps, reverse=True)):
     _fail("generate.timesteps", steps, "must be decreasing values in (0, 1000]",
           "use e.g. (1000, 750, 500, 250)")
   for f in ("shift", "action_scale", "fps"):

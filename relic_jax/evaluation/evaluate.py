@@ -34,12 +34,20 @@ import os
 import time
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
+from data_pipeline import doom
+from data_pipeline import poses as poses_lib
 from data_pipeline.episode import DataError
+from data_pipeline.loader import crop_box
+from data_pipeline.preview import find_revisits, frame_captions, write_video
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.evaluation import report
 from relic_jax.evaluation import trajectory
+from relic_jax.evaluation.pose_estimation import estimate_trajectory, load_pose_estimator
+from relic_jax.inference import scripts as scripts_lib
 from relic_jax.inference.loading import load_decoder, load_dit
 from relic_jax.inference.session import Session
 from relic_jax.io_utils import write_bytes_atomic, write_json_atomic, write_npz_atomic
@@ -77,9 +85,6 @@ def cases(cfg) -> list[Case]:
 
 
 def _to_model_size(frames: np.ndarray, h: int, w: int) -> np.ndarray:
-  from PIL import Image
-
-  from data_pipeline.loader import crop_box
   if frames.shape[1:3] == (h, w):
     return frames
   y0, x0, ch, cw = crop_box(frames.shape[1], frames.shape[2], h, w)
@@ -90,9 +95,6 @@ def _to_model_size(frames: np.ndarray, h: int, w: int) -> np.ndarray:
 def render_truth(cfg, workdir: str, case: Case) -> dict:
   """The true video of a case (cached in <workdir>/evaluate/truth): frames at the model's size,
   poses, the model's actions [N, 13] and the caption."""
-  from data_pipeline import doom
-  from data_pipeline import poses as poses_lib
-  from relic_jax.inference import scripts as scripts_lib
   path = os.path.join(Workdir.of(cfg, workdir).evaluate, "truth", f"{case.name}.npz")
   if os.path.exists(path):
     with np.load(path) as z:
@@ -173,7 +175,6 @@ def per_second(values, fps: float) -> np.ndarray:
 def case_metrics(cfg, truth: dict, video: np.ndarray, times: np.ndarray, estimator,
                  revisits: np.ndarray) -> dict:
   """The metrics of one generated video against its truth."""
-  from relic_jax.evaluation.pose_estimation import estimate_trajectory
   fps = cfg.generate.fps
   frames = truth["frames"]
   psnr = img_metrics.psnr(video, frames)
@@ -212,7 +213,6 @@ def _mean(rows, key):
 
 
 def _video(results_dir: str, case: Case, truth: dict, videos: dict, fps: float) -> str:
-  from data_pipeline.preview import find_revisits, frame_captions, write_video
   panels = [videos[m] for m in ("relic", "window") if m in videos] + [truth["frames"]]
   labels = [m for m in ("relic", "window") if m in videos] + ["truth"]
   sep = np.full((len(truth["frames"]), truth["frames"].shape[1], 2, 3), 255, np.uint8)
@@ -231,10 +231,6 @@ def _video(results_dir: str, case: Case, truth: dict, videos: dict, fps: float) 
 def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
   """Runs the evaluation (see the module docstring); returns {"metrics": method -> summary,
   "results": the results directory, "videos", "plots"}."""
-  from tqdm import tqdm
-
-  from data_pipeline.preview import find_revisits
-  from relic_jax.evaluation.pose_estimation import estimate_trajectory, load_pose_estimator
   ev = cfg.evaluate
   methods = list(ev.methods)
   unknown = sorted(set(methods) - set(METHODS))

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 from PIL import Image
+from tqdm import tqdm
 
 from data_pipeline import loader
 from data_pipeline import poses as poses_lib
@@ -283,7 +284,6 @@ def train_pose_estimator(cfg: ml_collections.ConfigDict, data_dir: str, out_dir:
   data = tuple(jnp.asarray(x) for x in (frames, index, fwd, bwd))
   bar = None
   if progress:
-    from tqdm import tqdm
     bar = tqdm(total=settings["steps"], unit="step", dynamic_ncols=True,
                desc="pose estimator")
   losses = []

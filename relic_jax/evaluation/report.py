@@ -58,10 +58,10 @@ def plots(results_dir: str, details: dict, summary: dict) -> list[str]:
   """<results_dir>/plots: stability_psnr.png (per-second PSNR of the longest script, averaged
   over its cases) and metrics.png (a bar panel per METRICS row marked `plot` that has a value).
   Returns the paths written."""
-  # matplotlib: a heavy optional dependency, imported when a report is drawn
-  import matplotlib
+  # matplotlib: a heavy optional dependency (slow to import), imported when a report is drawn
+  import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # noqa: PLC0415
   out_dir = os.path.join(results_dir, "plots")
   os.makedirs(out_dir, exist_ok=True)
   paths = []

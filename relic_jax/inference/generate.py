@@ -17,8 +17,12 @@ import os
 import time
 
 import numpy as np
+from PIL import Image
 
+from data_pipeline import loader
 from data_pipeline.episode import DataError
+from data_pipeline.generate import dataset_dir
+from data_pipeline.preview import frame_captions, write_video
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.inference import scripts as scripts_lib
 from relic_jax.inference.loading import load_decoder, load_dit
@@ -28,9 +32,6 @@ from relic_jax.io_utils import write_json_atomic
 
 def start_image(cfg, workdir: str, image_path: str | None):
   """(uint8 [H, W, 3] at the model's size, caption or None)."""
-  from PIL import Image
-
-  from data_pipeline import loader
   h = cfg.data.latent_height * cfg.data.spatial_stride
   w = cfg.data.latent_width * cfg.data.spatial_stride
   if image_path:
@@ -41,7 +42,6 @@ def start_image(cfg, workdir: str, image_path: str | None):
                       "PNG or JPEG file.") from None
     caption = None
   else:
-    from data_pipeline.generate import dataset_dir
     src = loader.make_clip_source(cfg, dataset_dir(cfg, workdir), split="heldout")
     clip = src[0]
     img, caption = clip["frames"][0], loader.detokenize_caption(clip["text_tokens"])
@@ -53,7 +53,6 @@ def start_image(cfg, workdir: str, image_path: str | None):
 
 def generate(cfg, workdir: str, script: str, image_path: str | None = None,
              text: str | None = None, out_dir: str | None = None, seed: int = 0) -> dict:
-  from data_pipeline.preview import frame_captions, write_video
   cfg = with_teacher_rope(cfg)  # the DiT runs with the final teacher's RoPE (YaRN)
   actions = scripts_lib.load(script, cfg.generate.fps)
   params, source = load_dit(cfg, workdir)
@@ -90,7 +89,8 @@ def generate(cfg, workdir: str, script: str, image_path: str | None = None,
   steady = times[1:] or times
   result = {"video": path, "script": script, "frames": int(len(video)), "blocks": len(blocks),
             "dit_from": source, "decoder": cfg.generate.decoder, "memory": cfg.memory.mode,
-            "text": text if isinstance(text, str) else "", "seconds": total, "first_block_s": times[0],
+            "text": text if isinstance(text, str) else "", "seconds": total,
+            "first_block_s": times[0],
             "block_latency_s": float(np.median(steady)),
             "fps": 4 * bf / float(np.median(steady)), "actions": actions.tolist()}
   write_json_atomic(os.path.join(out_dir, f"{name}.json"), result)

@@ -15,9 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from relic_jax.config.choices import Decoder as DecoderKind
+from data_pipeline.loader import tokenize_caption
+from relic_jax.config import choices
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
+from relic_jax.models import tiny_decoder as tiny_lib
+from relic_jax.models import vae as vae_lib
 from relic_jax.models.vae import to_uint8, to_unit
 
 
@@ -28,7 +31,7 @@ class Decoder:
 
   def __init__(self, kind: str, vae_cfg, vae_params, stats: dict | None = None,
                tiny_cfg=None, tiny_params=None):
-    if kind not in DecoderKind.values():
+    if kind not in choices.Decoder.values():
       raise ValueError(f"decoder {kind!r}: use 'vae' or 'tiny'")
     if kind == "tiny" and tiny_params is None:
       raise ValueError("the tiny decoder needs its params (train it with `relic train_vae`, "
@@ -50,21 +53,17 @@ class Decoder:
 
   def encode_image(self, image_BHW3):
     """uint8 images [B, H, W, 3] -> normalised latent frame 0 [B, 1, h, w, C]."""
-    from relic_jax.models import vae as vae_lib
     x = to_unit(jnp.asarray(image_BHW3))[:, None]
     _, (mean, _) = vae_lib.encode_chunk(self.vae_params, self.vae_cfg, None, x, first=True)
     return self.normalise(mean)
 
   def init(self, batch: int, latent_hw: tuple[int, int]):
-    from relic_jax.models import vae as vae_lib
     if self.kind == "tiny":
       return jnp.zeros((batch, 1, *latent_hw, self.vae_cfg.z_dim), jnp.float32)
     s = self.vae_cfg.spatial_stride
     return vae_lib.init_decoder_cache(self.vae_cfg, batch, latent_hw[0] * s, latent_hw[1] * s)
 
   def decode(self, params, cache, z_norm, first: bool):
-    from relic_jax.models import tiny_decoder as tiny_lib
-    from relic_jax.models import vae as vae_lib
     z = z_norm * params["std"] + params["mean"]
     if self.kind == "tiny":
       video = tiny_lib.decode(params["tiny"], self.tiny_cfg, z, prev=cache, first=first)
@@ -116,7 +115,6 @@ class Session:
       if self.spec.dit.text_encoder != "bytes":
         raise ValueError("this model takes precomputed text embeddings [L, text_dim] "
                          "(model.text_encoder='none'), not a string")
-      from data_pipeline.loader import tokenize_caption
       text = tokenize_caption(text, self.cfg.data.text_len)
     text = np.asarray(text)
     want = 1 if self.spec.dit.text_encoder == "bytes" else 2

@@ -300,8 +300,8 @@ def write(cache: KVCache, spec: CacheSpec, k_LBSNH, v_LBSNH) -> KVCache:
       cache = _evict(cache, spec, slot, jnp.maximum(old, 0), old >= 0)
     sk, sk_scale = _quantize(k_LBSNH[:, :, j * p:(j + 1) * p], spec.quantized, dt)
     sv, sv_scale = _quantize(v_LBSNH[:, :, j * p:(j + 1) * p], spec.quantized, dt)
-    put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype),
-                                                             slot * p, axis=2)
+    put = lambda buf, x, slot=slot: jax.lax.dynamic_update_slice_in_dim(
+        buf, x.astype(buf.dtype), slot * p, axis=2)
     win_scale = cache.win_scale
     if spec.quantized:
       win_scale = jnp.stack([put(cache.win_scale[0], sk_scale), put(cache.win_scale[1], sv_scale)])

@@ -17,7 +17,6 @@ H head dim, L text tokens.
 """
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -210,7 +209,8 @@ class WanBlock(nn.Module):
     x_BSD = checkpoint_name(x_BSD, "block_input")
     table = self.param(
         "modulation",
-        nn.with_logical_partitioning(nn.initializers.normal(c.dim ** -0.5), ("modulation", "embed")),
+        nn.with_logical_partitioning(nn.initializers.normal(c.dim ** -0.5),
+                                     ("modulation", "embed")),
         (6, c.dim), jnp.dtype(c.param_dtype))
     mod = e_BT6D + table.astype(jnp.float32)
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (mod[:, :, i] for i in range(6))
@@ -231,7 +231,8 @@ class WanBlock(nn.Module):
       x_BSD = (per_frame(x_BSD, a.shape[1]) + a.astype(jnp.float32)[:, :, None]).reshape(
           x_BSD.shape)
 
-    h = AffineLayerNorm(c.eps, jnp.dtype(c.param_dtype), name="norm2")(x_BSD) if c.cross_attn_norm else x_BSD
+    h = (AffineLayerNorm(c.eps, jnp.dtype(c.param_dtype), name="norm2")(x_BSD)
+         if c.cross_attn_norm else x_BSD)
     x_BSD = x_BSD + CrossAttention(c, name="cross_attn")(h, ctx_BLD).astype(jnp.float32)
 
     h = modulate(layer_norm_fp32(x_BSD, c.eps), shift_ff, scale_ff)
@@ -265,9 +266,10 @@ RELIC_ADDITIONS = ("action_encoder", "pose_encoder", "action_proj", "pose_q", "p
 
 class CondEncoder(nn.Module):
   """RELIC's action / pose encoder: per-video-frame vectors [B, F, c] -> [B, T, D], one per
-  latent frame (or per-token ones [B, F, P, c] -> [B, T, P, D], Pluecker rays). Temporal patchify by cond_frames_per_latent (4, the VAE's stride): latent frame
-  0 covers video frame 0 alone (as in the causal VAE), so it is repeated to fill its patch;
-  then a two-layer MLP. F must be 1 + 4 (T - 1)."""
+  latent frame (or per-token ones [B, F, P, c] -> [B, T, P, D], Pluecker rays). Temporal
+  patchify by cond_frames_per_latent (4, the VAE's stride): latent frame 0 covers video frame 0
+  alone (as in the causal VAE), so it is repeated to fill its patch; then a two-layer MLP.
+  F must be 1 + 4 (T - 1)."""
   cfg: DiTConfig
 
   @nn.compact

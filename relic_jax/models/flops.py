@@ -21,7 +21,8 @@ from relic_jax.models.dit import DiTConfig
 
 def tokens(cfg: DiTConfig, frames: int, height: int, width: int) -> tuple[int, int, int]:
   pt, ph, pw = cfg.patch_size
-  return frames // pt, (height // ph) * (width // pw), (frames // pt) * (height // ph) * (width // pw)
+  per_frame = (height // ph) * (width // pw)
+  return frames // pt, per_frame, (frames // pt) * per_frame
 
 
 def mean_visible_keys(cfg: DiTConfig, frames: int, tokens_per_frame: int) -> float:

@@ -12,10 +12,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 Dtype = Any
+XAVIER_UNIFORM = nn.initializers.xavier_uniform()  # `dense`'s default kernel initializer
 
 
 def dense(features: int, axes: tuple[str, str], name: str, dtype: Dtype, param_dtype: Dtype,
-          kernel_init=nn.initializers.xavier_uniform(), use_bias: bool = True) -> nn.Dense:
+          kernel_init=XAVIER_UNIFORM, use_bias: bool = True) -> nn.Dense:
   """A Dense layer whose kernel [in, out] and bias [out] carry logical axis names."""
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
@@ -56,7 +57,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+    scale = self.param("scale",
+                       nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
                        (x.shape[-1],), self.param_dtype)
     xf = x.astype(jnp.float32)
     y = xf * jnp.reciprocal(jnp.sqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps))

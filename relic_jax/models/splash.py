@@ -127,7 +127,8 @@ def make_kernel(q_len: int, kv_len: int, q_len_padded: int, kv_len_padded: int, 
 def _attend(kernel, q_BSNH, k_BSNH, v_BSNH):
   """The kernel over a batch: [b, Sq, n, H] x [b, Sk, n, H] -> [b, Sq, n, H]."""
   def one(q, k, v):  # [S, n, H] -> [n, S, H] for the kernel and back
-    return kernel(q.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2)).transpose(1, 0, 2)
+    out = kernel(q.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2))
+    return out.transpose(1, 0, 2)
   return jax.vmap(one)(q_BSNH, k_BSNH, v_BSNH)
 
 

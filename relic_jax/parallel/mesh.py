@@ -5,6 +5,7 @@ The mesh has the axes ("data", "fsdp", "context", "tensor"), outermost first; on
 axes that model code names to these mesh axes.
 """
 
+import flax.linen as nn
 import jax
 from jax.experimental import mesh_utils
 import ml_collections
@@ -49,7 +50,6 @@ def maybe_initialize_distributed(dist_cfg: ml_collections.ConfigDict) -> None:
 
 def batch_sharding(mesh: Mesh, rules_, ndim: int) -> NamedSharding:
   """Sharding of a batch-major array: the leading axis over the logical "batch" axis."""
-  import flax.linen as nn
   spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules_)
   return NamedSharding(mesh, spec)
 

@@ -29,7 +29,6 @@ from typing import Any, Callable, Hashable, Iterable
 import jax
 import ml_collections
 from absl import logging
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from relic_jax import checkpoint as ckpt_lib
@@ -147,6 +146,9 @@ class MetricsWriter:
     self.enabled = enabled
     if not enabled:
       return
+    # tensorboardX: a heavy optional dependency (it imports torch when torch is installed,
+    # seconds), only when a run writes its metrics
+    from tensorboardX import SummaryWriter  # noqa: PLC0415
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
 

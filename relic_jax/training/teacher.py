@@ -42,6 +42,7 @@ from relic_jax.io_utils import write_json_atomic
 from relic_jax.models import dit as dit_lib
 from relic_jax.models import flops as flops_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
+from relic_jax.training import trainer
 
 CURRICULUM_FILE = "curriculum.json"
 # fold_in constant for the text-dropout key: the noise keeps its own stream, so a run's noise and
@@ -178,7 +179,6 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
   Returns the final phase's final metrics; <workdir>/teacher/curriculum.json records the plan
   and each phase's progress.
   """
-  from relic_jax.training.trainer import train
   validate(cfg)
   teacher_dir = os.path.join(workdir, "teacher")
   dirs, ph, factors = phase_dirs(cfg, workdir), phases(cfg), yarn_factors(cfg)
@@ -219,7 +219,7 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
         how = ("resuming" if latest is not None else
                f"starting from phase {i}'s params" if init is not None else "starting")
         print(f"[relic] teacher {where}: {how}", flush=True)
-      final = train(pcfg, run_dir, TeacherTask(pcfg), make_iterator(pcfg), hooks,
+      final = trainer.train(pcfg, run_dir, TeacherTask(pcfg), make_iterator(pcfg), hooks,
                     init_params=init)
     plan[i]["done"] = True
     if "loss" in final:

@@ -33,7 +33,8 @@ from relic_jax.training import loop
 from relic_jax.training.compiled import compile_step, compiled_stats  # noqa: F401
 from relic_jax.training.loop import NonFiniteError  # noqa: F401
 from relic_jax.training.optimizer import make_optimizer, make_schedule
-from relic_jax.training.state import TrainState, create_sharded_state, param_count, state_shardings, with_shardings
+from relic_jax.training.state import (TrainState, create_sharded_state, param_count,
+                                      state_shardings, with_shardings)
 from relic_jax.weights.store import load_params
 
 

@@ -14,7 +14,7 @@ the final params on clips of the held-out episodes: PSNR and SSIM per frame
 """
 
 import dataclasses
-import functools
+import hashlib
 import os
 
 import jax
@@ -22,11 +22,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from data_pipeline import latent_cache, loader
+from data_pipeline.generate import dataset_dir
+from data_pipeline.preview import write_video
+from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.inference import loading
+from relic_jax.io_utils import write_json_atomic
 from relic_jax.models import tiny_decoder as tiny_lib
 from relic_jax.models import vae as vae_lib
 from relic_jax.models.tiny_decoder import TinyDecoderConfig
 from relic_jax.models.vae import VAEConfig, to_uint8, to_unit
+from relic_jax.training import trainer
 
 
 def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -69,14 +75,14 @@ class VAETask:
   has_aux = True
 
   def __init__(self, cfg: ml_collections.ConfigDict):
-    from data_pipeline.loader import clip_frames
     self.cfg = cfg
     d = cfg.data
     self.vae = VAEConfig.from_config(cfg.vae, d.spatial_stride)
     self.model_config = dataclasses.asdict(self.vae)
-    self.frames = clip_frames(d.latent_frames, self.vae.temporal_stride)
+    self.frames = loader.clip_frames(d.latent_frames, self.vae.temporal_stride)
     self.height = d.latent_height * d.spatial_stride
     self.width = d.latent_width * d.spatial_stride
+    self._flops = None  # flops_per_example(), counted once per task
 
   def example_batch(self, batch_size: int) -> dict:
     return {"frames": np.zeros((batch_size, self.frames, self.height, self.width, 3), np.uint8)}
@@ -96,9 +102,13 @@ class VAETask:
     loss = l1 + self.cfg.vae.kl_weight * kl
     return loss, {"l1": l1, "mse": mse, "kl": kl, "psnr": 10.0 * jnp.log10(4.0 / mse)}
 
-  @functools.cache
   def flops_per_example(self) -> float:
     """XLA's count for one clip's encode + decode (the VAE has no simple analytic form)."""
+    if self._flops is None:
+      self._flops = self._count_flops()
+    return self._flops
+
+  def _count_flops(self) -> float:
     x = jax.ShapeDtypeStruct((1, self.frames, self.height, self.width, 3), jnp.float32)
     params = jax.eval_shape(self.init_params, jax.random.key(0))
 
@@ -126,10 +136,6 @@ def evaluate(cfg, params, data_dir: str, out_dir: str, max_clips: int | None = N
              tiny_params=None) -> dict:
   """PSNR/SSIM of held-out reconstructions (the latent mean decoded) and a side-by-side MP4
   (input | VAE decoder | tiny decoder, when tiny_params are given)."""
-  from data_pipeline import loader
-  from data_pipeline.preview import write_video
-  from relic_jax.evaluation import metrics
-  from relic_jax.io_utils import write_json_atomic
   source = loader.make_clip_source(cfg, data_dir, split="heldout")
   augment = loader.ClipAugment(cfg.data.latent_height * cfg.data.spatial_stride,
                                cfg.data.latent_width * cfg.data.spatial_stride, 0.0, "center")
@@ -144,13 +150,13 @@ def evaluate(cfg, params, data_dir: str, out_dir: str, max_clips: int | None = N
     frames = augment(source[int(i)], np.random.default_rng(0))["frames"]
     mean, recon = run(params, frames[None])
     recon = to_uint8(recon[0])
-    psnrs.append(metrics.psnr(frames, recon))
-    ssims.append(metrics.ssim(frames, recon))
+    psnrs.append(img_metrics.psnr(frames, recon))
+    ssims.append(img_metrics.ssim(frames, recon))
     panels = [frames, recon]
     if tiny_params is not None:
       fast = to_uint8(tiny(tiny_params, mean)[0])
-      tiny_psnrs.append(metrics.psnr(frames, fast))
-      tiny_ssims.append(metrics.ssim(frames, fast))
+      tiny_psnrs.append(img_metrics.psnr(frames, fast))
+      tiny_ssims.append(img_metrics.ssim(frames, fast))
       panels.append(fast)
     if len(pairs) < 4:
       pairs.append(np.concatenate(panels, axis=2))
@@ -216,22 +222,20 @@ def tiny_stage_config(cfg):
 def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the VAE, then the tiny decoder on its latents (vae.tiny_steps > 0),
   then evaluates both on held-out clips; returns the VAE's final metrics with "eval"."""
-  from data_pipeline.generate import dataset_dir
-  from data_pipeline.loader import make_clip_iterator
-  from relic_jax.training.trainer import train
   data_dir = dataset_dir(cfg, workdir)
   run_cfg = stage_config(cfg)
   task = VAETask(run_cfg)
   out = stage_workdir(workdir)
-  final = train(run_cfg, out, task, FramesOnly(make_clip_iterator(run_cfg, data_dir)))
+  final = trainer.train(run_cfg, out, task,
+                        FramesOnly(loader.make_clip_iterator(run_cfg, data_dir)))
   _, params = loading.load_vae(cfg, workdir)
   tiny_params = None
   if cfg.vae.tiny_steps > 0:
     tiny_cfg = tiny_stage_config(cfg)
     tiny_task = TinyDecoderTask(tiny_cfg, params)
     tiny_dir = os.path.join(workdir, "vae_tiny")
-    final["tiny"] = train(tiny_cfg, tiny_dir, tiny_task,
-                          FramesOnly(make_clip_iterator(tiny_cfg, data_dir)))
+    final["tiny"] = trainer.train(tiny_cfg, tiny_dir, tiny_task,
+                                  FramesOnly(loader.make_clip_iterator(tiny_cfg, data_dir)))
     _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
   final["eval"] = evaluate(run_cfg, params, data_dir, out, tiny_params=tiny_params)
   return final
@@ -239,7 +243,6 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def params_fingerprint(params) -> str:
   """A content hash of a params pytree (names, shapes, dtypes and bytes)."""
-  import hashlib
   h = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
     leaf = np.asarray(leaf)
@@ -253,8 +256,6 @@ def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool 
   """`relic encode`: the latest VAE checkpoint of <workdir>/vae encodes every training clip into
   the latent cache (config.data.latent_dir or <workdir>/latents); resumable, rebuilt when the
   VAE checkpoint changes."""
-  from data_pipeline import latent_cache
-  from data_pipeline.generate import dataset_dir
   vae, params = loading.load_vae(cfg, workdir)
   encode = jax.jit(lambda p, f: vae_lib.encode(p, vae, to_unit(f))[0])
 

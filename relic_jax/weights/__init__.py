@@ -6,6 +6,6 @@ from relic_jax.weights.wan import (WanImportError, import_wan_transformer, infer
                                    wan_forward)
 from relic_jax.weights.wan_vae import import_wan_vae, wan_vae_decode, wan_vae_encode
 
-__all__ = ["LazyStateDict", "SafetensorsError", "WanImportError", "import_wan_transformer", "infer_model_config",
-           "iter_tensors", "load_config", "load_state_dict", "tensor_specs", "wan_forward",
-           "import_wan_vae", "wan_vae_decode", "wan_vae_encode"]
+__all__ = ["LazyStateDict", "SafetensorsError", "WanImportError", "import_wan_transformer",
+           "infer_model_config", "iter_tensors", "load_config", "load_state_dict", "tensor_specs",
+           "wan_forward", "import_wan_vae", "wan_vae_decode", "wan_vae_encode"]

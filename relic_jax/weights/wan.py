@@ -98,7 +98,8 @@ def infer_model_config(shapes: Mapping[str, tuple[int, ...]], hf_config: dict | 
         "Fix: import a T2V checkpoint.")
   for need in ("patch_embedding.weight", "proj_out.weight",
                "condition_embedder.text_embedder.linear_1.weight",
-               "condition_embedder.time_embedder.linear_1.weight", "blocks.0.ffn.net.0.proj.weight"):
+               "condition_embedder.time_embedder.linear_1.weight",
+               "blocks.0.ffn.net.0.proj.weight"):
     if need not in shapes:
       raise WanImportError(f"tensor {need} is missing: this is not a diffusers "
                            "WanTransformer3DModel checkpoint (or it is incomplete). Fix: point at "
