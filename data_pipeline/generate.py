@@ -8,15 +8,12 @@ import numpy as np
 
 from data_pipeline import doom
 from data_pipeline.writer import write_dataset
+from relic_jax.workdir import Workdir
 
 
 def dataset_dir(cfg: ml_collections.ConfigDict, workdir: str | None) -> str:
-  """config.data.dir, or <workdir>/data."""
-  if cfg.data.dir:
-    return cfg.data.dir
-  if not workdir:
-    raise ValueError("set config.data.dir or pass --workdir (the dataset goes to <workdir>/data)")
-  return os.path.join(workdir, "data")
+  """config.data.dir, or <workdir>/data (`Workdir.data`)."""
+  return Workdir.of(cfg, workdir).data
 
 
 def episode_plan(cfg: ml_collections.ConfigDict) -> list[list[tuple[str, str, int]]]:

@@ -28,6 +28,7 @@ from relic_jax.inference import loading
 from relic_jax.models import tiny_decoder as tiny_lib
 from relic_jax.models import vae as vae_lib
 from relic_jax.training import vae_train
+from relic_jax.workdir import Workdir
 
 define_flags("experiments/tiny.py")
 flags.DEFINE_string("workdir", None, "A run with a trained VAE (DIR/vae), for its params and "
@@ -54,7 +55,7 @@ def bench_vae(cfg, workdir: str | None, repeats: int) -> dict:
   tiny_params = tiny_lib.init_params(tiny_cfg, jax.random.key(1))
   if workdir:
     _, params = loading.load_vae(cfg, workdir)
-    tiny_dir = os.path.join(workdir, "vae_tiny")
+    tiny_dir = Workdir(root=workdir).vae_tiny
     if os.path.isdir(os.path.join(tiny_dir, "checkpoints")):
       _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
     path = os.path.join(vae_train.stage_workdir(workdir), "eval.json")

@@ -28,6 +28,7 @@ from relic_jax.inference import scripts as scripts_lib
 from relic_jax.inference.loading import load_decoder, load_dit
 from relic_jax.inference.session import Session
 from relic_jax.io_utils import write_json_atomic
+from relic_jax.workdir import Workdir
 
 
 def start_image(cfg, workdir: str, image_path: str | None):
@@ -82,7 +83,7 @@ def generate(cfg, workdir: str, script: str, image_path: str | None = None,
   video = np.concatenate(frames)[:1 + len(actions)]
   all_actions = np.concatenate([np.eye(13, dtype=np.float32)[12:13], actions])
   name = os.path.splitext(os.path.basename(script))[0]
-  out_dir = out_dir or os.path.join(workdir, "generate")
+  out_dir = out_dir or Workdir(root=workdir).generate
   os.makedirs(out_dir, exist_ok=True)
   caps = frame_captions(all_actions, -np.ones(len(video), int), cfg.generate.fps, threshold=0.0)
   path = write_video(os.path.join(out_dir, f"{name}.mp4"), video, cfg.generate.fps, caps)

@@ -68,7 +68,7 @@ class DistillState:
 
 
 def stage_workdir(workdir: str) -> str:
-  return os.path.join(workdir, "distill")
+  return Workdir(root=workdir).distill
 
 
 def optimizers(d: ml_collections.ConfigDict):

@@ -41,6 +41,7 @@ from relic_jax.models.dit import DiTConfig, WanDiT
 from relic_jax.training.data import train_iterator
 from relic_jax.training.teacher import TeacherTask
 from relic_jax.training.trainer import train
+from relic_jax.workdir import Workdir
 
 
 class ODEInitError(ValueError):
@@ -48,7 +49,7 @@ class ODEInitError(ValueError):
 
 
 def stage_workdir(workdir: str) -> str:
-  return os.path.join(workdir, "ode_init")
+  return Workdir(root=workdir).ode_init
 
 
 def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

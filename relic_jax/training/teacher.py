@@ -43,6 +43,7 @@ from relic_jax.models import dit as dit_lib
 from relic_jax.models import flops as flops_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
 from relic_jax.training import trainer
+from relic_jax.workdir import Workdir
 
 CURRICULUM_FILE = "curriculum.json"
 # fold_in constant for the text-dropout key: the noise keeps its own stream, so a run's noise and
@@ -119,7 +120,7 @@ class TeacherTask:
 def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Each phase's run directory: <workdir>/teacher/horizon_<i>_<frames>f, the last phase
   <workdir>/teacher itself."""
-  teacher = os.path.join(workdir, "teacher")
+  teacher = Workdir.of(cfg, workdir).teacher
   ph = phases(cfg)
   return [teacher if i == len(ph) - 1 else os.path.join(teacher, f"horizon_{i}_{frames}f")
           for i, (frames, _) in enumerate(ph)]
@@ -180,7 +181,7 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
   and each phase's progress.
   """
   validate(cfg)
-  teacher_dir = os.path.join(workdir, "teacher")
+  teacher_dir = Workdir.of(cfg, workdir).teacher
   dirs, ph, factors = phase_dirs(cfg, workdir), phases(cfg), yarn_factors(cfg)
   plan = [{"latent_frames": frames, "steps": steps, "yarn_factor": f,
            "dir": os.path.relpath(d, teacher_dir), "done": False}

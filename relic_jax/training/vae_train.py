@@ -33,6 +33,7 @@ from relic_jax.models import vae as vae_lib
 from relic_jax.models.tiny_decoder import TinyDecoderConfig
 from relic_jax.models.vae import VAEConfig, to_uint8, to_unit
 from relic_jax.training import trainer
+from relic_jax.workdir import Workdir
 
 
 def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -47,7 +48,7 @@ def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def stage_workdir(workdir: str) -> str:
-  return os.path.join(workdir, "vae")
+  return Workdir(root=workdir).vae
 
 
 class FramesOnly:
@@ -233,7 +234,7 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   if cfg.vae.tiny_steps > 0:
     tiny_cfg = tiny_stage_config(cfg)
     tiny_task = TinyDecoderTask(tiny_cfg, params)
-    tiny_dir = os.path.join(workdir, "vae_tiny")
+    tiny_dir = Workdir(root=workdir).vae_tiny
     final["tiny"] = trainer.train(tiny_cfg, tiny_dir, tiny_task,
                                   FramesOnly(loader.make_clip_iterator(tiny_cfg, data_dir)))
     _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
@@ -261,7 +262,7 @@ def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool 
 
   def encode_fn(frames):
     return np.asarray(encode(params, frames))
-  cache_dir = cfg.data.latent_dir or os.path.join(workdir, "latents")
+  cache_dir = Workdir.of(cfg, workdir).latents
   return latent_cache.build(cfg, dataset_dir(cfg, workdir), cache_dir, encode_fn,
                             params_fingerprint(params), vae.z_dim,
                             batch_size=cfg.data.encode_batch_size, progress=progress,
