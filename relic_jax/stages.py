@@ -45,7 +45,7 @@ from relic_jax.evaluation import evaluate as evaluate_lib
 from relic_jax.evaluation import pose_estimation
 from relic_jax.inference import generate as generate_lib
 from relic_jax.io_utils import write_json_atomic
-from relic_jax.inference.loading import dit_init
+from relic_jax.inference.loading import STUDENT_STAGES, dit_init
 from relic_jax.models.dit import DiTConfig
 from relic_jax.parallel.mesh import make_mesh
 from relic_jax.parallel.mesh import rules as mesh_rules
@@ -429,6 +429,11 @@ def check_registry(registry: Mapping[str, Stage]) -> None:
     if s.inputs and s.pipeline_step is None:
       raise ValueError(f"stage {name!r} has inputs but no pipeline step. Fix: give it one, or "
                        "drop its inputs.")
+  # where generation looks for a student (inference/loading.py, below this registry's layer)
+  for name in STUDENT_STAGES:
+    if name not in registry and not any(name in s.dirs for s in registry.values()):
+      raise ValueError(f"inference.loading.STUDENT_STAGES names {name!r}, which no stage "
+                       "writes. Fix: keep it in step with the registry's records.")
 
 
 def bind(registry: Mapping[str, Stage], **bodies: Callable) -> dict:
