@@ -390,6 +390,7 @@ def test_tiny_param_count_constant():
   assert sum(x.size for x in jax.tree.leaves(shapes)) == TINY_PARAMS
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_cli_refuses_a_checkpoint_of_a_different_model(tmp_path):
   workdir = str(tmp_path / "run")
   common = ("train_teacher", TINY, f"--workdir={workdir}", "--config.train.progress_bar=False")

@@ -161,6 +161,7 @@ def test_bad_distill_config_names_the_field(tmp_path):
     dl.distill(cfg, str(tmp_path))
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_ode_init_stores_trajectories_resumes_and_regresses_with_hybrid_forcing(teacher_run,
                                                                                 tmp_path):
   from relic_jax.training import ode_init as oi

@@ -55,7 +55,8 @@ def trained_run(tmp_path_factory):
   return cfg, workdir
 
 
-@pytest.mark.parametrize("decoder", ["vae", pytest.param("tiny", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("decoder", [pytest.param("vae", marks=pytest.mark.slow),
+                                     pytest.param("tiny", marks=pytest.mark.slow)])
 def test_generate_writes_a_captioned_video(trained_run, decoder, tmp_path):
   from relic_jax.inference.generate import generate
   cfg, workdir = trained_run
@@ -74,6 +75,7 @@ def test_generate_writes_a_captioned_video(trained_run, decoder, tmp_path):
   assert np.asarray(saved["actions"]).shape == (n_actions, 13) and saved["fps"] > 0
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_generate_errors_are_clear(trained_run, tmp_path):
   from data_pipeline.episode import DataError
   from relic_jax.inference.generate import generate

@@ -124,6 +124,7 @@ def test_kill_and_resume_equals_uninterrupted(reference_run, tmp_path):
   assert final["step"] == STEPS
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_restore_and_continue_on_a_different_mesh(reference_run, tmp_path):
   """6 steps on one device, then the remaining 4 steps in this process on an 8-device
   data x fsdp x tensor mesh: same losses and params as the single-device reference."""

@@ -77,6 +77,7 @@ def test_training_lowers_the_error_and_resume_equals_uninterrupted(workdir, tmp_
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_encode_fills_the_cache_resumes_and_notices_a_new_vae(workdir):
   cfg = micro_config(steps=30)
   if not os.path.exists(os.path.join(workdir, "vae", "checkpoints")):
