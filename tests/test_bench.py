@@ -45,6 +45,7 @@ def test_model_stats(tmp_path, name, layers, dim, backbone):
   assert 1.5 * backbone < s["flops_per_token_fwd"] < 20 * backbone
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_train_step(tmp_path):
   s = _bench("train_step", "--config=experiments/tiny.py", "--steps=3", "--warmup=1",
              out=str(tmp_path / "step.json"))
@@ -64,6 +65,7 @@ DATA_KEYS = {"gen_frames_per_s", "loader_clips_per_s", "trainer_clips_per_s",
              "loader_over_trainer", "clip_shape", "frame_size"}
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_data(tmp_path):
   s = _bench("data", "--config=experiments/tiny.py", "--episodes=2", "--loader_batches=3",
              "--trainer_steps=1", "--config.data.gen.frames_per_episode=60",
@@ -80,6 +82,7 @@ VAE_KEYS = {"encode_frames_per_s", "decode_frames_per_s", "tiny_decode_frames_pe
             "stream_decode_latency_s", "heldout_psnr", "tiny_decoder_psnr"}
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_vae(tmp_path):
   s = _bench("vae", "--config=experiments/tiny.py", "--repeats=1", "--config.vae.base_dim=8",
              "--config.data.latent_frames=2", "--config.data.latent_height=4",
@@ -96,6 +99,7 @@ STREAMING_KEYS = {"block_latency_s", "fps", "kv_bytes", "attended_tokens", "capa
                   "flops_per_block", "first_block_s"}
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_streaming(tmp_path):
   s = _bench("streaming", "--config=experiments/tiny.py", "--modes=relic,full",
              "--horizons=16", "--blocks=1", out=str(tmp_path / "streaming.json"))

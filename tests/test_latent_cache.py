@@ -109,6 +109,7 @@ def latent_teacher_config(cfg, steps):
   return c
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_teacher_trains_on_the_latent_cache(data, tmp_path):
   """`relic train_teacher` with data.source='latents': normalised latents, caption tokens
   through the built-in text encoder, actions and poses into the DiT; the loss falls and the

@@ -49,6 +49,7 @@ def smooth_trajectory(n, seed=0):
   return np.stack(out)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_training_learns_rotation_that_carries_over_to_heldout_episodes(trained):
   _, _, _, meta = trained
   assert meta["steps"] == STEPS and meta["train_episodes"] == 6
@@ -64,6 +65,7 @@ def test_training_learns_rotation_that_carries_over_to_heldout_episodes(trained)
   assert np.isfinite(val["trans_err_m"]) and np.isfinite(val["rpe_trans"])
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_loaded_estimator_reproduces_the_validation(trained):
   cfg, data, out, meta = trained
   est = pe.load_pose_estimator(out)
@@ -78,6 +80,7 @@ def test_loaded_estimator_reproduces_the_validation(trained):
   np.testing.assert_array_equal(traj[0], np.eye(4))
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_retraining_is_skipped_and_other_settings_are_refused(trained):
   cfg, data, out, meta = trained
   params = os.path.join(out, pe.PARAMS_FILE)
@@ -92,6 +95,7 @@ def test_retraining_is_skipped_and_other_settings_are_refused(trained):
   assert os.stat(params).st_mtime_ns == mtime
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_training_is_deterministic(trained, tmp_path):
   cfg, data, _, _ = trained
   cfg = cfg.copy_and_resolve_references()
@@ -106,6 +110,7 @@ def test_training_is_deterministic(trained, tmp_path):
       np.testing.assert_array_equal(pa[k], pb[k])
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_missing_estimator_and_bad_frames_are_named(trained, tmp_path):
   with pytest.raises(pe.PoseEstimatorError, match="no finished pose estimator.*Fix: train"):
     pe.load_pose_estimator(str(tmp_path / "nothing"))

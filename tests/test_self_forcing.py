@@ -68,6 +68,7 @@ def test_replayed_gradient_equals_naive(models, blocks, exits, guidance):
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_gradient_sees_only_the_exit_step_and_a_detached_context(models):
   """With exit step 0 the block's x_in is pure noise and its context is frame 0's cache: the
   replayed gradient of block 1 equals the plain VJP of one cached forward of that block."""

@@ -130,6 +130,7 @@ def test_streaming_encode_equals_whole_clip_and_compiles_once(small):
   np.testing.assert_allclose(jnp.concatenate([m0, m12], 1), mean[:, :3], atol=1e-5)
 
 
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_streaming_decode_equals_whole_clip_and_compiles_once(small):
   cfg, params = small
   z = jnp.asarray(np.random.default_rng(1).normal(size=(1, 4, 2, 3, cfg.z_dim)), jnp.float32)
