@@ -32,4 +32,17 @@ def get_config():
   c.train.checkpoint_every = 500
   c.train.log_every = 50
   c.train.text_dropout = 0.1  # the unconditional branch for classifier-free guidance
+  # The teacher's horizon curriculum (RELIC's 5 s -> 10 s -> 20 s shape, scaled, 2,000 steps
+  # in all): 8, 16 and 25 latent frames, the last the longest sequence it scores (the 8-block
+  # rollout); the ODE init's clip (13) is inside it.
+  c.train.horizon_curriculum = ((8, 1000), (16, 400), (25, 600))
+  # The student, trained with its memory (window 6): ODE init on 4 blocks (13 latent frames),
+  # 3 clean (10 frames of context, frames 0-3 read from the pooled memory), 1 noised; rollouts
+  # of 2, 4 and 8 blocks (7, 13, 25 latent frames) for RELIC's 250/150/150 iterations, scaled
+  # by 0.4; the EMA from step 80 (Self-Forcing's 200 of its run, scaled alike). Self-Forcing's
+  # guidance 3 (= standard CFG 4), which the caption dropout above makes possible.
+  c.ode_init.blocks, c.ode_init.noisy_blocks = 4, 1
+  c.distill.rollout_curriculum = ((2, 100), (4, 60), (8, 60))
+  c.distill.ema_start_step = 80
+  c.generate.guidance = 3.0
   return c

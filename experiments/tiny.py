@@ -4,8 +4,9 @@ A 2-layer, 64-wide DiT (4 latent frames of 8x8x16 per clip). Hardware: any CPU.
 
 `relic pipeline` (README command 1) runs everything on it: 8 ViZDoom episodes of 64x64
 frames, the pose estimator, a narrow VAE (150 steps) and its tiny decoder, the latent cache,
-the teacher on it (200 steps), ODE initialisation and distillation of the student, and the
-evaluation on the 2 held-out maps; 10-15 minutes on 2 CPU cores. On its own, `relic
+the teacher on it (a horizon curriculum of 4, 16 and 25 latent frames), ODE initialisation
+(hybrid forcing past the memory window) and distillation of the student (rollouts of 2, 4
+and 8 blocks), and the evaluation on the 2 held-out maps. On its own, `relic
 train_teacher` trains the teacher on the synthetic latent dataset instead: ~20 s for 200 steps
 (~8 s of it compilation), the loss falls from ~1.4 to ~0.5.
 """
@@ -31,17 +32,26 @@ def get_config():
   # generation and evaluation decode with the tiny decoder (RELIC's real-time setting; the
   # full VAE decoder is ~10x slower per block on CPU)
   c.generate.decoder = "tiny"
-  # the student (4 latent frames = frame 0 + one block of 3): ODE initialisation on 32 teacher
-  # trajectories, then 30 distillation steps (6 generator updates); no CFG (the tiny teacher
-  # trains without caption dropout)
+  # The teacher's horizon curriculum (RELIC's 5 s -> 10 s -> 20 s shape, scaled): 4, 16, then
+  # 25 latent frames, the longest sequence it scores (the 8-block rollout); the ODE init's
+  # clip (16) is its second phase.
+  c.train.horizon_curriculum = ((4, 150), (16, 30), (25, 30))
+  # The student, trained with its memory (window 6 latent frames): ODE initialisation on 32
+  # teacher trajectories of 5 blocks (16 latent frames) with hybrid forcing, the first 4
+  # blocks clean (13 frames of context > the window: frames 0-6 are read from the pooled
+  # memory; > 12, so the memory sweep's window_12 still reads memory), the last noised; then
+  # distillation with rollouts of 2, 4 and 8 blocks (7, 13, 25 latent frames = 1.6, 3.0 and
+  # 5.7 s at 17.5 fps; RELIC's 5/10/20 s shape at 250/150/150 iterations, scaled): 44 steps,
+  # 9 generator updates. No CFG (generate.guidance 0: the tiny teacher trains without
+  # caption dropout).
   c.ode_init.num_trajectories, c.ode_init.solver_steps = 32, 16
-  c.ode_init.guidance = 1.0
+  c.ode_init.blocks, c.ode_init.noisy_blocks = 5, 1
   c.ode_init.train.update({"steps": 100, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10,
                            "checkpoint_every": 50})
-  c.distill.rollout_curriculum = ((1, 30),)
-  c.distill.guidance = 1.0
+  c.distill.rollout_curriculum = ((2, 20), (4, 12), (8, 12))
   c.distill.batch_size = 8
   c.distill.gen_lr, c.distill.critic_lr = 1e-4, 1e-3
   c.distill.ema_decay = 0.9
+  c.distill.ema_start_step = 16  # Self-Forcing's 200, scaled to the 44 steps
   c.distill.checkpoint_every = 10
   return c

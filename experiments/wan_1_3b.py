@@ -29,6 +29,17 @@ def get_config():
   # RELIC: 5 s (5k iterations) -> 10 s (1k) -> 20 s (4k) at 4 latent frames/s
   c.train.horizon_curriculum = ((21, 5000), (41, 1000), (81, 4000))
   c.train.text_dropout = 0.1  # the unconditional branch for classifier-free guidance
+  # The student (RELIC's recipe; window 6 latent frames). ODE init with hybrid forcing on 7
+  # blocks (22 latent frames, ~5 s), the first 4 clean (13 frames of context: frames 0-6 read
+  # from the pooled memory), the last 3 noised [guess: RELIC does not give the split].
+  # Distillation: RELIC's 5 s -> 10 s -> 20 s rollouts for 250/150/150 iterations: 7, 13 and
+  # 26 blocks (22, 40 and 79 latent frames; 26 rather than 27 so the teacher's last phase, 81,
+  # covers the whole rollout it scores). Self-Forcing's DMD defaults (base): guidance 3 in its
+  # convention (= standard CFG 4), shift-then-clamp timesteps, EMA from step 200, one exit step
+  # for all blocks.
+  c.ode_init.blocks, c.ode_init.noisy_blocks = 7, 3
+  c.distill.rollout_curriculum = ((7, 250), (13, 150), (26, 150))
+  c.generate.guidance = 3.0
   c.train.checkpoint_every = 500
   c.train.log_every = 10
   return c

@@ -142,6 +142,20 @@ INVALID = [
      "config.train.timestep_sampling='beta'", "'uniform', 'logit_normal'"),
     ("timestep_shift_zero", {"train.timestep_shift": 0.0}, "config.train.timestep_shift=0.0",
      "positive number"),
+    # the student's recipe (config.ode_init, config.distill, generate.guidance)
+    ("rollouts_inside_the_window", {"distill.rollout_curriculum": ((1, 20), (2, 20))},
+     "config.distill.rollout_curriculum=((1, 20), (2, 20))",
+     "the longest rollout (2 block(s)) never leaves memory.window=6"),
+    ("ode_init_clean_context_inside_the_window", {"ode_init.blocks": 1},
+     "config.ode_init.blocks=1", "fits in memory.window=6"),
+    ("noisy_blocks_above_blocks", {"ode_init.noisy_blocks": 5}, "config.ode_init.noisy_blocks=5",
+     "needs 1 <= noisy_blocks <= blocks=4"),
+    ("guidance_without_unconditional_branch", {"generate.guidance": 3.0},
+     "config.generate.guidance=3.0", "train.text_dropout=0 and no train.init_from"),
+    ("guidance_below_none", {"generate.cfg_convention": "standard"},
+     "config.generate.guidance=0.0", "below no guidance under generate.cfg_convention"),
+    ("ema_start_negative", {"distill.ema_start_step": -1}, "config.distill.ema_start_step=-1",
+     "non-negative integer"),
     # even sharding on a fully specified mesh (no -1 axis: checked without knowing the devices)
     ("batch_vs_data_fsdp_axes", {"mesh.shape": _mesh(data=2, fsdp=4), "train.batch_size": 4},
      "config.train.batch_size=4",
@@ -182,6 +196,8 @@ CHOICE_FIELDS = [
     ("data.source", choices.DataSource), ("data.crop", choices.Crop),
     ("data.gen.codec", choices.Codec), ("train.schedule", choices.LRSchedule),
     ("train.timestep_sampling", choices.TimestepSampling),
+    ("generate.cfg_convention", choices.CFGConvention),
+    ("distill.timestep_sampling", choices.DMDTimestepSampling),
 ]
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from relic_jax.config import ConfigError
 from relic_jax.inference import loading
 from relic_jax.training import distill as dl
 from relic_jax.training import self_forcing as sf
@@ -21,15 +22,19 @@ from relic_jax.training.teacher import TeacherTask
 from relic_jax.training.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# tiny (synthetic source, 4 latent frames = frame 0 + one block) with a short distillation
+# tiny (synthetic source, a teacher of 4 latent frames without its curriculum) with a short
+# distillation that still reads the memory: rollouts of 2 blocks with a window of 3 latent
+# frames (the second block reads frame 0 from the pooled memory), the EMA from step 2
 OVERRIDES = """
 c.data.latent_frames = 4
 c.train.steps = 80
+c.train.horizon_curriculum = ()
 c.train.progress_bar = False
 c.train.async_checkpointing = False
-c.distill.rollout_curriculum = ((1, 6),)
+c.memory.window = 3
+c.distill.rollout_curriculum = ((2, 6),)
 c.distill.critic_ratio = 2
-c.distill.guidance = 1.0
+c.distill.ema_start_step = 2
 c.distill.checkpoint_every = 2
 c.distill.gen_lr = 3e-4
 c.distill.critic_lr = 1e-3
@@ -61,7 +66,7 @@ def test_distill_lowers_the_teacher_fit_proxy(teacher_run, tmp_path):
   generator's learning rate at 0 does not move at all."""
   work, cfg, teacher = teacher_run
   cfg = cfg.copy_and_resolve_references()
-  cfg.distill.rollout_curriculum = ((1, 16),)
+  cfg.distill.rollout_curriculum = ((2, 16),)
   cfg.distill.critic_ratio = 1
   cfg.distill.ema_decay = 0.0
   cfg.distill.checkpoint_every = 100
@@ -69,8 +74,8 @@ def test_distill_lowers_the_teacher_fit_proxy(teacher_run, tmp_path):
   keys = jax.random.split(jax.random.key(9), len(leaves))
   student = tree.unflatten([x + 0.3 * jnp.std(x) * jax.random.normal(k, x.shape)
                             for x, k in zip(leaves, keys)])
-  spec = sf.spec_from_config(cfg, 1)
-  batch = dl.to_distill_batch(cfg, next(train_iterator(cfg, work)), 1)
+  spec = sf.spec_from_config(cfg, 2)
+  batch = dl.to_distill_batch(cfg, next(train_iterator(dl.data_config(cfg), work)), 2)
   fit = jax.jit(lambda g: sf.teacher_fit(g, teacher, spec, batch, jax.random.key(123)))
   before = float(fit(student))
   final = dl.distill(cfg, str(tmp_path), teacher=teacher, gen_init=student)
@@ -153,7 +158,12 @@ def test_student_stages_without_a_teacher_say_so(stage, tmp_path):
 def test_bad_distill_config_names_the_field(tmp_path):
   cfg = _config()
   cfg.distill.rollout_curriculum = ((0, 5),)
-  with pytest.raises(dl.DistillError, match=r"config.distill.rollout_curriculum=.*Fix:"):
+  with pytest.raises(ConfigError, match=r"config.distill.rollout_curriculum=\(\(0, 5\),\): "
+                     r"must be a non-empty list of \(blocks >= 1, steps >= 1\).*Fix:"):
+    dl.distill(cfg, str(tmp_path))
+  cfg = _config()
+  cfg.distill.rollout_curriculum = ((1, 5),)  # inside the window: trains no memory
+  with pytest.raises(ConfigError, match=r"never leaves memory.window=3.*Fix:"):
     dl.distill(cfg, str(tmp_path))
   cfg = _config()
   cfg.distill.backprop = "magic"
@@ -167,7 +177,8 @@ def test_ode_init_stores_trajectories_resumes_and_regresses_with_hybrid_forcing(
   from relic_jax.training import ode_init as oi
   work, cfg, teacher = teacher_run
   cfg = cfg.copy_and_resolve_references()
-  cfg.ode_init.blocks, cfg.ode_init.noisy_blocks = 2, 1  # 7 latent frames: 1 clean block
+  # 7 latent frames: 1 clean block, 4 frames of context > the window of 3 (OVERRIDES)
+  cfg.ode_init.blocks, cfg.ode_init.noisy_blocks = 2, 1
   cfg.ode_init.num_trajectories, cfg.ode_init.solver_steps = 8, 4
   cfg.ode_init.train.update({"steps": 30, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0,
                              "checkpoint_every": 30})

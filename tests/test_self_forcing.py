@@ -50,7 +50,7 @@ def _batch(blocks, b=2, seed=4):
 @pytest.mark.parametrize("blocks,exits,guidance", [(3, (3, 0, 2), 2.0), (2, (1, 1), 1.0)])
 def test_replayed_gradient_equals_naive(models, blocks, exits, guidance):
   cfg, gen, teacher, critic = models
-  cfg.distill.guidance = guidance
+  cfg.generate.cfg_convention, cfg.generate.guidance = "standard", guidance
   grads = {}
   for mode in sf.BACKPROP_MODES:
     spec = sf.spec_from_config(cfg, blocks, backprop=mode)
@@ -73,7 +73,7 @@ def test_gradient_sees_only_the_exit_step_and_a_detached_context(models):
   """With exit step 0 the block's x_in is pure noise and its context is frame 0's cache: the
   replayed gradient of block 1 equals the plain VJP of one cached forward of that block."""
   cfg, gen, teacher, critic = models
-  cfg.distill.guidance = 1.0
+  cfg.generate.cfg_convention, cfg.generate.guidance = "standard", 1.0
   spec = sf.spec_from_config(cfg, 1)
   batch = _batch(1)
   key = jax.random.key(7)
@@ -109,7 +109,7 @@ def test_gradient_sees_only_the_exit_step_and_a_detached_context(models):
 
 def test_updates_touch_only_their_own_params_and_never_the_teacher(models):
   cfg, gen, teacher, critic = models
-  cfg.distill.guidance = 1.0
+  cfg.generate.cfg_convention, cfg.generate.guidance = "standard", 1.0
   cfg.distill.critic_ratio = 2
   cfg.distill.gen_lr = cfg.distill.critic_lr = 1e-3
   cfg.distill.ema_decay = 0.5
@@ -170,7 +170,7 @@ def test_sharded_distill_step_equals_single_device(models):
   """fsdp x tensor over 4 faked devices vs one device: the same generator and critic updates
   (the DMD step with its rollout, scores and replayed gradient, then the critic's)."""
   cfg, gen, teacher, critic = models
-  cfg.distill.guidance = 1.0
+  cfg.generate.cfg_convention, cfg.generate.guidance = "standard", 1.0
   cfg.distill.gen_lr = cfg.distill.critic_lr = 1e-3
   batch = _batch(1)
   sharded, m4 = _sharded_step(cfg, gen, teacher, critic, batch, jax.devices()[:4],

@@ -177,19 +177,32 @@ def get_base_config() -> ml_collections.ConfigDict:
                              # mean displacement per frame of the ViZDoom clips (tiny data: 0.060)
   gen.decoder = "vae"        # "vae" (the full streaming decoder) or "tiny"
   gen.fps = 17.5             # video frames per second (the data's)
+  # The one classifier-free guidance of the distribution the student learns: the teacher's ODE
+  # trajectories of `relic ode_init` and DMD's real score in `relic distill` both read it, so
+  # the ODE-init targets and DMD pull to the same distribution (null text: zeros). What the
+  # number means is `cfg_convention`'s: "self_forcing" (Self-Forcing's code, the default):
+  # v_cond + guidance (v_cond - v_null), so 0 = no guidance and Self-Forcing's 3.0 = standard
+  # 4; "standard": v_null + guidance (v_cond - v_null), 1 = no guidance. Any guidance needs a
+  # teacher with an unconditional branch (train.text_dropout > 0, or train.init_from
+  # pretrained weights): validate() refuses it otherwise. The base teacher has no caption
+  # dropout, so the default is no guidance; small, wan_1_3b and relic_14b use Self-Forcing's 3.
+  gen.guidance = 0.0
+  gen.cfg_convention = "self_forcing"
 
   # ---------------------------------------------------------------- ode_init (the student's start)
   # `relic ode_init` (training/ode_init.py): the teacher's ODE trajectories from noise for
-  # `num_trajectories` clips (an Euler solver of `solver_steps` steps with CFG `guidance` on the
-  # text), stored in <workdir>/ode_init/trajectories; the block-causal student regresses the
-  # clean end point from their states at its few-step timesteps (config.generate.timesteps)
-  # with hybrid forcing: of `blocks` blocks the first blocks - noisy_blocks are clean and reach
-  # the noisy ones through the KV cache, pooled exactly as the memory holds them.
+  # `num_trajectories` clips (an Euler solver of `solver_steps` steps with CFG
+  # generate.guidance on the text), stored in <workdir>/ode_init/trajectories; the block-causal
+  # student regresses the clean end point from their states at its few-step timesteps
+  # (config.generate.timesteps) with hybrid forcing (RELIC): of `blocks` blocks the first
+  # blocks - noisy_blocks are clean and reach the noisy ones through the KV cache, pooled
+  # exactly as the memory holds them. The clean context (frame 0 + the clean blocks) must be
+  # longer than memory.window (validate() checks it when memory.mode is relic or full), so the
+  # noisy blocks read pooled memory: 4 blocks of 3 with 1 noisy = 10 clean frames > 6.
   o = c.ode_init = ml_collections.ConfigDict()
   o.num_trajectories = 64
   o.solver_steps = 40
-  o.guidance = 1.0           # 1 = no classifier-free guidance
-  o.blocks = 1               # clip length: 1 + blocks * model.block_frames latent frames
+  o.blocks = 4               # clip length: 1 + blocks * model.block_frames latent frames
   o.noisy_blocks = 1         # K: the last K blocks are noised, the others clean context
   o.train = ml_collections.ConfigDict({
       "steps": 200, "batch_size": 8, "lr": 1e-4, "warmup_steps": 20, "ema_decay": 0.0,
@@ -198,18 +211,30 @@ def get_base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- distill (self-forcing DMD)
   # `relic distill` (training/self_forcing.py, training/distill.py). Each step rolls the student
   # out over `blocks` blocks with its own KV cache (the inference path, a random sampler exit
-  # step per block), updates the critic (fake score) by flow matching on the rollout, and every
+  # step), updates the critic (fake score) by flow matching on the rollout, and every
   # critic_ratio-th step the generator by DMD: real score = the frozen teacher with CFG
-  # `guidance`, at a timestep in [min_timestep, max_timestep] (shifted by generate.shift).
+  # generate.guidance, at a noise level drawn by `timestep_sampling`.
   ds = c.distill = ml_collections.ConfigDict()
-  ds.rollout_curriculum = ((1, 20), (2, 20))  # (blocks, steps), in order: rollout lengths
+  # (blocks, steps), in order: rollout lengths. RELIC: 5 s -> 10 s -> 20 s rollouts for 250,
+  # 150 and 150 iterations; each config scales that shape. The longest rollout must read the
+  # memory: frame 0 + (blocks - 1) blocks of context > memory.window (validate() checks it
+  # when memory.mode is relic or full). Base: 7, 13 and 25 latent frames (4 blocks: 10 frames
+  # of context > the window of 6).
+  ds.rollout_curriculum = ((2, 20), (4, 12), (8, 12))
   ds.backprop = "replayed"   # "replayed" (block by block, constant memory) or "naive"
   ds.naive_remat = True      # naive: rematerialise each block in the backward pass
   ds.critic_ratio = 5        # critic updates per generator update (Self-Forcing: 5)
-  ds.guidance = 3.0          # real-score CFG (Self-Forcing: 3); 1 = off
-  ds.min_timestep = 20.0     # DMD / critic timesteps (of 1000), before the shift
+  # DMD / critic noise level (choices.DMDTimestepSampling), from t in [min_timestep,
+  # max_timestep] of 1000 and generate.shift. "shift_then_clamp" (Self-Forcing's code, the
+  # default): t ~ U[0, 1000), shifted, then clamped to [20, 980]: P(sigma > 0.9) ~ 0.36 at
+  # shift 5. "uniform_shifted_range" (this project before): sigma uniform between the shifted
+  # ends: P(sigma > 0.9) ~ 0.11.
+  ds.timestep_sampling = "shift_then_clamp"
+  ds.min_timestep = 20.0     # Self-Forcing: 20 and 980 (of 1000)
   ds.max_timestep = 980.0
-  ds.same_exit_across_blocks = False  # one random exit step for all blocks (else per block)
+  # One random sampler exit step shared by all blocks of a rollout (Self-Forcing's default);
+  # False: an exit step per block.
+  ds.same_exit_across_blocks = True
   ds.gen_lr = 2e-6           # RELIC: generator 2e-6, critic 4e-7, AdamW betas (0, 0.999)
   ds.critic_lr = 4e-7
   ds.b1 = 0.0
@@ -217,6 +242,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   ds.weight_decay = 0.01
   ds.grad_clip = 10.0
   ds.ema_decay = 0.99        # the generator's EMA (what `relic generate` uses)
+  # The EMA starts at this distill step (critic-only steps count; Self-Forcing: 200); before
+  # it the EMA equals the generator's params.
+  ds.ema_start_step = 200
   ds.batch_size = 4
   ds.checkpoint_every = 20
   ds.keep_checkpoints = 3

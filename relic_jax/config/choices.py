@@ -27,6 +27,8 @@ implementation can import this module without a cycle. A value in a `ConfigDict`
   data.gen.wads                  Wad                data_pipeline/doom.py (the WAD files)
   train.schedule                 LRSchedule         training/optimizer.py (make_schedule)
   train.timestep_sampling        TimestepSampling   diffusion/flow_matching.py (sample_sigma)
+  generate.cfg_convention        CFGConvention      config/validation.py (standard_guidance)
+  distill.timestep_sampling      DMDTimestepSampling  training/self_forcing.py (dmd_sigma)
 """
 
 import enum
@@ -135,3 +137,17 @@ class LRSchedule(Choice):
 class TimestepSampling(Choice):
   UNIFORM = "uniform"
   LOGIT_NORMAL = "logit_normal"
+
+
+class CFGConvention(Choice):
+  """What a classifier-free guidance number g means (v_c: conditional, v_u: null-text velocity).
+  Self-Forcing's `guidance_scale: 3.0` is SELF_FORCING 3 = STANDARD 4."""
+  SELF_FORCING = "self_forcing"  # v_c + g (v_c - v_u): g = 0 is no guidance
+  STANDARD = "standard"          # v_u + g (v_c - v_u): g = 1 is no guidance
+
+
+class DMDTimestepSampling(Choice):
+  """How DMD and the critic draw their noise level (u uniform, shift(u) = s u / (1 + (s-1) u),
+  lo/hi = distill.min_timestep/max_timestep / 1000)."""
+  SHIFT_THEN_CLAMP = "shift_then_clamp"            # clamp(shift(u), lo, hi), u ~ U[0, 1)
+  UNIFORM_SHIFTED_RANGE = "uniform_shifted_range"  # U[shift(lo), shift(hi)]

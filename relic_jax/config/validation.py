@@ -6,10 +6,10 @@ import numbers
 import ml_collections
 
 from relic_jax.config.base import MESH_AXES
-from relic_jax.config.choices import (AttentionImpl, AttentionMode, Choice, Codec, Crop, DataSource,
-                                     Decoder, Dtype, KVDtype, LRSchedule, MemoryMode, MemoryPool,
-                                     Overflow, PoseFormat, RematPolicy, TextEncoder,
-                                     TimestepSampling, Wad)
+from relic_jax.config.choices import (AttentionImpl, AttentionMode, CFGConvention, Choice, Codec,
+                                     Crop, DataSource, Decoder, DMDTimestepSampling, Dtype,
+                                     KVDtype, LRSchedule, MemoryMode, MemoryPool, Overflow,
+                                     PoseFormat, RematPolicy, TextEncoder, TimestepSampling, Wad)
 
 
 class ConfigError(ValueError):
@@ -268,6 +268,86 @@ def validate_generation(cfg: ml_collections.ConfigDict) -> None:
   _choice(gen, "decoder", Decoder, prefix="generate")
 
 
+def standard_guidance(cfg: ml_collections.ConfigDict) -> float:
+  """generate.guidance as a standard CFG scale w (v_null + w (v_cond - v_null); 1 = none):
+  under the "self_forcing" convention (v_cond + g (v_cond - v_null)) w = g + 1."""
+  g = float(cfg.generate.guidance)
+  return g + 1.0 if cfg.generate.cfg_convention == CFGConvention.SELF_FORCING else g
+
+
+def context_frames(cfg: ml_collections.ConfigDict, blocks: int) -> int:
+  """Latent frames in the KV cache before the block after `blocks` blocks: frame 0's block and
+  `blocks` blocks. The memory is read only when this exceeds memory.window."""
+  return cfg.model.first_block_frames + blocks * cfg.model.block_frames
+
+
+def _blocks_past_window(cfg: ml_collections.ConfigDict) -> int:
+  """The fewest blocks whose context exceeds memory.window."""
+  m = cfg.model
+  return max(0, (cfg.memory.window - m.first_block_frames) // m.block_frames + 1)
+
+
+def validate_student(cfg: ml_collections.ConfigDict) -> None:
+  """The student's recipe (config.ode_init, config.distill, the guidance in config.generate):
+
+  * the ODE init's clean context (frame 0 + blocks - noisy_blocks clean blocks) and the
+    context of the longest distillation rollout's last block (frame 0 + blocks - 1 blocks)
+    must be longer than memory.window when memory.mode is relic or full, so that training
+    reads the pooled memory (otherwise every memory variant trains the same student);
+  * classifier-free guidance needs a teacher with an unconditional branch: caption dropout
+    (train.text_dropout > 0) or pretrained weights (train.init_from)."""
+  o, d, gen, mem = cfg.ode_init, cfg.distill, cfg.generate, cfg.memory
+  _choice(gen, "cfg_convention", CFGConvention, prefix="generate")
+  _choice(d, "timestep_sampling", DMDTimestepSampling, prefix="distill")
+  g = gen.guidance
+  if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
+    _fail("generate.guidance", g, "must be a finite number",
+          "use 0 for no guidance (self_forcing convention) or e.g. 3.0")
+  if standard_guidance(cfg) < 1.0:
+    _fail("generate.guidance", g, f"is below no guidance under generate.cfg_convention="
+          f"{gen.cfg_convention!r}", "use 0 (self_forcing) or 1 (standard) for none, or more")
+  if not _is_int(d.ema_start_step) or d.ema_start_step < 0:
+    _fail("distill.ema_start_step", d.ema_start_step, "must be a non-negative integer",
+          "use e.g. 200 (Self-Forcing), or 0 to start the EMA at once")
+  if not isinstance(d.same_exit_across_blocks, bool):
+    _fail("distill.same_exit_across_blocks", d.same_exit_across_blocks,
+          "must be True or False", "use True (Self-Forcing) or False")
+  if not (_is_int(o.blocks) and _is_int(o.noisy_blocks) and 1 <= o.noisy_blocks <= o.blocks):
+    _fail("ode_init.noisy_blocks", o.noisy_blocks, f"needs 1 <= noisy_blocks <= blocks="
+          f"{o.blocks}", "set them so, e.g. blocks=4, noisy_blocks=1")
+  cur = d.rollout_curriculum
+  if (isinstance(cur, (str, bytes)) or not isinstance(cur, (tuple, list)) or not cur
+      or any(isinstance(p, (str, bytes)) or not isinstance(p, (tuple, list)) or len(p) != 2
+             or not _is_int(p[0]) or not _is_int(p[1]) or p[0] < 1 or p[1] < 1 for p in cur)):
+    _fail("distill.rollout_curriculum", cur, "must be a non-empty list of (blocks >= 1, "
+          "steps >= 1)", "e.g. ((2, 20), (4, 12), (8, 12))")
+  if standard_guidance(cfg) != 1.0 and not cfg.train.text_dropout and not cfg.train.init_from:
+    _fail("generate.guidance", g, "classifier-free guidance (ODE-init trajectories and DMD's "
+          "real score) subtracts the teacher's unconditional velocity, but this teacher never "
+          "learns one (train.text_dropout=0 and no train.init_from pretrained weights)",
+          "train the teacher with caption dropout (e.g. --config.train.text_dropout=0.1), or "
+          "turn guidance off (generate.guidance=0 with cfg_convention 'self_forcing', 1 with "
+          "'standard')")
+  if mem.mode == MemoryMode.WINDOW:
+    return  # no memory to train
+  need = _blocks_past_window(cfg)
+  clean = o.blocks - o.noisy_blocks
+  if context_frames(cfg, clean) <= mem.window:
+    _fail("ode_init.blocks", o.blocks, f"with noisy_blocks={o.noisy_blocks} the clean context "
+          f"(frame 0 + {clean} block(s) = {context_frames(cfg, clean)} latent frames) fits in "
+          f"memory.window={mem.window}, so hybrid forcing never reads the pooled memory "
+          f"(memory.mode={mem.mode!r})", f"use ode_init.blocks >= {o.noisy_blocks + need} "
+          f"(or memory.mode='window' to train without memory)")
+  longest = max(int(p[0]) for p in cur)
+  if context_frames(cfg, longest - 1) <= mem.window:
+    _fail("distill.rollout_curriculum", cur, f"the longest rollout ({longest} block(s)) never "
+          f"leaves memory.window={mem.window}: its last block reads "
+          f"{context_frames(cfg, longest - 1)} latent frames of context, all in the window, so "
+          f"distillation never reads the pooled memory (memory.mode={mem.mode!r})",
+          f"end the curriculum with rollouts of >= {need + 1} blocks, e.g. RELIC's 5 s -> 10 s "
+          "-> 20 s shape ((2, a), (4, b), (8, c)), or use memory.mode='window'")
+
+
 def validate_data(d: ml_collections.ConfigDict) -> None:
   """The episode-dataset fields: clip cutting and ViZDoom generation."""
   for f in ("clip_stride", "spatial_stride"):
@@ -403,6 +483,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
           "with train.clean_first_frame there is no frame left to denoise",
           "use at least 2 latent frames or set train.clean_first_frame=False")
   validate_teacher_training(cfg)
+  validate_student(cfg)
   shape = dict(cfg.mesh.shape)
   if num_devices is not None:
     validate_sharding(cfg, resolve_mesh_shape(shape, num_devices), num_processes)

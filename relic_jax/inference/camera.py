@@ -34,7 +34,8 @@ def compose_yxz(angles):
 
 def integrate(c2w_B44, actions_BN13, scale):
   """Poses [B, N, 4, 4] of N new frames, each action being the motion into its frame, from the
-  pose of the frame before them: p_t = p_{t-1} + R_{t-1} dP_t, R_t = R_{t-1} Q_t."""
+  pose of the frame before them: p_t = p_{t-1} + R_{t-1} dP_t, R_t = R_{t-1} Q_t. scale: a
+  number, or [B, 1, 1] (one per example)."""
   dp, ang = signed_motion(actions_BN13, scale)
   q = compose_yxz(ang)
   r, p = c2w_B44[:, :3, :3], c2w_B44[:, :3, 3]

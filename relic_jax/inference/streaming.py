@@ -83,6 +83,7 @@ class StreamState:
   camera: jax.Array  # [B, 4, 4] pose of the last video frame, relative to frame 0
   text: jax.Array    # [B, L] byte tokens or [B, L, text_dim] embeddings
   rng: jax.Array
+  action_scale: jax.Array  # [B] metres per action unit, to integrate each session's poses
 
 
 def apply_cached(params, spec: StreamSpec, state: StreamState, x, t, t_offset, actions, poses,
@@ -97,13 +98,16 @@ def apply_cached(params, spec: StreamSpec, state: StreamState, x, t, t_offset, a
                          first_frame_in_input=first)
 
 
-def start(params, spec: StreamSpec, latent0_B1hwC, text, rng) -> StreamState:
+def start(params, spec: StreamSpec, latent0_B1hwC, text, rng, action_scale=None) -> StreamState:
   """A new session whose frame 0 is the clean image latent [B, 1, h, w, C] (normalised as the
-  DiT was trained), written into an empty cache."""
+  DiT was trained), written into an empty cache. action_scale: [B] metres per action unit per
+  session (distillation: each training clip's own); default spec.action_scale for all."""
   b = latent0_B1hwC.shape[0]
+  scale = (jnp.full((b,), spec.action_scale, jnp.float32) if action_scale is None else
+           jnp.broadcast_to(jnp.asarray(action_scale, jnp.float32), (b,)))
   state = StreamState(cache=kv_lib.init(spec.cache, b),
                       camera=jnp.broadcast_to(jnp.eye(4), (b, 4, 4)),
-                      text=jnp.asarray(text), rng=rng)
+                      text=jnp.asarray(text), rng=rng, action_scale=scale)
   actions = jnp.zeros((b, 1, ACTION_DIM)).at[:, :, STATIC].set(1.0)
   poses = camera.pose_features(state.camera[:, None])
   _, (k, v) = apply_cached(params, spec, state, latent0_B1hwC, jnp.zeros((b, 1)), 0, actions, poses,
@@ -156,8 +160,9 @@ def commit(params, spec: StreamSpec, state: StreamState, x0, actions_BFA, poses_
 
 
 def block_poses(spec: StreamSpec, state: StreamState, actions_BFA):
-  """The block's camera poses [B, F, 4, 4], integrated from the actions (relative to frame 0)."""
-  return camera.integrate(state.camera, actions_BFA, spec.action_scale)
+  """The block's camera poses [B, F, 4, 4], integrated from the actions (relative to frame 0)
+  with each session's action scale."""
+  return camera.integrate(state.camera, actions_BFA, state.action_scale[:, None, None])
 
 
 def step(params, spec: StreamSpec, state: StreamState, actions_BFA):

@@ -99,10 +99,7 @@ def validate_distill(cfg: ml_collections.ConfigDict) -> None:
   d = cfg.distill
   def fail(field, why, fix):
     raise DistillError(f"config.distill.{field}={d[field]!r}: {why}. Fix: {fix}.")
-  cur = d.rollout_curriculum
-  if not cur or any(len(p) != 2 or int(p[0]) < 1 or int(p[1]) < 1 for p in cur):
-    fail("rollout_curriculum", "must be a non-empty list of (blocks >= 1, steps >= 1)",
-         "e.g. ((1, 20), (2, 20))")
+  # (the curriculum's shape, and that it leaves the window, are config.validate's)
   if d.backprop not in sf.BACKPROP_MODES:
     fail("backprop", "unknown", f"use one of {sf.BACKPROP_MODES}")
   if int(d.critic_ratio) < 1:
@@ -121,12 +118,25 @@ def validate_distill(cfg: ml_collections.ConfigDict) -> None:
                        "Fix: --config.model.first_block_frames=1.")
 
 
+def rollout_frames(cfg: ml_collections.ConfigDict) -> int:
+  """Latent frames of the curriculum's longest rollout (frame 0 included): the clip length the
+  distillation's data must have (a longer latent cache is read as a prefix)."""
+  longest = max(int(blocks) for blocks, _ in cfg.distill.rollout_curriculum)
+  return cfg.model.first_block_frames + longest * cfg.model.block_frames
+
+
 def to_distill_batch(cfg, batch: dict, blocks: int) -> dict:
-  """A per-process data batch (latents, text, maybe actions) -> the rollout's inputs: frame 0,
-  the text and the actions of the rollout's video frames (static actions when the data has
+  """A per-process data batch (latents, text, maybe actions and action_scale) -> the rollout's
+  inputs: frame 0, the text, the actions of the rollout's video frames (static actions when
+  the data has none) and each example's action scale [B] (metres per action unit, to
+  integrate its poses as the teacher saw them; config.generate.action_scale when the data has
   none)."""
   latents = np.asarray(batch["latents"])
   b = latents.shape[0]
+  if "action_scale" in batch:
+    scale = np.asarray(batch["action_scale"], np.float32).reshape(b)
+  else:
+    scale = np.full((b,), cfg.generate.action_scale, np.float32)
   f = blocks * cfg.model.block_frames * cfg.model.cond_frames_per_latent
   if "actions" in batch:
     a = np.asarray(batch["actions"], np.float32)
@@ -140,17 +150,20 @@ def to_distill_batch(cfg, batch: dict, blocks: int) -> dict:
   else:
     actions = np.zeros((b, f, st.ACTION_DIM), np.float32)
     actions[..., st.STATIC] = 1.0
-  return {"latent0": latents[:, :1], "text": np.asarray(batch["text"]), "actions": actions}
+  return {"latent0": latents[:, :1], "text": np.asarray(batch["text"]), "actions": actions,
+          "action_scale": scale}
 
 
 def generator_update(state: DistillState, teacher, batch, spec: sf.DistillSpec, tx_gen,
-                     ema_decay: float, rng):
+                     ema_decay: float, rng, ema_start_step: int = 0):
   """A DMD step of the generator (and its EMA) on a fresh rollout -> (state, the detached
-  student sequence, metrics). Teacher and critic are only read."""
+  student sequence, metrics). Teacher and critic are only read. The EMA follows the generator
+  exactly before distill step ema_start_step (Self-Forcing starts its EMA at step 200)."""
   grads, m, seq = sf.generator_grads(state.gen, teacher, state.critic, spec, batch, rng)
   updates, opt = tx_gen.update(grads, state.gen_opt, state.gen)
   gen = optax.apply_updates(state.gen, updates)
-  ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.gen_ema, gen)
+  decay = jnp.where(state.step >= ema_start_step, ema_decay, 0.0)
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.gen_ema, gen)
   return (state.replace(gen=gen, gen_opt=opt, gen_ema=ema), seq,
           {**m, "gen_grad_norm": optax.tree.norm(grads)})
 
@@ -168,7 +181,7 @@ def critic_update(state: DistillState, seq, text, spec: sf.DistillSpec, tx_criti
 def make_step(spec: sf.DistillSpec, tx_gen, tx_critic, d: ml_collections.ConfigDict, seed: int):
   """(state, teacher, batch) -> (state, metrics): the generator's DMD step when
   step % critic_ratio == 0 (else only the rollout), then the critic's step on that rollout."""
-  ratio, decay = int(d.critic_ratio), float(d.ema_decay)
+  ratio, decay, ema_start = int(d.critic_ratio), float(d.ema_decay), int(d.ema_start_step)
 
   def step_fn(state: DistillState, teacher, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -176,7 +189,7 @@ def make_step(spec: sf.DistillSpec, tx_gen, tx_critic, d: ml_collections.ConfigD
     gen_turn = state.step % ratio == 0
 
     def with_gen(state):
-      return generator_update(state, teacher, batch, spec, tx_gen, decay, k_gen)
+      return generator_update(state, teacher, batch, spec, tx_gen, decay, k_gen, ema_start)
 
     def without_gen(state):
       seq = sf.student_sequence(state.gen, spec, batch, k_gen)
@@ -237,10 +250,13 @@ def check_batch_split(d: ml_collections.ConfigDict, mesh) -> None:
 
 
 def data_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """cfg with train.batch_size = distill.batch_size: the config the data iterator reads."""
+  """cfg with train.batch_size = distill.batch_size and clips of the longest rollout
+  (data.latent_frames = rollout_frames; the latent cache, encoded at the longest horizon any
+  stage needs, is read as a prefix): the config the data iterator reads."""
   out = cfg.copy_and_resolve_references()
   with out.unlocked():
     out.train.batch_size = cfg.distill.batch_size
+    out.data.latent_frames = max(int(cfg.data.latent_frames), rollout_frames(cfg))
   return out
 
 

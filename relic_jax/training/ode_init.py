@@ -8,7 +8,8 @@ ODE trajectories, with RELIC's hybrid forcing. In <workdir>/ode_init.
    clean image latent, sigma 0 throughout) with Euler steps on the grid of
    ode_init.solver_steps uniform timesteps joined with the student's timesteps
    (config.generate.timesteps), all shifted by generate.shift, with classifier-free guidance
-   ode_init.guidance on the text (null text: zeros). Stored: the states at the student's
+   generate.guidance on the text (null text: zeros; the same guidance as DMD's real score,
+   in the convention generate.cfg_convention). Stored: the states at the student's
    timesteps [S, T, h, w, C], the end point x0, the text, actions and poses.
 2. Regression (the generic trainer, config.train overridden by ode_init.train; params start
    from the teacher's): the student sees, for each block, the trajectory's state at a random
@@ -30,7 +31,9 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from relic_jax.config import validate
 from relic_jax.config.derive import with_teacher_rope
+from relic_jax.config.validation import standard_guidance
 from relic_jax.diffusion import flow_matching as fm
 from relic_jax.inference import camera
 from relic_jax.inference.loading import load_teacher
@@ -95,7 +98,8 @@ def validate_ode(cfg) -> None:
 def teacher_trajectory(teacher, dit: DiTConfig, sigmas, keep_idx, latent0, text, actions, poses,
                        rng, guidance: float):
   """Euler integration of the teacher's flow from noise -> (states at keep_idx [B, S, T, ...],
-  x0 [B, T, ...]). latent0 [B, 1, ...] is frame 0 (clean); T is actions' latent length."""
+  x0 [B, T, ...]). latent0 [B, 1, ...] is frame 0 (clean); T is actions' latent length.
+  guidance: a standard CFG scale (1 = none; config.validation.standard_guidance)."""
   b = latent0.shape[0]
   t_len = (actions.shape[1] - 1) // dit.cond_frames_per_latent + 1
   shape = (b, t_len) + latent0.shape[2:]
@@ -158,8 +162,9 @@ def write_trajectories(cfg, workdir: str, teacher, iterator, progress: bool = Fa
   dit = DiTConfig.from_config(cfg.model)
   per_part = cfg.train.batch_size
   parts = -(-o.num_trajectories // per_part)
+  guidance = standard_guidance(cfg)
   fn = jax.jit(lambda p, l0, tx, a, ps, r: teacher_trajectory(p, dit, sigmas, keep, l0, tx, a, ps,
-                                                               r, o.guidance))
+                                                               r, guidance))
   bar = None
   if progress:
     bar = tqdm(total=parts, unit="part", desc="teacher ODE trajectories")
@@ -287,14 +292,14 @@ class ODEInitTask(TeacherTask):
 
 def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progress: bool = False):
   """The stage: trajectories (resumable), then the regression (resumable) -> final metrics."""
+  validate(cfg)  # the student's recipe among the rest: its clean context must leave the window
   validate_ode(cfg)
   cfg = with_teacher_rope(cfg)
   if teacher is None:
     teacher = load_teacher(cfg, workdir)
   data_cfg = cfg.copy_and_resolve_references()
-  with data_cfg.unlocked():
-    if data_cfg.data.source != "latents":
-      data_cfg.data.latent_frames = clip_frames(cfg)
+  with data_cfg.unlocked():  # clips of the ODE init's length (a prefix of the latent cache's)
+    data_cfg.data.latent_frames = clip_frames(cfg)
   traj_dir = write_trajectories(data_cfg, workdir, teacher, train_iterator(data_cfg, workdir),
                                 progress)
   run_cfg = stage_config(cfg)

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from relic_jax.config.choices import DMDTimestepSampling
+from relic_jax.config.validation import standard_guidance
 from relic_jax.diffusion import flow_matching as fm
 from relic_jax.inference import camera
 from relic_jax.inference import streaming as st
@@ -51,12 +53,27 @@ class DistillSpec:
   stream: st.StreamSpec   # the student (block-causal), its cache and sampler
   teacher: DiTConfig      # the bidirectional teacher and critic
   blocks: int             # rollout length
-  guidance: float
-  min_sigma: float        # DMD / critic sigma range, after the shift
-  max_sigma: float
+  guidance: float         # real-score CFG as a standard scale (1 = none; see standard_guidance)
+  min_t: float            # DMD / critic timestep range as fractions of 1000 (before the shift)
+  max_t: float
+  shift: float
+  timestep_sampling: str = DMDTimestepSampling.SHIFT_THEN_CLAMP
   backprop: str = "replayed"
   naive_remat: bool = True
-  same_exit: bool = False
+  same_exit: bool = True
+
+  @property
+  def min_sigma(self) -> float:
+    """The least DMD / critic sigma the sampling draws."""
+    if self.timestep_sampling == DMDTimestepSampling.SHIFT_THEN_CLAMP:
+      return self.min_t
+    return float(fm.shift_sigma(self.min_t, self.shift))
+
+  @property
+  def max_sigma(self) -> float:
+    if self.timestep_sampling == DMDTimestepSampling.SHIFT_THEN_CLAMP:
+      return self.max_t
+    return float(fm.shift_sigma(self.max_t, self.shift))
 
   @property
   def num_steps(self) -> int:
@@ -82,11 +99,16 @@ def spec_from_config(cfg: ml_collections.ConfigDict, blocks: int,
   stream = st.spec_from_config(cfg, max_frames=max_frames)
   teacher_model = cfg.model.copy_and_resolve_references()
   teacher_model.attention_mode = "bidirectional"
-  lo, hi = (float(fm.shift_sigma(x / fm.NUM_TRAIN_TIMESTEPS, cfg.generate.shift))
-            for x in (d.min_timestep, d.max_timestep))
+  if d.timestep_sampling not in DMDTimestepSampling.values():
+    raise ValueError(f"config.distill.timestep_sampling={d.timestep_sampling!r}: use one of "
+                     f"{DMDTimestepSampling.values()}")
   return DistillSpec(stream=stream, teacher=DiTConfig.from_config(teacher_model), blocks=blocks,
-                     guidance=float(d.guidance), min_sigma=lo, max_sigma=hi, backprop=backprop,
-                     naive_remat=bool(d.naive_remat), same_exit=bool(d.same_exit_across_blocks))
+                     guidance=standard_guidance(cfg),
+                     min_t=float(d.min_timestep) / fm.NUM_TRAIN_TIMESTEPS,
+                     max_t=float(d.max_timestep) / fm.NUM_TRAIN_TIMESTEPS,
+                     shift=float(cfg.generate.shift), timestep_sampling=str(d.timestep_sampling),
+                     backprop=backprop, naive_remat=bool(d.naive_remat),
+                     same_exit=bool(d.same_exit_across_blocks))
 
 
 # ------------------------------------------------------------------ the rollout
@@ -107,14 +129,14 @@ def _blocks(actions_BFA, spec: DistillSpec):
 
 
 def _scan_blocks(params, spec: DistillSpec, latent0, text, actions, exits, rng,
-                 remat: bool = False):
+                 remat: bool = False, action_scale=None):
   """The block scan of `rollout` and `naive_rollout`: gradient (if any) reaches params only
   through each block's exit step; the sampler steps before it and the cache writes see
   stop_gradient(params) and the detached block. -> per-block (x_in, x0, poses)."""
   s = spec.stream
   k_start, k_blocks = jax.random.split(rng)
   frozen = jax.lax.stop_gradient(params)
-  state = st.start(frozen, s, latent0, text, k_start)
+  state = st.start(frozen, s, latent0, text, k_start, action_scale)
 
   def body(state, xs):
     j, a, e = xs
@@ -130,11 +152,12 @@ def _scan_blocks(params, spec: DistillSpec, latent0, text, actions, exits, rng,
   return out
 
 
-def rollout(params, spec: DistillSpec, latent0, text, actions, exits, rng):
+def rollout(params, spec: DistillSpec, latent0, text, actions, exits, rng, action_scale=None):
   """Step (a), no gradient: -> dict of per-block x_in and x0 [N, B, bf, h, w, C] and the
-  block poses [N, B, F, 4, 4]. actions [B, N * F, 13] (F video frames per block)."""
+  block poses [N, B, F, 4, 4]. actions [B, N * F, 13] (F video frames per block); poses are
+  integrated with action_scale [B] (default: the spec's, config.generate.action_scale)."""
   x_in, x0, poses = _scan_blocks(jax.lax.stop_gradient(params), spec, latent0, text, actions,
-                                 exits, rng)
+                                 exits, rng, action_scale=action_scale)
   return {"x_in": x_in, "x0": x0, "poses": poses}
 
 
@@ -169,11 +192,21 @@ def _noised(video, sigma_B, noise):
   return (1.0 - s) * video + s * noise, sigma * fm.NUM_TRAIN_TIMESTEPS, s, weight
 
 
+def dmd_sigma(spec: DistillSpec, rng, shape):
+  """DMD / critic noise levels by spec.timestep_sampling (config.distill.timestep_sampling):
+  "shift_then_clamp" (Self-Forcing): t ~ randint(0, 1000) / 1000, shifted, clamped to
+  [min_t, max_t]; "uniform_shifted_range": uniform between the shifted ends."""
+  if spec.timestep_sampling == DMDTimestepSampling.SHIFT_THEN_CLAMP:
+    n = int(fm.NUM_TRAIN_TIMESTEPS)
+    u = jax.random.randint(rng, shape, 0, n).astype(jnp.float32) / n
+    return jnp.clip(fm.shift_sigma(u, spec.shift), spec.min_t, spec.max_t)
+  return jax.random.uniform(rng, shape, minval=spec.min_sigma, maxval=spec.max_sigma)
+
+
 def _random_noised(spec: DistillSpec, video, rng):
-  """`_noised` at a sigma drawn uniformly in the DMD range per example -> (noise, its outputs)."""
+  """`_noised` at a sigma per example drawn by `dmd_sigma` -> (noise, its outputs)."""
   k_s, k_n = jax.random.split(rng)
-  sigma = jax.random.uniform(k_s, (video.shape[0],), minval=spec.min_sigma,
-                             maxval=spec.max_sigma)
+  sigma = dmd_sigma(spec, k_s, (video.shape[0],))
   noise = jax.random.normal(k_n, video.shape, video.dtype)
   return noise, _noised(video, sigma, noise)
 
@@ -241,13 +274,14 @@ def _cotangent(spec: DistillSpec, g):
   return jnp.moveaxis(cot.reshape(b, spec.blocks, bf, *g.shape[2:]), 1, 0)
 
 
-def replay(params, spec: DistillSpec, latent0, text, actions, exits, record, cot, rng):
+def replay(params, spec: DistillSpec, latent0, text, actions, exits, record, cot, rng,
+           action_scale=None):
   """Step (c): block by block, re-write the stored clean blocks into the cache (detached) and
   accumulate the VJP of each block's exit step with its cotangent -> gradient (params' tree)."""
   s = spec.stream
   k_start, _ = jax.random.split(rng)
   frozen = jax.lax.stop_gradient(params)
-  state = st.start(frozen, s, latent0, text, k_start)
+  state = st.start(frozen, s, latent0, text, k_start, action_scale)
   zero = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
   def body(carry, xs):
@@ -264,32 +298,35 @@ def replay(params, spec: DistillSpec, latent0, text, actions, exits, record, cot
   return grads
 
 
-def naive_rollout(params, spec: DistillSpec, latent0, text, actions, exits, rng):
+def naive_rollout(params, spec: DistillSpec, latent0, text, actions, exits, rng,
+                  action_scale=None):
   """The rollout with gradient through each block's exit step only (sampler steps before it
   and cache writes detached): -> per-block x0 [N, B, bf, ...] and poses, differentiable in
   params. Each block is rematerialised in the backward pass when spec.naive_remat."""
   _, x0, poses = _scan_blocks(params, spec, latent0, text, actions, exits, rng,
-                              remat=spec.naive_remat)
+                              remat=spec.naive_remat, action_scale=action_scale)
   return x0, poses
 
 
 def generator_grads(params, teacher, critic, spec: DistillSpec, batch: dict, rng, exits=None):
   """One generator gradient of the DMD objective -> (grads, metrics, the detached sequence
   (video, actions, poses) for the critic). batch: latent0 [B, 1, h, w, C], text, actions
-  [B, N F, 13] (the rollout's video frames, frame 0 excluded). exits: the blocks' sampler
-  exit steps [N] (default: drawn from rng)."""
+  [B, N F, 13] (the rollout's video frames, frame 0 excluded), optionally action_scale [B]
+  (each example's metres per action unit for its poses; default generate.action_scale).
+  exits: the blocks' sampler exit steps [N] (default: drawn from rng)."""
   k_exit, k_roll, k_dmd = jax.random.split(rng, 3)
   exits = sample_exits(spec, k_exit) if exits is None else jnp.asarray(exits, jnp.int32)
   latent0, text, actions = batch["latent0"], batch["text"], batch["actions"]
+  scale = batch.get("action_scale")
   if spec.backprop == "replayed":
-    record = rollout(params, spec, latent0, text, actions, exits, k_roll)
+    record = rollout(params, spec, latent0, text, actions, exits, k_roll, scale)
     video, acts, poses = sequence(spec, latent0, record["x0"], actions, record["poses"])
     g, metrics = dmd_direction(teacher, critic, spec, video, text, acts, poses, k_dmd)
     grads = replay(params, spec, latent0, text, actions, exits, record, _cotangent(spec, g),
-                   k_roll)
+                   k_roll, scale)
   else:
     def objective(p):
-      x0, poses_n = naive_rollout(p, spec, latent0, text, actions, exits, k_roll)
+      x0, poses_n = naive_rollout(p, spec, latent0, text, actions, exits, k_roll, scale)
       video, acts, poses = sequence(spec, latent0, jax.lax.stop_gradient(x0), actions, poses_n)
       g, metrics = dmd_direction(teacher, critic, spec, video, text, acts, poses, k_dmd)
       cot = jax.lax.stop_gradient(_cotangent(spec, g))
@@ -304,5 +341,6 @@ def student_sequence(params, spec: DistillSpec, batch: dict, rng):
   trains on when the generator does not update (the same samples either way)."""
   k_exit, k_roll, _ = jax.random.split(rng, 3)
   exits = sample_exits(spec, k_exit)
-  record = rollout(params, spec, batch["latent0"], batch["text"], batch["actions"], exits, k_roll)
+  record = rollout(params, spec, batch["latent0"], batch["text"], batch["actions"], exits, k_roll,
+                   batch.get("action_scale"))
   return sequence(spec, batch["latent0"], record["x0"], batch["actions"], record["poses"])
