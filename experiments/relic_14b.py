@@ -1,6 +1,7 @@
 """relic_14b: the Wan 2.1 T2V 14B backbone RELIC fine-tunes (dim 5120, FFN 13824, 40 heads,
-40 layers): wan_1_3b's recipe (bf16, full remat, umT5 text, RELIC's curriculum) with the 14B
-dims, FSDP x tensor parallel.
+40 layers): wan_1_3b's recipe (bf16, full remat, umT5 text, RELIC's curriculum, the student's
+ODE init of 7 blocks and rollouts of 7, 13 and 26 blocks) with the 14B dims, FSDP x tensor
+parallel.
 
 Clip: 21 latent frames of 60x104 (5 s at 480x832). RELIC's horizon curriculum
 (train.horizon_curriculum) extends this to 10 s (41 latent frames) and 20 s (81), with YaRN

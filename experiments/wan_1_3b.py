@@ -4,6 +4,8 @@ text embeddings 4096-d x 512 tokens), trained in bf16 with scanned, rematerialis
 Clip: 21 latent frames of 60x104 (5 s at 480x832) = 32,760 tokens. The teacher's horizon
 curriculum (train.horizon_curriculum, RELIC's) then trains 10 s (41 latent frames, ~64k tokens)
 and 20 s (81, ~126k tokens) clips with YaRN on the temporal RoPE (factors 41/21 and 81/21).
+The student: ODE init with hybrid forcing on 22 latent frames, distillation rollouts of 22, 40
+and 79 latent frames (RELIC's 5 s -> 10 s -> 20 s), both past the memory window.
 Hardware: 8+ H100 / a TPU v5p-8 or larger with FSDP; a step on one H100 fits only with a
 shorter clip (the train_step benchmark uses --config.data.latent_frames). Wall-clock: depends
 on the fleet; the train_step benchmark reports step time and MFU.

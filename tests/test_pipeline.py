@@ -26,9 +26,12 @@ c.data.gen.episodes_per_shard = 1
 c.vae.train.update({"steps": 3, "checkpoint_every": 3})
 c.vae.tiny_steps, c.vae.eval_clips = 2, 2
 c.train.steps, c.train.checkpoint_every, c.train.batch_size = 6, 2, 4
+c.train.horizon_curriculum = ((4, 4), (7, 2))
+c.memory.window = 3  # the smallest student recipe that still reads the memory: 7 latent frames
+c.ode_init.blocks, c.ode_init.noisy_blocks = 2, 1
 c.ode_init.num_trajectories, c.ode_init.solver_steps = 4, 2
 c.ode_init.train.update({"steps": 2, "batch_size": 4, "checkpoint_every": 2})
-c.distill.rollout_curriculum = ((1, 2),)
+c.distill.rollout_curriculum = ((2, 2),)
 c.distill.batch_size, c.distill.critic_ratio = 2, 2
 c.evaluate.scripts = ("look_away_and_back",)
 c.evaluate.maps = ("freedoom2/MAP05",)

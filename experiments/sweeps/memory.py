@@ -3,8 +3,12 @@ the window size), on the tiny experiment.
 
 By default each variant reruns from ode_init (memory.* feeds the student's training: the ODE
 initialisation and the distillation roll out with that memory), so every row is a student
-trained and evaluated with its memory. `memory.py:inference` only re-evaluates the baseline's
-student with each memory instead: an inference-time ablation, much cheaper.
+trained and evaluated with its memory. tiny's recipe reads the memory in both stages (ODE
+init: 13 clean latent frames; rollouts up to 25), so the variants train different students
+(tests/test_student_recipe.py); window_12's ODE init keeps only frame 0 (unpooled) in memory,
+as full does, and differs from it through distillation. `memory.py:inference` only
+re-evaluates the baseline's student with each memory instead: an inference-time ablation,
+much cheaper.
 
 Cost: the baseline's full tiny pipeline, then 7 times ode_init, distill and evaluate
 (`:inference`: 7 evaluations). Hardware: any; not timed yet.

@@ -6,12 +6,16 @@ State (`DistillState`): the generator (student) with its AdamW state and EMA, an
 never updated. The generator starts from <workdir>/ode_init when it holds a checkpoint, else
 from the teacher's params; the critic from the teacher's.
 
-Each step: the student rolls out `blocks` blocks (a random exit step per block); on every
-`critic_ratio`-th step (0, k, 2k, ...) the generator takes a DMD step on that rollout
-(replayed or naive back-propagation); every step the critic takes a flow-matching step on it.
-Both use AdamW with betas (distill.b1, distill.b2) and their own constant learning rate.
-The rollout length follows distill.rollout_curriculum [(blocks, steps), ...]; each length
-compiles its own step.
+Each step: the student rolls out `blocks` blocks (a random sampler exit step, shared by all
+blocks unless distill.same_exit_across_blocks is False); on every `critic_ratio`-th step
+(0, k, 2k, ...) the generator takes a DMD step on that rollout (replayed or naive
+back-propagation); every step the critic takes a flow-matching step on it. Both use AdamW
+with betas (distill.b1, distill.b2) and their own constant learning rate; the generator's EMA
+equals its params before distill.ema_start_step (Self-Forcing: 200) and decays by
+distill.ema_decay after. The rollout length follows distill.rollout_curriculum [(blocks,
+steps), ...] (RELIC's 5 s -> 10 s -> 20 s; the longest must leave memory.window, which
+config.validate checks); each length compiles its own step. Each example's poses are
+integrated with its clip's action_scale (the latent cache's, else generate.action_scale).
 
 `DistillStage` runs in the shared training loop (`training/loop.py`): checkpoints hold the
 whole state and the data iterator (Orbax, atomic), every distill.checkpoint_every steps and

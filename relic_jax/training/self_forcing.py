@@ -4,17 +4,20 @@ through the whole rollout). Pure functions; the stage around them is `training/d
 
 The rollout is the inference path (`inference/streaming.py`): frame 0 (the clean image latent)
 is written into an empty KV cache, then for each block j the few-step sampler runs to a random
-exit step e_j (Self-Forcing), giving the exit step's noisy input x_in_j and the block's clean
-prediction x0_j = x_in_j - sigma_{e_j} v_theta(x_in_j | cache_j); x0_j re-run at t = 0 is
-written into the cache (window + pooled memory) for the blocks after it.
+exit step e_j (Self-Forcing; by default one e for all blocks), giving the exit step's noisy
+input x_in_j and the block's clean prediction x0_j = x_in_j - sigma_{e_j} v_theta(x_in_j |
+cache_j); x0_j re-run at t = 0 is written into the cache (window + pooled memory) for the
+blocks after it.
 
 Gradient. As in Self-Forcing, only the exit step carries gradient: the steps before it and
 the cache writes are detached. The generator's objective is therefore
     L(theta) = sum_j < g_j, x0_j(theta; x_in_j, cache_j) >,  g_j = stop_gradient(DMD direction)
 where cache_j (the context) and x_in_j are constants. The DMD direction for the whole sequence
-(frame 0 + all blocks) at a random timestep t, x_t = (1 - sigma) x0 + sigma noise, is
+(frame 0 + all blocks) at a random noise level sigma (`dmd_sigma`: Self-Forcing's
+shift-then-clamp by default), x_t = (1 - sigma) x0 + sigma noise, is
     g = (x0_fake(x_t) - x0_real(x_t)) / mean|x0 - x0_real(x_t)|      (DMD2's normaliser)
-with x0_real from the frozen bidirectional teacher (classifier-free guidance on the text) and
+with x0_real from the frozen bidirectional teacher (classifier-free guidance on the text,
+generate.guidance as a standard scale: `config.validation.standard_guidance`) and
 x0_fake from the critic, divided by the number of elements (the gradient of DMD's
 0.5 * mean((x0 - stop_gradient(x0 - g))^2), whose value is logged as `dmd_loss`).
 
