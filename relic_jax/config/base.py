@@ -158,8 +158,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- memory (student KV cache)
   # relic_jax/memory/kv_cache.py. "relic": a window of the last `window` latent frames plus a
   # memory of every older frame, pooled by schedule[i % len] per side; "full": nothing
-  # pooled (full history); "window": no memory. max_frames sizes the preallocated buffers
-  # (latent frames of a session, frame 0 included: 1 + 3 x 80 = 60 s at 4 latent frames/s).
+  # pooled (full history); "window": no memory; "window_sink": the window plus frame 0 kept
+  # whole forever and nothing else (the evaluation's baseline for "is it more than keeping the
+  # input image?", StreamingLLM's attention sink in RELIC's terms). max_frames sizes the
+  # preallocated buffers (latent frames of a session, frame 0 included: 1 + 3 x 80 = 60 s at
+  # 4 latent frames/s).
   mem = c.memory = ml_collections.ConfigDict()
   mem.mode = "relic"
   mem.window = 6

@@ -84,6 +84,7 @@ class MemoryMode(Choice):
   RELIC = "relic"    # window + compressed memory
   FULL = "full"      # window + uncompressed memory (the full-history baseline)
   WINDOW = "window"  # window only: frames leaving it are dropped
+  WINDOW_SINK = "window_sink"  # window + frame 0 kept forever, uncompressed; no other memory
 
 
 class MemoryPool(Choice):
