@@ -232,10 +232,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # "window" (no memory), "full" (full history), "copy_last" (frame 0 repeated). Scripts are
   # built-in names or files (relic_jax/inference/scripts.py).
   ev = c.evaluate = ml_collections.ConfigDict()
-  ev.scripts = ("look_away_and_back", "pan_360", "out_and_back", "explore_20s", "explore_60s")
+  # every default script has late revisits (views first seen after frame 0, revisited more
+  # than a window later): relic_jax/inference/scripts.py; 84 s of video per map in all
+  ev.scripts = ("look_around", "room_visit", "tour_20s", "tour_40s")
   ev.maps = ()               # "wad/MAP" names; () = data.gen.heldout_maps
   ev.episodes_per_map = 1    # start points (random open spots) per map and script
-  ev.methods = ("relic", "window", "full", "copy_last")
+  ev.methods = ("relic", "window", "window_sink", "full", "copy_last")
   ev.revisit_distance = 0.3  # metres: a frame revisits an earlier one closer than this ...
   ev.revisit_angle_deg = 10.0  # ... whose viewing direction is within this angle
   ev.videos = True           # MP4s (generated | truth) per script and map
