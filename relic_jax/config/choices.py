@@ -27,6 +27,7 @@ implementation can import this module without a cycle. A value in a `ConfigDict`
   data.gen.wads                  Wad                data_pipeline/doom.py (the WAD files)
   train.schedule                 LRSchedule         training/optimizer.py (make_schedule)
   train.timestep_sampling        TimestepSampling   diffusion/flow_matching.py (sample_sigma)
+  evaluate.pose_estimator.kind   PoseEstimatorKind  evaluation/pose_estimation.py
 """
 
 import enum
@@ -136,3 +137,8 @@ class LRSchedule(Choice):
 class TimestepSampling(Choice):
   UNIFORM = "uniform"
   LOGIT_NORMAL = "logit_normal"
+
+
+class PoseEstimatorKind(Choice):
+  SIMILARITY = "similarity"  # zoom + shift between frames, calibrated (similarity_pose.py)
+  LEARNED = "learned"        # the PoseNet CNN trained on the training episodes' frame pairs
