@@ -182,6 +182,7 @@ CHOICE_FIELDS = [
     ("data.source", choices.DataSource), ("data.crop", choices.Crop),
     ("data.gen.codec", choices.Codec), ("train.schedule", choices.LRSchedule),
     ("train.timestep_sampling", choices.TimestepSampling),
+    ("evaluate.pose_estimator.kind", choices.PoseEstimatorKind),
 ]
 
 
