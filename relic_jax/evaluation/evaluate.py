@@ -7,26 +7,33 @@ open spot):
      (poses.actions_from_poses at config.generate.action_scale);
   2. each method of config.evaluate.methods generates the video from the truth's frame 0,
      caption and actions: "relic" (the configured memory), "window" (memory.mode='window', no
-     memory), "full" (memory.mode='full', the whole history uncompressed), and "copy_last"
-     (frame 0 repeated: a model that never moves);
+     memory), "window_sink" (the window plus frame 0 kept forever, nothing else), "full"
+     (memory.mode='full', the whole history uncompressed), and "copy_last" (frame 0 repeated:
+     a model that never moves);
   3. metrics against the truth:
-     * action following: the pose estimator (evaluation/pose_estimation.py, trained on real
+     * action following: the pose estimator (evaluation/pose_estimation.py, fitted on real
        frames) estimates the camera path of the generated video every `stride` frames; RPE
-       (translation in metres, rotation in degrees) against the true path after Sim(3)
-       alignment (evaluation/trajectory.py). The estimator's own error is its RPE on the true
-       frames (the "truth" row), and a static camera's RPE is the "static" row;
-     * spatial memory: PSNR / SSIM of generated frames against the true frames at revisits
-       beyond the uncompressed window (data_pipeline.preview.find_revisits with a minimum gap
-       of (memory.window + model.block_frames) latent frames), and the consistency PSNR of each
-       revisit frame against the generated frame it revisits;
+       (translation in metres, only on scripts with a translation; rotation in degrees)
+       against the true path after Sim(3) alignment (evaluation/trajectory.py). The
+       estimator's own error is its RPE on the true frames (the "truth" row), and a static
+       camera's RPE is the "static" row;
+     * spatial memory (evaluation/revisits.py): PSNR / SSIM of generated frames against the
+       true frames at revisits beyond the uncompressed window (data_pipeline.preview.
+       find_revisits with a minimum gap of (memory.window + model.block_frames) latent frames,
+       the camera having left the view in between), and the same at late revisits (to views
+       first seen after frame 0, which every memory mode but "window" keeps); consistency PSNR
+       of each revisit frame against the generated frame it revisits, where the generated
+       video also left that view;
      * stability: PSNR against the truth per second, and per-second image statistics (mean,
        contrast, sharpness), on the scripts of 20 s and longer;
      * speed: per-block latency (median over the blocks after the first, which compiles) and
        frames per second.
-Generated videos are cached in <workdir>/evaluate/<method>/<case>.npz, so an interrupted
-evaluation resumes where it stopped. Results: <workdir>/results/metrics.json (method ->
-metrics), metrics.md, details.json (per case and per second), videos/*.mp4 (relic | window |
-truth) and plots/*.png.
+Generated videos are cached in <workdir>/evaluate/<method>/<case>.npz with the stage their
+weights came from, so an interrupted evaluation resumes (and a changed student regenerates).
+Results: <workdir>/results/metrics.json (method -> metrics, and "_meta": where the student's
+weights come from), metrics.md (that, the averages and one table per script), details.json
+(per case, per script and per second), videos/*.mp4 (relic | window_sink | window | truth)
+and plots/*.png. A student that is not distilled is warned about on stderr and in metrics.md.
 """
 
 import dataclasses
