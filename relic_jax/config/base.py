@@ -229,7 +229,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # `relic evaluate` (relic_jax/evaluation/evaluate.py): on held-out maps, the data source
   # renders the truth for each scripted action sequence; the student generates from the
   # truth's frame 0, caption and actions, once per method: "relic" (the configured memory),
-  # "window" (no memory), "full" (full history), "copy_last" (frame 0 repeated). Scripts are
+  # "window" (no memory), "window_sink" (the window and frame 0 only: what keeping the input
+  # image alone gives), "full" (full history), "copy_last" (frame 0 repeated). Scripts are
   # built-in names or files (relic_jax/inference/scripts.py).
   ev = c.evaluate = ml_collections.ConfigDict()
   # every default script has late revisits (views first seen after frame 0, revisited more
@@ -239,7 +240,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   ev.episodes_per_map = 1    # start points (random open spots) per map and script
   ev.methods = ("relic", "window", "window_sink", "full", "copy_last")
   ev.revisit_distance = 0.3  # metres: a frame revisits an earlier one closer than this ...
-  ev.revisit_angle_deg = 10.0  # ... whose viewing direction is within this angle
+  ev.revisit_angle_deg = 10.0  # ... whose viewing direction is within this angle (the same
+                             # rule decides "not frame 0's view" for late revisits)
   ev.videos = True           # MP4s (generated | truth) per script and map
   # The pose estimator behind the action-following metrics
   # (relic_jax/evaluation/pose_estimation.py), fitted on the real frames of the training
