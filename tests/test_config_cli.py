@@ -198,6 +198,7 @@ CHOICE_FIELDS = [
     ("train.timestep_sampling", choices.TimestepSampling),
     ("generate.cfg_convention", choices.CFGConvention),
     ("distill.timestep_sampling", choices.DMDTimestepSampling),
+    ("evaluate.pose_estimator.kind", choices.PoseEstimatorKind),
 ]
 
 

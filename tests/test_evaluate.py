@@ -92,7 +92,7 @@ def test_case_metrics_of_a_perfect_and_of_a_frozen_model(look_away):
   truth = {"frames": ep.frames, "poses": ep.poses}
   rev = find_revisits(ep.poses, min_gap_frames=36, max_distance=0.3, max_angle_deg=10.0)
   perfect = ev.case_metrics(cfg, truth, ep.frames, np.array([0.5, 0.1, 0.1]), _StillEstimator(),
-                            rev)
+                            rev, translates=False)
   assert perfect["revisit_psnr"] == 100.0 and perfect["revisit_ssim"] == pytest.approx(1.0)
   assert perfect["psnr"] == 100.0
   assert perfect["block_latency_ms"] == pytest.approx(100.0)  # median after the first block
@@ -101,31 +101,92 @@ def test_case_metrics_of_a_perfect_and_of_a_frozen_model(look_away):
   static = trajectory.rpe(np.repeat(ep.poses[:1], len(ep.poses[::4]), 0), ep.poses[::4])
   assert perfect["rpe_rot"] == pytest.approx(static["rpe_rot"])
   assert perfect["rpe_rot"] > 5.0  # 90 degrees in 35 frames: ~10 degrees per 4 frames
+  # the truth itself left each revisited view and came back: consistency counts everywhere
+  # (the revisit's pose is within the rule, not identical: not quite 100 dB)
+  assert perfect["consistency_psnr"] > 50.0
+  assert perfect["consistency_frames"] == perfect["revisit_frames"] > 0
+  # late revisits: the views 10-40 degrees to the left, seen on the way out and again more
+  # than 36 frames later on the way back; the rest are returns to frame 0's view
+  assert 0 < perfect["late_revisit_frames"] < perfect["revisit_frames"]
+  assert perfect["late_revisit_psnr"] == 100.0 and perfect["late_consistency_psnr"] > 50.0
+  assert "rpe_trans" not in perfect  # a pure pan: no translation to judge
   frozen = np.repeat(ep.frames[:1], len(ep.frames), 0)
-  m = ev.case_metrics(cfg, truth, frozen, np.zeros(0), _StillEstimator(), rev)
+  m = ev.case_metrics(cfg, truth, frozen, np.zeros(0), _StillEstimator(), rev, translates=False)
   assert m["psnr"] < perfect["psnr"] and "fps" not in m
-  # revisits are back near frame 0's view, so a frozen video matches them best there; its
-  # frames are all the same, so it is perfectly "consistent"
+  # revisits are back near frame 0's view, so a frozen video matches them best there; but it
+  # never left the view, so it has no consistency to report (not a perfect one)
   assert m["revisit_psnr"] > m["psnr"] + 3.0
-  assert m["consistency_psnr"] == 100.0
+  assert m["consistency_frames"] == 0 and "consistency_psnr" not in m
+  assert m["late_consistency_frames"] == 0 and "late_consistency_psnr" not in m
+  # and at late revisits, away from frame 0's view, frame 0 repeated is no longer the answer
+  assert m["late_revisit_psnr"] < m["revisit_psnr"] - 3.0
+  # with translation declared, rpe_trans is reported
+  assert "rpe_trans" in ev.case_metrics(cfg, truth, frozen, np.zeros(0), _StillEstimator(), rev,
+                                        translates=True)
 
 
 def test_metric_table_drives_the_summary_the_markdown_and_the_sweep():
   from relic_jax import sweep
   from relic_jax.evaluation import report
-  assert report.SUMMARY_KEYS == ("revisit_psnr", "revisit_ssim", "consistency_psnr",
-                                 "rpe_trans", "rpe_rot", "psnr", "psnr_last_10s", "fps",
-                                 "block_latency_ms")
-  assert [m.key for m in sweep.METRICS] == ["revisit_psnr", "revisit_ssim", "rpe_trans",
+  assert report.SUMMARY_KEYS == ("late_revisit_psnr", "late_revisit_ssim",
+                                 "late_consistency_psnr", "revisit_psnr", "revisit_ssim",
+                                 "consistency_psnr", "rpe_trans", "rpe_rot", "psnr",
+                                 "psnr_last_10s", "fps", "block_latency_ms")
+  assert [m.key for m in sweep.METRICS] == ["late_revisit_psnr", "late_revisit_ssim",
+                                            "revisit_psnr", "revisit_ssim", "rpe_trans",
                                             "rpe_rot", "fps"]
   assert all(m in report.METRICS for m in sweep.METRICS)
-  assert ev.METHODS == ("relic", "window", "full", "copy_last") and "copy_last" not in ev.MODES
+  assert ev.METHODS == ("relic", "window", "window_sink", "full", "copy_last")
+  assert "copy_last" not in ev.MODES and ev.MODES["window_sink"] == "window_sink"
+  assert tuple(get_base_config().evaluate.methods) == ev.METHODS
   summary = {"relic": {"revisit_psnr": 21.123, "revisit_ssim": 0.61234, "rpe_trans": 0.1234,
                        "fps": 31.25, "block_latency_ms": 384.0},
              "truth": {"rpe_trans": 0.05, "rpe_rot": 1.0}}
   assert report.markdown_table(summary) == (
-      "| method | revisit_psnr | revisit_ssim | consistency_psnr | rpe_trans | rpe_rot | psnr | "
-      "psnr_last_10s | fps |\n"
-      "|---|---|---|---|---|---|---|---|---|\n"
-      "| relic | 21.12 | 0.612 | - | 0.123 | - | - | - | 31.25 |\n"
-      "| truth | - | - | - | 0.050 | 1.00 | - | - | - |\n")
+      "| method | late_revisit_psnr | late_revisit_ssim | late_consistency_psnr | revisit_psnr | "
+      "revisit_ssim | consistency_psnr | rpe_trans | rpe_rot | psnr | psnr_last_10s | fps |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+      "| relic | - | - | - | 21.12 | 0.612 | - | 0.123 | - | - | - | 31.25 |\n"
+      "| truth | - | - | - | - | - | - | 0.050 | 1.00 | - | - | - |\n")
+  # per script: the columns marked per_script (no speed, no last-10-s PSNR)
+  assert report.markdown_table(summary, per_script=True).splitlines()[0] == (
+      "| method | late_revisit_psnr | late_revisit_ssim | late_consistency_psnr | revisit_psnr | "
+      "revisit_ssim | consistency_psnr | rpe_trans | rpe_rot | psnr |")
+
+
+def test_summary_per_script_and_the_weights_source_in_the_report():
+  from relic_jax.evaluation import report
+  from relic_jax.inference.loading import fallback_warning
+  case = lambda script, v: {"script": script, "truth": {"rpe_rot": 1.0},
+                            "static": {"rpe_rot": 2.0, "rpe_trans": 0.5},
+                            "methods": {"relic": {"late_revisit_psnr": v, "fps": 10.0}}}
+  entries = [case("a", 20.0), case("a", 22.0), case("b", 30.0)]
+  summary = ev.summarise(entries)
+  assert summary["relic"]["late_revisit_psnr"] == pytest.approx(24.0)
+  assert summary["relic"]["revisit_psnr"] is None
+  assert summary["truth"] == {"rpe_trans": None, "rpe_rot": 1.0}
+  assert summary["static"] == {"rpe_trans": 0.5, "rpe_rot": 2.0}
+  scripts_ = {s: ev.summarise([e for e in entries if e["script"] == s]) for s in ("a", "b")}
+  assert scripts_["a"]["relic"]["late_revisit_psnr"] == pytest.approx(21.0)
+  assert fallback_warning("distill") is None
+  warning = fallback_warning("ode_init")
+  assert "`ode_init`, not from distillation" in warning and "Fix: run `relic distill`" in warning
+  md = report.markdown(summary, scripts_, {"weights_from": "ode_init", "distilled": False,
+                                           "warning": warning}, "notes\n")
+  assert md.startswith("# Evaluation\n\n> **WARNING: the student's weights come from `ode_init`")
+  assert "Student weights: `ode_init`." in md
+  assert md.index("## All scripts") < md.index("notes") < md.index("## a\n") < md.index("## b\n")
+  assert "| relic | 21.00 |" in md and "| relic | 30.00 |" in md
+  ok = report.markdown(summary, scripts_, {"weights_from": "distill", "distilled": True,
+                                           "warning": None}, "")
+  assert "WARNING" not in ok and "Student weights: `distill` (distilled)." in ok
+
+
+def test_a_cached_video_from_other_weights_is_generated_again(tmp_path):
+  path = str(tmp_path / "case.npz")
+  assert ev._cached_video(path, "distill") is None
+  np.savez(path, video=np.zeros((2, 4, 4, 3), np.uint8), times=np.zeros(1),
+           weights_from=np.asarray("ode_init"))
+  assert ev._cached_video(path, "distill") is None
+  video, _ = ev._cached_video(path, "ode_init")
+  assert video.shape == (2, 4, 4, 3)

@@ -143,6 +143,37 @@ def test_pooling_schedule_fills_memory_as_documented():
   assert np.asarray(cache.win_frame).tolist() == [6, 7, 8]
 
 
+def test_window_sink_attends_frame_0_and_the_window_and_nothing_else():
+  """memory.mode='window_sink': the block reads frame 0 (whole, forever) and the last `window`
+  frames; frames in between leave no trace. One layer, so a cached frame's keys and values
+  depend on that frame alone and a change to frame f reaches the block only if f is attended."""
+  frames = 10  # [0] [1 2 3] [4 5 6] [7 8 9]; window 3: frames 4 5 6 at the last block
+  dit = dataclasses.replace(DIT, num_layers=1)
+  x, actions, poses, text = conditioning(frames)
+  params = model_params(dit)
+  t = jnp.zeros((B, frames)).at[:, 7:].set(600.0)
+
+  def block(mode, x):
+    mem = memory_cfg(mode=mode, window=3, max_frames=16)
+    return cached_forward(params, dit, mem, x, t, actions, poses, text, 7)
+
+  base, cache, spec = block("window_sink", x)
+  assert spec.memory_tokens == 16 and int(cache.mem_len) == 16  # frame 0, uncompressed
+  assert np.asarray(cache.mem_pos[:16, 0]).tolist() == [0.0] * 16
+  assert np.asarray(cache.win_frame).tolist() == [6, 4, 5] and int(cache.dropped) == 0
+  assert kv_lib.attended_tokens(spec, 7) == 16 + 3 * 16 == kv_lib.attended_tokens(spec, 12)
+  for f in (1, 2, 3):  # older than the window, not frame 0: not attended
+    np.testing.assert_array_equal(block("window_sink", x.at[:, f].add(1.0))[0], base)
+  for f in (0, 5):  # frame 0 and a window frame: attended
+    assert np.abs(block("window_sink", x.at[:, f].add(1.0))[0] - base).max() > 1e-3
+  # the contrasts that make the checks able to fail: "window" forgets frame 0, "full" keeps 2
+  window = block("window", x)[0]
+  np.testing.assert_array_equal(block("window", x.at[:, 0].add(1.0))[0], window)
+  assert np.abs(window - base).max() > 1e-3
+  full = block("full", x)[0]
+  assert np.abs(block("full", x.at[:, 2].add(1.0))[0] - full).max() > 1e-3
+
+
 def test_pooling_pads_grids_the_factor_does_not_divide():
   """Wan at 480x832 has 30 x 52 tokens: pooled by 4 -> 8 x 13, edge patches averaging only the
   tokens they have."""

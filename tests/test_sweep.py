@@ -38,7 +38,8 @@ VARIANTS = {
 def _fake_metrics(cfg):
   """Values that depend on the config, so the table shows which run produced which row."""
   w = cfg.memory.window
-  relic = {"revisit_psnr": 10.0 + w, "revisit_ssim": 0.5 + w / 100, "rpe_trans": 0.1 * w,
+  relic = {"late_revisit_psnr": 5.0 + w, "late_revisit_ssim": 0.4 + w / 100,
+           "revisit_psnr": 10.0 + w, "revisit_ssim": 0.5 + w / 100, "rpe_trans": 0.1 * w,
            "rpe_rot": None if cfg.distill.backprop == "naive" else 2.0,
            "fps": 30.0 if cfg.distill.backprop == "replayed" else 25.0, "extra_metric": 7.0}
   return {"relic": relic, "window": {"revisit_psnr": 5.0 + w}, "full": {"revisit_psnr": 1.0},
@@ -221,7 +222,7 @@ def test_run_sweep_writes_table_csv_and_plots(tmp_path, fake_pipeline, capsys):
   assert [l.split("|")[1].strip() for l in lines] == ["`base`", "`window_3`", "`naive`", "`same`"]
   w3 = [c.strip() for c in lines[1].split("|")[1:-1]]
   assert w3[:3] == ["`window_3`", "window of 3", "evaluate"]
-  assert w3[3:] == ["13.00", "0.530", "**0.300**", "2.00", "**30.0**", "8.00"]
+  assert w3[3:] == ["8.00", "0.430", "13.00", "0.530", "**0.300**", "2.00", "**30.0**", "8.00"]
   assert "naive \\| backprop" in md and "n/a" in lines[2]
   assert "**16.00**" in lines[0]  # best revisit PSNR (tied with "same")
 

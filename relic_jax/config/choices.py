@@ -29,6 +29,7 @@ implementation can import this module without a cycle. A value in a `ConfigDict`
   train.timestep_sampling        TimestepSampling   diffusion/flow_matching.py (sample_sigma)
   generate.cfg_convention        CFGConvention      config/validation.py (standard_guidance)
   distill.timestep_sampling      DMDTimestepSampling  training/self_forcing.py (dmd_sigma)
+  evaluate.pose_estimator.kind   PoseEstimatorKind  evaluation/pose_estimation.py
 """
 
 import enum
@@ -86,6 +87,7 @@ class MemoryMode(Choice):
   RELIC = "relic"    # window + compressed memory
   FULL = "full"      # window + uncompressed memory (the full-history baseline)
   WINDOW = "window"  # window only: frames leaving it are dropped
+  WINDOW_SINK = "window_sink"  # window + frame 0 kept forever, uncompressed; no other memory
 
 
 class MemoryPool(Choice):
@@ -151,3 +153,8 @@ class DMDTimestepSampling(Choice):
   lo/hi = distill.min_timestep/max_timestep / 1000)."""
   SHIFT_THEN_CLAMP = "shift_then_clamp"            # clamp(shift(u), lo, hi), u ~ U[0, 1)
   UNIFORM_SHIFTED_RANGE = "uniform_shifted_range"  # U[shift(lo), shift(hi)]
+
+
+class PoseEstimatorKind(Choice):
+  SIMILARITY = "similarity"  # zoom + shift between frames, calibrated (similarity_pose.py)
+  LEARNED = "learned"        # the PoseNet CNN trained on the training episodes' frame pairs

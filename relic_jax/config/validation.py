@@ -9,7 +9,8 @@ from relic_jax.config.base import MESH_AXES
 from relic_jax.config.choices import (AttentionImpl, AttentionMode, CFGConvention, Choice, Codec,
                                      Crop, DataSource, Decoder, DMDTimestepSampling, Dtype,
                                      KVDtype, LRSchedule, MemoryMode, MemoryPool, Overflow,
-                                     PoseFormat, RematPolicy, TextEncoder, TimestepSampling, Wad)
+                                     PoseEstimatorKind, PoseFormat, RematPolicy, TextEncoder,
+                                     TimestepSampling, Wad)
 
 
 class ConfigError(ValueError):
@@ -477,6 +478,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     _fail("train.b1/b2", (t.b1, t.b2), "Adam betas must be in [0, 1)", "use e.g. 0.9, 0.999")
   _choice(cfg, "train.schedule", LRSchedule)
   _choice(cfg, "train.timestep_sampling", TimestepSampling)
+  _choice(cfg, "evaluate.pose_estimator.kind", PoseEstimatorKind)
   _positive(cfg, "train.timestep_shift")
   if cfg.train.clean_first_frame and cfg.data.latent_frames < 2:
     _fail("data.latent_frames", cfg.data.latent_frames,

@@ -7,30 +7,38 @@ open spot):
      (poses.actions_from_poses at config.generate.action_scale);
   2. each method of config.evaluate.methods generates the video from the truth's frame 0,
      caption and actions: "relic" (the configured memory), "window" (memory.mode='window', no
-     memory), "full" (memory.mode='full', the whole history uncompressed), and "copy_last"
-     (frame 0 repeated: a model that never moves);
+     memory), "window_sink" (the window plus frame 0 kept forever, nothing else), "full"
+     (memory.mode='full', the whole history uncompressed), and "copy_last" (frame 0 repeated:
+     a model that never moves);
   3. metrics against the truth:
-     * action following: the pose estimator (evaluation/pose_estimation.py, trained on real
+     * action following: the pose estimator (evaluation/pose_estimation.py, fitted on real
        frames) estimates the camera path of the generated video every `stride` frames; RPE
-       (translation in metres, rotation in degrees) against the true path after Sim(3)
-       alignment (evaluation/trajectory.py). The estimator's own error is its RPE on the true
-       frames (the "truth" row), and a static camera's RPE is the "static" row;
-     * spatial memory: PSNR / SSIM of generated frames against the true frames at revisits
-       beyond the uncompressed window (data_pipeline.preview.find_revisits with a minimum gap
-       of (memory.window + model.block_frames) latent frames), and the consistency PSNR of each
-       revisit frame against the generated frame it revisits;
+       (translation in metres, only on scripts with a translation; rotation in degrees)
+       against the true path after Sim(3) alignment (evaluation/trajectory.py). The
+       estimator's own error is its RPE on the true frames (the "truth" row), and a static
+       camera's RPE is the "static" row;
+     * spatial memory (evaluation/revisits.py): PSNR / SSIM of generated frames against the
+       true frames at revisits beyond the uncompressed window (data_pipeline.preview.
+       find_revisits with a minimum gap of (memory.window + model.block_frames) latent frames,
+       the camera having left the view in between), and the same at late revisits (to views
+       first seen after frame 0, which every memory mode but "window" keeps); consistency PSNR
+       of each revisit frame against the generated frame it revisits, where the generated
+       video also left that view;
      * stability: PSNR against the truth per second, and per-second image statistics (mean,
        contrast, sharpness), on the scripts of 20 s and longer;
      * speed: per-block latency (median over the blocks after the first, which compiles) and
        frames per second.
-Generated videos are cached in <workdir>/evaluate/<method>/<case>.npz, so an interrupted
-evaluation resumes where it stopped. Results: <workdir>/results/metrics.json (method ->
-metrics), metrics.md, details.json (per case and per second), videos/*.mp4 (relic | window |
-truth) and plots/*.png.
+Generated videos are cached in <workdir>/evaluate/<method>/<case>.npz with the stage their
+weights came from, so an interrupted evaluation resumes (and a changed student regenerates).
+Results: <workdir>/results/metrics.json (method -> metrics, and "_meta": where the student's
+weights come from), metrics.md (that, the averages and one table per script), details.json
+(per case, per script and per second), videos/*.mp4 (relic | window_sink | window | truth)
+and plots/*.png. A student that is not distilled is warned about on stderr and in metrics.md.
 """
 
 import dataclasses
 import os
+import sys
 import time
 
 import numpy as np
@@ -42,20 +50,23 @@ from data_pipeline import poses as poses_lib
 from data_pipeline.episode import DataError
 from data_pipeline.loader import crop_box
 from data_pipeline.preview import find_revisits, frame_captions, write_video
+from relic_jax.config.choices import MemoryMode
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.evaluation import report
+from relic_jax.evaluation import revisits as revisits_lib
 from relic_jax.evaluation import trajectory
 from relic_jax.evaluation.pose_estimation import estimate_trajectory, load_pose_estimator
 from relic_jax.inference import scripts as scripts_lib
-from relic_jax.inference.loading import load_decoder, load_dit
+from relic_jax.inference.loading import fallback_warning, load_decoder, load_dit, student_stage
 from relic_jax.inference.session import Session
 from relic_jax.io_utils import write_bytes_atomic, write_json_atomic, write_npz_atomic
 from relic_jax.workdir import Workdir
 
 # The methods that generate, with the memory mode each streams with (None: the configured
 # memory); METHODS adds "copy_last", frame 0 repeated, which generates nothing.
-MODES = {"relic": None, "window": "window", "full": "full"}
+MODES = {"relic": None, "window": MemoryMode.WINDOW.value,
+         "window_sink": MemoryMode.WINDOW_SINK.value, "full": MemoryMode.FULL.value}
 METHODS = (*MODES, "copy_last")
 LONG_SCRIPT_S = 20.0  # scripts at least this long get the per-second stability curves
 
@@ -172,25 +183,41 @@ def per_second(values, fps: float) -> np.ndarray:
                    for i in range(n)]) if n else values[:0]
 
 
+def revisit_metrics(video, frames, psnr, revisits, prefix: str = "") -> dict:
+  """PSNR / SSIM against the truth at the revisit frames t (revisits[t] = s >= 0), and the
+  consistency PSNR of video[t] against video[s] where the generated video left s's view in
+  between (revisits.consistency_mask); keys prefixed by `prefix`, none without revisits."""
+  hit = np.flatnonzero(revisits >= 0)
+  if not len(hit):
+    return {}
+  out = {f"{prefix}revisit_psnr": float(psnr[hit].mean()),
+         f"{prefix}revisit_ssim": float(img_metrics.ssim(video[hit], frames[hit]).mean()),
+         f"{prefix}revisit_frames": int(len(hit))}
+  ok = np.flatnonzero(revisits_lib.consistency_mask(video, frames, revisits))
+  out[f"{prefix}consistency_frames"] = int(len(ok))
+  if len(ok):
+    out[f"{prefix}consistency_psnr"] = float(np.minimum(
+        img_metrics.psnr(video[ok], video[revisits[ok]]), 100.0).mean())
+  return out
+
+
 def case_metrics(cfg, truth: dict, video: np.ndarray, times: np.ndarray, estimator,
-                 revisits: np.ndarray) -> dict:
-  """The metrics of one generated video against its truth."""
+                 revisits: np.ndarray, translates: bool = True) -> dict:
+  """The metrics of one generated video against its truth. `revisits` is find_revisits of the
+  truth's poses; `translates`: whether the script moves the camera's centre (else rpe_trans,
+  meaningless without translation, is left out)."""
+  ev = cfg.evaluate
   fps = cfg.generate.fps
   frames = truth["frames"]
   psnr = img_metrics.psnr(video, frames)
   psnr = np.minimum(psnr, 100.0)  # identical frames (frame 0) count as 100 dB, not inf
   out = {"psnr": float(psnr[1:].mean())}
-  hit = np.flatnonzero(revisits >= 0)
-  if len(hit):
-    out["revisit_psnr"] = float(psnr[hit].mean())
-    out["revisit_ssim"] = float(img_metrics.ssim(video[hit], frames[hit]).mean())
-    out["consistency_psnr"] = float(np.minimum(
-        img_metrics.psnr(video[hit], video[revisits[hit]]), 100.0).mean())
-    out["revisit_frames"] = int(len(hit))
-  stride = estimator.stride
+  out.update(revisit_metrics(video, frames, psnr, revisits))
+  late = revisits_lib.late_revisits(truth["poses"], revisits, ev.revisit_distance,
+                                    ev.revisit_angle_deg)
+  out.update(revisit_metrics(video, frames, psnr, late, prefix="late_"))
   est = estimate_trajectory(estimator, video)
-  ref = truth["poses"][::stride][:len(est)]
-  out.update({k: v for k, v in trajectory.rpe(est, ref).items() if k != "pairs"})
+  out.update(action_following(est, truth["poses"][::estimator.stride], translates))
   seconds = len(frames) / fps
   if seconds >= LONG_SCRIPT_S:
     out["psnr_per_second"] = per_second(psnr, fps).tolist()
@@ -204,17 +231,39 @@ def case_metrics(cfg, truth: dict, video: np.ndarray, times: np.ndarray, estimat
   return out
 
 
+def action_following(est, ref, translates: bool) -> dict:
+  """RPE of an estimated trajectory est [n, 4, 4] against the true poses ref (every stride-th
+  frame): rpe_rot, and rpe_trans only when the script `translates` (without translation the
+  Sim(3) scale is degenerate and a static camera scores best)."""
+  got = trajectory.rpe(est, ref[:len(est)])
+  return {k: v for k, v in got.items() if k != "pairs" and (translates or k != "rpe_trans")}
+
+
 def _mean(rows, key):
   vals = [r[key] for r in rows if r.get(key) is not None]
   return float(np.mean(vals)) if vals else None
+
+
+def summarise(entries) -> dict:
+  """Case entries of details.json -> {method: {metric: mean over the cases that have it}} for
+  every method, plus the pose estimator on the true frames ("truth") and a static camera
+  ("static"): rpe_trans / rpe_rot only."""
+  entries = list(entries)
+  methods = list(dict.fromkeys(m for e in entries for m in e["methods"]))
+  out = {m: {k: _mean([e["methods"][m] for e in entries if m in e["methods"]], k)
+             for k in report.SUMMARY_KEYS} for m in methods}
+  for row in ("truth", "static"):
+    out[row] = {k: _mean([e[row] for e in entries], k) for k in ("rpe_trans", "rpe_rot")}
+  return out
 
 
 # ------------------------------------------------------------------ reports
 
 
 def _video(results_dir: str, case: Case, truth: dict, videos: dict, fps: float) -> str:
-  panels = [videos[m] for m in ("relic", "window") if m in videos] + [truth["frames"]]
-  labels = [m for m in ("relic", "window") if m in videos] + ["truth"]
+  shown = [m for m in ("relic", "window_sink", "window") if m in videos]
+  panels = [videos[m] for m in shown] + [truth["frames"]]
+  labels = shown + ["truth"]
   sep = np.full((len(truth["frames"]), truth["frames"].shape[1], 2, 3), 255, np.uint8)
   joined = np.concatenate(sum([[p, sep] for p in panels], [])[:-1], axis=2)
   rev = find_revisits(truth["poses"], min_gap_frames=30)
@@ -228,9 +277,20 @@ def _video(results_dir: str, case: Case, truth: dict, videos: dict, fps: float) 
 # ------------------------------------------------------------------ the stage
 
 
+def _cached_video(path: str, weights_from: str):
+  """(video, times) of a cached generation, or None when absent or made by another stage's
+  weights (it is then generated again)."""
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as z:
+    if "weights_from" in z.files and str(z["weights_from"]) != weights_from:
+      return None
+    return z["video"], z["times"]
+
+
 def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
-  """Runs the evaluation (see the module docstring); returns {"metrics": method -> summary,
-  "results": the results directory, "videos", "plots"}."""
+  """Runs the evaluation (see the module docstring); returns {"metrics": method -> summary
+  (and "_meta"), "results": the results directory, "videos", "plots"}."""
   ev = cfg.evaluate
   methods = list(ev.methods)
   unknown = sorted(set(methods) - set(METHODS))
@@ -239,6 +299,11 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
                     f"{', '.join(METHODS)}.")
   wd = Workdir.of(cfg, workdir)
   estimator = load_pose_estimator(wd.pose_estimator)
+  generating = [m for m in methods if m in MODES]
+  weights_from = student_stage(cfg, workdir) if generating else None
+  warning = fallback_warning(weights_from) if weights_from else None
+  if warning:
+    print(f"\n{'!' * 78}\n[relic] WARNING: {warning}\n{'!' * 78}\n", file=sys.stderr)
   all_cases = cases(cfg)
   t0 = time.time()
   truths = {}
@@ -249,64 +314,74 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
   gens = None
   min_gap = 4 * (cfg.memory.window + bf)
   details = {"cases": {}, "min_gap_frames": min_gap}
-  rows = {m: [] for m in methods}
-  truth_rows = []
-  static_rows = []
   videos_written = []
   bar = tqdm(total=len(all_cases) * len(methods), desc="evaluate", disable=not progress)
   for ci, case in enumerate(all_cases):
     truth = truths[case.name]
     revisits = find_revisits(truth["poses"], min_gap_frames=min_gap,
                              max_distance=ev.revisit_distance, max_angle_deg=ev.revisit_angle_deg)
+    late = revisits_lib.late_revisits(truth["poses"], revisits, ev.revisit_distance,
+                                      ev.revisit_angle_deg)
+    translates = scripts_lib.translates(truth["script_actions"])
     entry = {"script": case.script, "map": case.map_path, "seed": case.seed,
              "frames": int(len(truth["frames"])), "revisit_frames": int((revisits >= 0).sum()),
+             "late_revisit_frames": int((late >= 0).sum()), "translates": translates,
              "methods": {}}
     ref = truth["poses"][::estimator.stride]
-    est_truth = trajectory.rpe(estimate_trajectory(estimator, truth["frames"]), ref)
-    entry["truth"] = {k: v for k, v in est_truth.items() if k != "pairs"}
-    truth_rows.append(entry["truth"])
-    static = trajectory.rpe(np.repeat(ref[:1], len(ref), 0), ref)
-    static_rows.append({k: v for k, v in static.items() if k != "pairs"})
+    entry["truth"] = action_following(estimate_trajectory(estimator, truth["frames"]), ref,
+                                      translates)
+    entry["static"] = action_following(np.repeat(ref[:1], len(ref), 0), ref, translates)
     videos = {}
     for method in methods:
       path = os.path.join(wd.evaluate, method, f"{case.name}.npz")
-      if os.path.exists(path):
-        with np.load(path) as z:
-          video, times = z["video"], z["times"]
+      cached = _cached_video(path, weights_from if method in MODES else "none")
+      if cached is not None:
+        video, times = cached
       else:
-        if gens is None and method != "copy_last":
+        if gens is None and method in MODES:
           gens = _Generators(cfg, workdir, 1 + bf * ((longest - 1) // (4 * bf)))
         video, times = generate_case(gens, method, truth, seed=cfg.seed + ci)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_npz_atomic(path, video=video, times=times)
+        write_npz_atomic(path, video=video, times=times,
+                         weights_from=np.asarray(weights_from if method in MODES else "none"))
       videos[method] = video
-      m = case_metrics(cfg, truth, video, times, estimator, revisits)
-      entry["methods"][method] = m
-      rows[method].append(m)
+      entry["methods"][method] = case_metrics(cfg, truth, video, times, estimator, revisits,
+                                              translates)
       bar.update(1)
     if ev.videos:
       videos_written.append(_video(wd.results, case, truth, videos, cfg.generate.fps))
     details["cases"][case.name] = entry
   bar.close()
-  summary = {m: {k: _mean(rows[m], k) for k in report.SUMMARY_KEYS} for m in methods}
-  summary["truth"] = {"rpe_trans": _mean(truth_rows, "rpe_trans"),
-                      "rpe_rot": _mean(truth_rows, "rpe_rot")}
-  summary["static"] = {"rpe_trans": _mean(static_rows, "rpe_trans"),
-                       "rpe_rot": _mean(static_rows, "rpe_rot")}
+  summary = summarise(details["cases"].values())
+  by_script = {}
+  for e in details["cases"].values():
+    by_script.setdefault(e["script"], []).append(e)
+  details["scripts"] = {script: summarise(es) for script, es in by_script.items()}
+  meta = {"weights_from": weights_from, "distilled": bool(weights_from) and warning is None,
+          "warning": warning}
   results = wd.results
   os.makedirs(results, exist_ok=True)
-  details.update({"dit_from": gens.dit_from if gens else None, "seconds": time.time() - t0,
-                  "pose_estimator": estimator.meta, "memory": cfg.memory.to_dict()})
+  details.update({"_meta": meta, "seconds": time.time() - t0, "pose_estimator": estimator.meta,
+                  "memory": cfg.memory.to_dict()})
   write_json_atomic(os.path.join(results, "details.json"), details)
-  write_json_atomic(os.path.join(results, "metrics.json"), summary)
-  notes = (f"\n{len(all_cases)} cases ({', '.join(ev.scripts)} on "
-           f"{', '.join(sorted({c.map_path for c in all_cases}))}); revisits are frames at least "
-           f"{min_gap} frames after a frame within {ev.revisit_distance} m and "
-           f"{ev.revisit_angle_deg} deg of their pose. PSNR in dB; rpe_trans in metres, rpe_rot "
-           "in degrees per stride of the pose estimator; 'truth' is the pose estimator on the "
-           "true frames (its own error), 'static' a camera that never moves.\n")
+  write_json_atomic(os.path.join(results, "metrics.json"), {**summary, "_meta": meta})
   write_bytes_atomic(os.path.join(results, "metrics.md"),
-                     ("# Evaluation\n\n" + report.markdown_table(summary) + notes).encode())
+                     report.markdown(summary, details["scripts"], meta, _notes(cfg, all_cases,
+                                                                               min_gap)).encode())
   plots = report.plots(results, details, {m: summary[m] for m in methods})
-  return {"metrics": summary, "results": results, "videos": videos_written, "plots": plots,
-          "seconds": time.time() - t0}
+  return {"metrics": {**summary, "_meta": meta}, "results": results, "videos": videos_written,
+          "plots": plots, "seconds": time.time() - t0}
+
+
+def _notes(cfg, all_cases, min_gap: int) -> str:
+  ev = cfg.evaluate
+  return (f"{len(all_cases)} cases ({', '.join(ev.scripts)} on "
+          f"{', '.join(sorted({c.map_path for c in all_cases}))}). A revisit is a frame at least "
+          f"{min_gap} frames (the window and a block) after a frame within "
+          f"{ev.revisit_distance} m and {ev.revisit_angle_deg} deg of its pose, the camera "
+          "having left that pose in between; a late revisit one whose earlier view is not frame "
+          "0's (by the same rule). Consistency (the revisit against the generated earlier view) "
+          "counts only where the generated video also left that view (copy_last never does). "
+          "PSNR in dB; rpe_trans in metres (scripts with translation only), rpe_rot in degrees, "
+          "per stride of the pose estimator; 'truth' is the pose estimator on the true frames "
+          "(its own error), 'static' a camera that never moves.\n")

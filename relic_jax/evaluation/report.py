@@ -25,33 +25,59 @@ class Metric(NamedTuple):
   plot: bool = False       # a panel of the evaluation's bar plot (plots/metrics.png)
   sweep: bool = False      # a column of the sweep's comparison table
   sweep_fmt: str = ""      # format spec in the sweep's table, where it differs from fmt
+  per_script: bool = True  # a column of the per-script tables (metrics.md; details.json has all)
 
 
-# In report order: metrics.json summarises every row, each report shows the rows it marks.
+# In report order: metrics.json summarises every row (and details.json per script), each report
+# shows the rows it marks. late_*: at revisits to views first seen after frame 0
+# (evaluation/revisits.py), the memory's own test; consistency_*: only where the generated
+# video left the view in between; rpe_trans: only on scripts with translation.
 METRICS = (
+    Metric("late_revisit_psnr", "late revisit PSNR (dB)", True, ".2f", plot=True, sweep=True),
+    Metric("late_revisit_ssim", "late revisit SSIM", True, ".3f", sweep=True),
+    Metric("late_consistency_psnr", "late consistency PSNR (dB)", True, ".2f", plot=True),
     Metric("revisit_psnr", "revisit PSNR (dB)", True, ".2f", plot=True, sweep=True),
     Metric("revisit_ssim", "revisit SSIM", True, ".3f", sweep=True),
     Metric("consistency_psnr", "consistency PSNR (dB)", True, ".2f", plot=True),
     Metric("rpe_trans", "RPE trans", False, ".3f", plot=True, sweep=True),
     Metric("rpe_rot", "RPE rot (deg)", False, ".2f", plot=True, sweep=True),
     Metric("psnr", "PSNR (dB)", True, ".2f"),
-    Metric("psnr_last_10s", "PSNR, last 10 s (dB)", True, ".2f"),
-    Metric("fps", "frames/s", True, ".2f", sweep=True, sweep_fmt=".1f"),
-    Metric("block_latency_ms", "block latency (ms)", False, ".2f", table=False),
+    Metric("psnr_last_10s", "PSNR, last 10 s (dB)", True, ".2f", per_script=False),
+    Metric("fps", "frames/s", True, ".2f", sweep=True, sweep_fmt=".1f", per_script=False),
+    Metric("block_latency_ms", "block latency (ms)", False, ".2f", table=False,
+           per_script=False),
 )
 BY_KEY = {m.key: m for m in METRICS}
 SUMMARY_KEYS = tuple(m.key for m in METRICS)  # a method's summary in results/metrics.json
 
 
-def markdown_table(summary: dict) -> str:
-  """method -> metrics as a markdown table of the METRICS marked `table` ('-': no value)."""
-  cols = [m for m in METRICS if m.table]
+def markdown_table(summary: dict, per_script: bool = False) -> str:
+  """method -> metrics as a markdown table of the METRICS marked `table` (and `per_script`
+  when per_script; '-': no value)."""
+  cols = [m for m in METRICS if m.table and (m.per_script or not per_script)]
   lines = ["| method | " + " | ".join(m.key for m in cols) + " |",
            "|---" * (len(cols) + 1) + "|"]
   for method, row in summary.items():
     cells = ["-" if row.get(m.key) is None else format(row[m.key], m.fmt) for m in cols]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def markdown(summary: dict, scripts: dict, meta: dict, notes: str) -> str:
+  """The whole metrics.md: where the student's weights come from (a loud warning when they are
+  not distilled), the averages over all cases, the notes, then one table per script."""
+  out = ["# Evaluation\n"]
+  if meta.get("warning"):
+    out.append(f"> **WARNING: {meta['warning']}**\n")
+  out.append(f"Student weights: `{meta.get('weights_from')}`"
+             f"{' (distilled)' if meta.get('distilled') else ''}.\n")
+  out.append("## All scripts (mean over cases)\n")
+  out.append(markdown_table(summary))
+  out.append(notes)
+  for script, table in scripts.items():
+    out.append(f"## {script}\n")
+    out.append(markdown_table(table, per_script=True))
+  return "\n".join(out)
 
 
 def plots(results_dir: str, details: dict, summary: dict) -> list[str]:

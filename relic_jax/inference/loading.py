@@ -8,6 +8,8 @@ nothing else is read or built: no optimizer, no task, no train state. The checkp
 metadata is still checked against the model (`CheckpointError` for another model's params).
 
   load_dit(cfg, workdir)           the newest trained DiT: distill, else ode_init, else teacher
+  student_stage(cfg, workdir)      which stage load_dit reads, without loading it
+  fallback_warning(stage)          what to say when that DiT is not the distilled student
   load_teacher(cfg, workdir)       the teacher's params
   load_dit_params(cfg, run_dir)    the DiT params of any DiT run directory (a curriculum phase)
   load_vae / load_tiny_decoder     (model config, params) of <workdir>/vae, <workdir>/vae_tiny
@@ -69,20 +71,38 @@ def load_teacher(cfg: ml_collections.ConfigDict, workdir: str):
   return load_dit_params(cfg, tdir)
 
 
-def load_dit(cfg: ml_collections.ConfigDict, workdir: str):
-  """(params, which stage they come from) of the newest trained DiT in workdir; from distill,
-  the generator's EMA (its raw params when distill.ema_decay = 0)."""
+def student_stage(cfg: ml_collections.ConfigDict, workdir: str) -> str:
+  """The stage load_dit reads (the first of STUDENT_STAGES with a checkpoint), without
+  loading anything."""
   w = Workdir.of(cfg, workdir)
   for stage in STUDENT_STAGES:
-    path = w.stage_dir(stage)
-    if not ckpt_lib.has_checkpoint(path):
-      continue
-    if stage == "distill":
-      key = "gen_ema" if cfg.distill.ema_decay > 0 else "gen"
-      return load_dit_params(cfg, path, key, "run `relic distill` with this --workdir."), stage
-    return load_dit_params(cfg, path), stage
+    if ckpt_lib.has_checkpoint(w.stage_dir(stage)):
+      return stage
   raise DataError(f"no trained DiT in {workdir} (looked in {', '.join(STUDENT_STAGES)}). Fix: "
                   "run `relic train_teacher` (and later ode_init/distill) with this --workdir.")
+
+
+def load_dit(cfg: ml_collections.ConfigDict, workdir: str):
+  """(params, which stage they come from) of the newest trained DiT in workdir
+  (student_stage); from distill, the generator's EMA (its raw params when
+  distill.ema_decay = 0)."""
+  stage = student_stage(cfg, workdir)
+  path = Workdir.of(cfg, workdir).stage_dir(stage)
+  if stage == "distill":
+    key = "gen_ema" if cfg.distill.ema_decay > 0 else "gen"
+    return load_dit_params(cfg, path, key, "run `relic distill` with this --workdir."), stage
+  return load_dit_params(cfg, path), stage
+
+
+def fallback_warning(stage: str) -> str | None:
+  """None for a distilled student (load_dit's first choice); else a warning that the student
+  fell back to an earlier stage's weights, naming it and the fix."""
+  if stage == STUDENT_STAGES[0]:
+    return None
+  return (f"the student's weights come from `{stage}`, not from distillation (no "
+          f"`{STUDENT_STAGES[0]}` checkpoint in this workdir): these results are not the "
+          f"distilled student's. Fix: run `relic {STUDENT_STAGES[0]}` with this --workdir "
+          "first, then evaluate again.")
 
 
 def load_vae(cfg: ml_collections.ConfigDict, workdir: str):

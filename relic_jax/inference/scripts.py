@@ -20,8 +20,28 @@ from data_pipeline.poses import ACTION_DIM, ACTION_NAMES
 
 DEFAULT_TURN = np.deg2rad(45.0) / 17.5  # 45 degrees per second at 17.5 fps
 ROTATIONS = {"tilt_up", "tilt_down", "pan_left", "pan_right", "roll_cw", "roll_ccw"}
+TRANSLATIONS = ("dolly_in", "dolly_out", "truck_left", "truck_right", "pedestal_up",
+                "pedestal_down")
 
 BUILTIN = {
+    # The evaluation's defaults (config.evaluate.scripts): each comes back, more than a window
+    # later, to views first seen after frame 0 ("late revisits", evaluation/revisits.py), so
+    # the memory of what the model generated is tested, not only the input image.
+    # 11 s, rotation only: look left, then right past the start, then back
+    "look_around": "0.5 static\n2.0 pan_left\n1.0 static\n4.0 pan_right\n1.0 static\n"
+                   "2.0 pan_left\n0.5 static",
+    # 13 s: walk in, look left and back, walk out backwards, walk in again and look left again
+    "room_visit": "0.5 static\n2.0 dolly_in\n2.0 pan_left\n2.0 pan_right\n2.0 dolly_out\n"
+                  "2.0 dolly_in\n2.0 pan_left\n0.5 static",
+    # 20 s: walk in, look around (half a turn and back), leave, come back, look again
+    "tour_20s": "0.5 static\n2.5 dolly_in\n4.0 pan_left\n4.0 pan_right\n2.5 dolly_out\n"
+                "2.5 dolly_in\n2.0 pan_left\n2.0 pan_right",
+    # 40 s: walk in, a full turn, strafe out and back, walk on, look around, walk back to the
+    # first stop, look around there again, walk back to the start
+    "tour_40s": "0.5 static\n2.0 dolly_in\n8.0 pan_left\n2.0 truck_left\n2.0 truck_right\n"
+                "2.0 dolly_in\n4.0 pan_right\n4.0 pan_left\n4.0 dolly_out\n4.0 pan_right\n"
+                "4.0 pan_left\n2.0 dolly_out\n1.5 static",
+    # earlier scripts (most of their revisits return to frame 0's view)
     "pan_360": "1.0 static\n8.0 pan_left\n1.0 static",
     "look_away_and_back": "1.0 static\n2.0 pan_left\n1.0 static\n2.0 pan_right\n1.0 static",
     "out_and_back": "0.5 static\n3.0 dolly_in\n4.0 pan_left\n3.0 dolly_in\n4.0 pan_left",
@@ -94,6 +114,12 @@ def load(name_or_path: str, fps: float) -> np.ndarray:
     raise ScriptError(f"{name_or_path!r} is neither a built-in script ({', '.join(BUILTIN)}) "
                       f"nor a readable file: {e.strerror}") from None
   return parse(text, fps)
+
+
+def translates(actions: np.ndarray) -> bool:
+  """Whether per-frame actions [N, 13] ever move the camera's centre (a translation channel)."""
+  idx = [ACTION_NAMES.index(n) for n in TRANSLATIONS]
+  return bool(np.any(np.asarray(actions)[..., idx] > 0))
 
 
 def to_blocks(actions: np.ndarray, frames_per_block: int) -> np.ndarray:

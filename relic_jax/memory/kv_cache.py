@@ -26,10 +26,12 @@ per (token, head) (amax / 448), dequantized on read.
 
 Modes (`memory.mode`): "relic" (window + compressed memory), "full" (window + memory with S
 all ones: every frame uncompressed, the full-history baseline), "window" (no memory: frames
-that leave the window are dropped). Past capacity (`memory.overflow`): "error" (the session
-refuses the step, checked on the host) or "drop" (frames that no longer fit are dropped from
-the memory; `dropped` counts them). These choices are declared in `config.choices`
-(MemoryMode, MemoryPool, KVDtype, Overflow).
+that leave the window are dropped), "window_sink" (the window plus frame 0 kept forever,
+uncompressed, and no other memory: the baseline that separates RELIC's memory from merely
+keeping the input image, which RELIC's S[0] = 1 also keeps whole). Past capacity
+(`memory.overflow`): "error" (the session refuses the step, checked on the host) or "drop"
+(frames that no longer fit are dropped from the memory; `dropped` counts them). These choices are
+declared in `config.choices` (MemoryMode, MemoryPool, KVDtype, Overflow).
 
 The DiT reads the cache through `view`, which builds the model's own `models.kv.KVView` (the
 memory and window buffers as two segments, RoPE angles of their positions, validity): the model
@@ -71,6 +73,7 @@ class CacheSpec:
   use_memory: bool = True
   overflow: str = Overflow.ERROR.value
   pool: str = MemoryPool.MEAN.value
+  sink_only: bool = False        # window_sink: the memory keeps frame 0 alone, the rest drop
 
   @property
   def tokens_per_frame(self) -> int:
@@ -87,7 +90,10 @@ class CacheSpec:
     """M: the tokens of every frame that can leave the window within max_frames."""
     if not self.use_memory:
       return 0
-    return sum(self.frame_tokens_in_memory(i) for i in range(max(self.max_frames - self.window, 0)))
+    leaving = max(self.max_frames - self.window, 0)
+    if self.sink_only:
+      leaving = min(leaving, 1)
+    return sum(self.frame_tokens_in_memory(i) for i in range(leaving))
 
   @property
   def memory_slots(self) -> int:
@@ -115,14 +121,15 @@ def spec_from_config(model_cfg, memory_cfg: ml_collections.ConfigDict, latent_hw
   if mode not in MemoryMode.values():
     raise ValueError(f"config.memory.mode={mode!r}: unknown. Fix: use one of "
                      f"{MemoryMode.values()}.")
-  schedule = tuple(memory_cfg.schedule) if mode == MemoryMode.RELIC else (1,)
+  schedule = tuple(memory_cfg.schedule) if mode == MemoryMode.RELIC else (1,)  # frame 0 whole
   return CacheSpec(num_layers=get("num_layers"), num_heads=get("num_heads"),
                    head_dim=get("dim") // get("num_heads"),
                    grid=(latent_hw[0] // ph, latent_hw[1] // pw), window=memory_cfg.window,
                    schedule=schedule, max_frames=max_frames or memory_cfg.max_frames,
                    kv_dtype=memory_cfg.kv_dtype, use_memory=mode != MemoryMode.WINDOW,
                    overflow=memory_cfg.overflow,
-                   pool=memory_cfg.get("pool", MemoryPool.MEAN.value))
+                   pool=memory_cfg.get("pool", MemoryPool.MEAN.value),
+                   sink_only=mode == MemoryMode.WINDOW_SINK)
 
 
 @struct.dataclass
@@ -248,8 +255,9 @@ def _pool_positions(grid: tuple[int, int], factor: int, slots: int, rule: str = 
 
 def _evict(cache: KVCache, spec: CacheSpec, slot, frame, evict) -> KVCache:
   """Pools the frame held in window `slot` into the memory (appended at mem_len) if `evict`
-  (traced). Computed either way and written to the slack when not evicting: no lax.cond over
-  the whole cache, whose operands XLA would copy."""
+  (traced; with `spec.sink_only` only frame 0 is kept, the others leave without a trace).
+  Computed either way and written to the slack when not evicting: no lax.cond over the whole
+  cache, whose operands XLA would copy."""
   p = spec.tokens_per_frame
   start = slot * p
   take = lambda a: jax.lax.dynamic_slice_in_dim(a, start, p, axis=2)
@@ -269,6 +277,8 @@ def _evict(cache: KVCache, spec: CacheSpec, slot, frame, evict) -> KVCache:
   pk, pv, ppos = jax.lax.switch(branch, [pooled(f) for f in factors], (k, v))
   ppos = jnp.concatenate([jnp.full((p, 1), frame, jnp.float32), ppos], axis=-1)
   fits = cache.mem_len + count <= spec.memory_tokens
+  if spec.sink_only:
+    evict = evict & (frame == 0)
   keep = evict & fits
   at = jnp.where(keep, cache.mem_len, spec.memory_tokens)  # the slack: harmless, stays invalid
   dt = jnp.dtype(spec.kv_dtype)
@@ -318,7 +328,7 @@ def attended_tokens(spec: CacheSpec, frames: int) -> int:
   if not spec.use_memory:
     return in_window * spec.tokens_per_frame
   mem = 0
-  for i in range(left):
+  for i in range(min(left, 1) if spec.sink_only else left):
     t = spec.frame_tokens_in_memory(i)
     if mem + t > spec.memory_tokens:
       break
