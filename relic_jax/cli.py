@@ -41,9 +41,9 @@ flags.DEFINE_string("source", None, "import-wan: a diffusers WanTransformer3DMod
 flags.DEFINE_string("out", None, "import-wan: where to write the imported params; data "
                     "preview: where to write the MP4 and PNG (default <dataset>/preview).")
 flags.DEFINE_string("episode", None, "data preview: the episode's name (default: the first).")
-flags.DEFINE_string("actions", None, "generate: a built-in action script (pan_360, "
-                    "look_away_and_back, out_and_back, walk_and_look, strafe, explore_20s, "
-                    "explore_60s) or a script file.")
+flags.DEFINE_string("actions", None, "generate: a built-in action script "
+                    "(relic_jax/inference/scripts.py BUILTIN: look_around, room_visit, "
+                    "tour_20s, tour_40s, pan_360, look_away_and_back, ...) or a script file.")
 flags.DEFINE_string("image", None, "generate: the start image (default: frame 0 of the first "
                     "held-out episode).")
 flags.DEFINE_string("text", None, "generate: the caption (default: the episode's).")

@@ -260,8 +260,8 @@ def evaluate(cfg, workdir):
   m = r["metrics"]
   print(json.dumps(m, sort_keys=True))
   print(f"[relic] evaluation done in {r['seconds']:.0f}s: metrics {r['results']}/metrics.json "
-        f"(table: metrics.md), videos (relic | window | truth) in {r['results']}/videos, plots "
-        f"in {r['results']}/plots")
+        f"(table: metrics.md), videos (relic | window_sink | window | truth) in "
+        f"{r['results']}/videos, plots in {r['results']}/plots")
 
 
 def generate(cfg, workdir, actions, image=None, text=None, out=None):

@@ -56,8 +56,9 @@ from relic_jax.workdir import Workdir
 BASE = "base"
 # The "relic" method's metrics in the table: the evaluation's metrics marked `sweep`.
 METRICS = tuple(m for m in report.METRICS if m.sweep)
-# The reference column: the same run's window-only baseline (method, metric key).
-REFERENCE = ("window", "revisit_psnr")
+# The reference column: the same run's window-plus-frame-0 baseline at late revisits (method,
+# metric key): what the memory adds beyond keeping the input image.
+REFERENCE = ("window_sink", "late_revisit_psnr")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")
 _SWEEP_KEYS = ("name", "description", "base", "variants")
 _BASE_KEYS = ("config", "overrides", "description")
@@ -486,14 +487,15 @@ def _table(sweep: Sweep, rows) -> str:
   head = ["variant", "description", "rerun from"] + [
       f"{m.title} {'↑' if m.higher else '↓'}" for m in METRICS]
   if has_ref:
-    head.append(f"{REFERENCE[0]}-only {ref.title}")
+    head.append(f"{REFERENCE[0]} {ref.title}")
   lines = [f"# Sweep `{sweep.name}`" + (f": {sweep.description}" if sweep.description else ""),
            "",
            f"Base config `{sweep.config}` with "
            f"{_md_cell(_describe_overrides(sweep.base.overrides))}. Each run lives in "
            "`<workdir>/<variant>`; the metrics are the `relic` method's (results/metrics.json). "
            "↑ higher is better, ↓ lower is better, the best in bold."
-           + (" The last column is the same run's window-only baseline (no memory)."
+           + (" The last column is the same run's window_sink baseline (the window and frame 0, no "
+              "other memory)."
               if has_ref else ""),
            "",
            "| " + " | ".join(head) + " |",
@@ -524,8 +526,8 @@ def _csv(rows) -> str:
 
 
 def _plot(sweep: Sweep, rows, key: str, title: str, higher: bool) -> bytes | None:
-  """A bar per run (the baseline grey, with a dashed line at its value); for revisit PSNR also
-  the window-only baseline's. None if no run has a finite value."""
+  """A bar per run (the baseline grey, with a dashed line at its value); for late revisit PSNR also
+  the window_sink baseline's. None if no run has a finite value."""
   # matplotlib: a heavy optional dependency (slow to import), imported when a plot is drawn
   from matplotlib.figure import Figure  # noqa: PLC0415
   vals = [_number(r["metrics"].get(key)) for r in rows]
@@ -553,7 +555,7 @@ def _plot(sweep: Sweep, rows, key: str, title: str, higher: bool) -> bytes | Non
     from matplotlib.patches import Patch  # noqa: PLC0415  (matplotlib, as above)
     ax.bar([x + width / 2 for x in xs], [v or 0.0 for v in refs], width, color="C1")
     ax.legend(handles=[Patch(color="C0", label="relic (baseline grey)"),
-                       Patch(color="C1", label="window-only, same run")], fontsize=7)
+                       Patch(color="C1", label="window_sink, same run")], fontsize=7)
   if vals[0] is not None and rows[0]["variant"] == BASE:
     ax.axhline(vals[0], color="0.3", linestyle="--", linewidth=0.8)
   ax.set_xticks(xs)

@@ -42,7 +42,8 @@ def _fake_metrics(cfg):
            "revisit_psnr": 10.0 + w, "revisit_ssim": 0.5 + w / 100, "rpe_trans": 0.1 * w,
            "rpe_rot": None if cfg.distill.backprop == "naive" else 2.0,
            "fps": 30.0 if cfg.distill.backprop == "replayed" else 25.0, "extra_metric": 7.0}
-  return {"relic": relic, "window": {"revisit_psnr": 5.0 + w}, "full": {"revisit_psnr": 1.0},
+  return {"relic": relic, "window": {"revisit_psnr": 5.0 + w},
+          "window_sink": {"late_revisit_psnr": 2.0 + w}, "full": {"revisit_psnr": 1.0},
           "copy_last": {"revisit_psnr": None}}
 
 
@@ -211,7 +212,7 @@ def test_run_sweep_writes_table_csv_and_plots(tmp_path, fake_pipeline, capsys):
   by = {r["variant"]: r for r in rows}
   assert by["base"]["rerun_from"] == "all stages" and by["naive"]["rerun_from"] == "distill"
   assert float(by["window_3"]["revisit_psnr"]) == 13.0 and float(by["base"]["revisit_psnr"]) == 16.0
-  assert float(by["window_3"]["window_revisit_psnr"]) == 8.0
+  assert float(by["window_3"]["window_sink_late_revisit_psnr"]) == 5.0
   assert float(by["naive"]["fps"]) == 25.0 and by["naive"]["rpe_rot"] == ""
   assert float(by["same"]["rpe_trans"]) == pytest.approx(0.6)  # the baseline's, linked
   assert float(by["base"]["extra_metric"]) == 7.0
@@ -222,7 +223,7 @@ def test_run_sweep_writes_table_csv_and_plots(tmp_path, fake_pipeline, capsys):
   assert [l.split("|")[1].strip() for l in lines] == ["`base`", "`window_3`", "`naive`", "`same`"]
   w3 = [c.strip() for c in lines[1].split("|")[1:-1]]
   assert w3[:3] == ["`window_3`", "window of 3", "evaluate"]
-  assert w3[3:] == ["8.00", "0.430", "13.00", "0.530", "**0.300**", "2.00", "**30.0**", "8.00"]
+  assert w3[3:] == ["8.00", "0.430", "13.00", "0.530", "**0.300**", "2.00", "**30.0**", "5.00"]
   assert "naive \\| backprop" in md and "n/a" in lines[2]
   assert "**16.00**" in lines[0]  # best revisit PSNR (tied with "same")
 

@@ -10,8 +10,8 @@ as full does, and differs from it through distillation. `memory.py:inference` on
 re-evaluates the baseline's student with each memory instead: an inference-time ablation,
 much cheaper.
 
-Cost: the baseline's full tiny pipeline, then 7 times ode_init, distill and evaluate
-(`:inference`: 7 evaluations). Hardware: any; not timed yet.
+Cost: the baseline's full tiny pipeline, then 8 times ode_init, distill and evaluate
+(`:inference`: 8 evaluations). Hardware: any; not timed yet.
 """
 
 RELIC_SCHEDULE = (1, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4, 4, 4, 2, 4, 4, 2, 4)
@@ -21,6 +21,8 @@ VARIANTS = {
     "uniform_4": ({"memory.schedule": (4,)}, "every memory frame pooled 4x4"),
     "full": ({"memory.mode": "full"}, "no pooling: the full history (upper bound, most memory)"),
     "window_only": ({"memory.mode": "window"}, "no memory: the last 6 latent frames only"),
+    "window_sink": ({"memory.mode": "window_sink"},
+                    "the last 6 latent frames and frame 0, no other memory"),
     "subsample_pool": ({"memory.pool": "subsample"},
                        "RELIC's schedule, a patch kept as its middle token instead of its mean"),
     "window_3": ({"memory.window": 3}, "RELIC's schedule, a window of 3 latent frames"),
