@@ -6,6 +6,7 @@ import pytest
 from data_pipeline import clips, generate, loader
 from data_pipeline import latent_cache as lc
 from data_pipeline.episode import DataError
+from relic_jax.config.derive import cache_frames, cache_horizons
 from tests.test_data import small_data_config
 
 
@@ -32,22 +33,28 @@ def test_cache_holds_every_clip_aligned(data, tmp_path):
   cfg, out = data
   cache = str(tmp_path / "cache")
   r = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=3, progress=False)
-  src = clips.make_clip_source(cfg, out)
+  # the longest horizon any stage reads: the student's clip of 1 + 3 latent frames (tiny's one
+  # ODE-init block and one-block rollouts), longer than the teacher's 3
+  assert cache_horizons(cfg) == [3, 4] and cache_frames(cfg) == 4
+  src = clips.make_clip_source(cfg, out, latent_frames=4, stride=cfg.data.clip_stride)
   assert r["num_clips"] == len(src) and r["encoded_now"] == len(src) and not r["rebuilt"]
   cached = lc.LatentCacheSource(cache)
+  assert (cached.meta["clip"]["latent_frames"], cached.meta["clip"]["horizons"]) == (4, [3, 4])
   every = np.stack([cached[i]["latents"] for i in range(len(cached))]).reshape(-1, 8)
   stats = cached.meta["latent_stats"]  # every clip (fewer than 256): exact
   np.testing.assert_allclose(stats["mean"], every.mean(0), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(stats["std"], every.std(0), rtol=1e-4, atol=1e-6)
-  augment = clips.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")
+  augment = clips.ClipAugment(32, 32, cfg.data.palindrome_prob, "center", turn_frames=(9, 13),
+                              camera_dtype=np.float64)
   for i in (0, len(src) // 2, len(src) - 1):
     want = augment(src[i], np.random.default_rng([cfg.seed, i]))
     got = cached[i]
-    assert got["latents"].shape == (3, 4, 4, 8)  # 9 frames -> 1 + 2 latent frames
+    assert got["latents"].shape == (4, 4, 4, 8)  # 13 frames -> 1 + 3 latent frames
     np.testing.assert_allclose(got["latents"], pool_encoder()(want["frames"][None])[0],
                                rtol=1e-6)
-    for k in ("actions", "poses", "camera", "text_tokens"):
+    for k in ("actions", "poses", "camera", "action_scale", "text_tokens"):
       np.testing.assert_array_equal(got[k], want[k])
+    assert got["camera"].dtype == np.float64 and got["action_scale"] > 0
     assert got["clip"].tolist() == [want["episode"], want["start"], want["turn"]]
 
 
@@ -156,8 +163,9 @@ def test_latent_source_errors_are_clear(data, tmp_path):
   lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, progress=False)
   other = c.copy_and_resolve_references()
   other.data.latent_frames = 5
-  with pytest.raises(DataError, match=r"holds clips with latent_frames=3, but the config asks "
-                                      r"for 5\. Fix: re-run `relic encode`"):
+  with pytest.raises(DataError, match=r"holds clips of 4 latent frames \(horizons \[3, 4\]\), "
+                                      r"but 5 are asked for .*Fix: re-run `relic encode` with "
+                                      r"the config whose horizons include 5"):
     loader.make_source(other, cache)
   other = c.copy_and_resolve_references()
   other.model.in_channels = other.model.out_channels = 16
