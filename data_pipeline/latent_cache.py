@@ -125,8 +125,9 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
           progress: bool = True, stop_after: int | None = None) -> dict:
   """Encodes every clip not yet in the cache. encode_fn: frames uint8 [B, F, H, W, 3] ->
   latents [B, T, h, w, C] float32. Returns a summary (clips encoded now, skipped, seconds,
-  and whether and why an old cache was rebuilt). stop_after: stop after this many batches
-  (tests of interruption)."""
+  and whether and why an old cache was rebuilt). The last batch is padded to batch_size (its
+  last clip repeated, the extra latents dropped), so a jitted encode_fn compiles once.
+  stop_after: stop after this many batches (tests of interruption)."""
   desc = cache_description(cfg, data_dir, vae_fingerprint)
   meta_path = os.path.join(cache_dir, CACHE_META)
   rebuilt = ""
@@ -175,7 +176,9 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     idx = todo[s:s + batch_size]
     clips = [augment(source[int(i)], np.random.default_rng([cfg.seed, int(i)])) for i in idx]
     frames = np.stack([x["frames"] for x in clips])
-    latents = np.asarray(encode_fn(frames), np.float32)
+    if 0 < len(idx) < batch_size < len(todo):  # the last batch, padded: no second compile
+      frames = np.concatenate([frames, np.repeat(frames[-1:], batch_size - len(idx), 0)])
+    latents = np.asarray(encode_fn(frames), np.float32)[:len(idx)]
     if latents.shape != (len(idx), t, h, w, latent_channels):
       raise DataError(f"the VAE encoded clips of {frames.shape[1:]} to {latents.shape[1:]}, "
                       f"expected {(t, h, w, latent_channels)}. Fix: use a VAE whose stride "

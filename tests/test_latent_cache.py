@@ -32,7 +32,14 @@ def data(tmp_path_factory):
 def test_cache_holds_every_clip_aligned(data, tmp_path):
   cfg, out = data
   cache = str(tmp_path / "cache")
-  r = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=3, progress=False)
+  sizes = []
+
+  def encode(frames):
+    sizes.append(len(frames))
+    return pool_encoder()(frames)
+  r = lc.build(cfg, out, cache, encode, "vae-a", 8, batch_size=4, progress=False)
+  # the last batch is padded to the batch size: one shape, one compile of a jitted encoder
+  assert r["num_clips"] % 4 and set(sizes) == {4}
   # the longest horizon any stage reads: the student's clip of 1 + 3 latent frames (tiny's one
   # ODE-init block and one-block rollouts), longer than the teacher's 3
   assert cache_horizons(cfg) == [3, 4] and cache_frames(cfg) == 4
