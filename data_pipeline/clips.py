@@ -98,8 +98,8 @@ def palindrome_indices(num_frames: int, turn: int) -> np.ndarray:
   """Frame order of the time-reverse augmentation, num_frames in all: a triangle wave over
   [0, turn], forward 0..turn, back to 0, forward again, ... For turn >= num_frames / 2 it is
   RELIC's palindrome (forward to t*, then back, once); the latent cache's shorter turns make
-  its long clips bounce, so that each prefix is a forward clip or a palindrome (see
-  ClipAugment)."""
+  its long clips bounce, so that each prefix plays forward, turns once or turns more often
+  (see ClipAugment)."""
   if turn < 1:
     raise ValueError(f"palindrome_indices: turn must be >= 1, got {turn}")
   phase = np.arange(num_frames) % (2 * turn)
@@ -136,10 +136,10 @@ class ClipAugment:
   turn_frames: the clip lengths (video frames) the clip will be read at, when it is read in
   prefixes (the latent cache): the turn is drawn for one of them, F_h chosen uniformly, t* ~
   U[F_h/2, F_h), and the clip bounces between frame 0 and t* (`palindrome_indices`). A prefix
-  of F' > t* frames is then RELIC's palindrome (F' <= 2 t*) or turns more than once, and one
-  of F' <= t* frames plays forward. Empty (the clip loader), or only the clip's own length:
-  exactly RELIC's draw. camera_dtype: of the returned camera (the cache keeps float64, so that
-  a prefix's actions are recomputed exactly)."""
+  of F' frames plays forward if F' <= t* + 1, is RELIC's palindrome (one turn) if
+  F' <= 2 t* + 1, and turns more than once beyond. Empty (the clip loader), or only the clip's
+  own length: exactly RELIC's draw. camera_dtype: of the returned camera (the cache keeps
+  float64, so that a prefix's actions are recomputed exactly)."""
 
   def __init__(self, out_h: int, out_w: int, palindrome_prob: float, crop: str,
                turn_frames: tuple[int, ...] = (), camera_dtype=np.float32):

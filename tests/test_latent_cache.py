@@ -145,11 +145,15 @@ def test_teacher_trains_on_the_latent_cache(data, tmp_path):
   assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
   stats = json.loads((teacher / "latent_stats.json").read_text())
   assert stats == lc.LatentCacheSource(cache).meta["latent_stats"]
-  # the source hands the trainer normalised latents: ~zero mean, unit std per channel
-  src = loader.make_source(c, cache)
+  # the source hands the trainer normalised latents: ~zero mean, unit std per channel over
+  # the whole cached clips (the stats' own sample; the teacher reads 3-frame prefixes of them)
+  whole = c.copy_and_resolve_references()
+  whole.data.latent_frames = cache_frames(c)
+  src = loader.make_source(whole, cache)
   z = np.stack([src[i]["latents"] for i in range(len(src))]).reshape(-1, 8)
   np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
   np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
+  src = loader.make_source(c, cache)
   assert src[0]["text"].dtype == np.int32 and src[0]["actions"].shape == (9, 13)
   params = jax.device_get(load_dit_params(c, str(teacher)))
   blocks = params["blocks"]
