@@ -125,8 +125,9 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
           progress: bool = True, stop_after: int | None = None) -> dict:
   """Encodes every clip not yet in the cache. encode_fn: frames uint8 [B, F, H, W, 3] ->
   latents [B, T, h, w, C] float32. Returns a summary (clips encoded now, skipped, seconds,
-  and whether and why an old cache was rebuilt). The last batch is padded to batch_size (its
-  last clip repeated, the extra latents dropped), so a jitted encode_fn compiles once.
+  whether and why an old cache was rebuilt, the clips' latent frames and horizons). The last
+  batch is padded to batch_size (its last clip repeated, the extra latents dropped), so a
+  jitted encode_fn compiles once.
   stop_after: stop after this many batches (tests of interruption)."""
   desc = cache_description(cfg, data_dir, vae_fingerprint)
   meta_path = os.path.join(cache_dir, CACHE_META)
@@ -214,7 +215,7 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     write_json_atomic(meta_path, {**meta, "latent_stats": stats})
   return {"num_clips": n, "encoded_now": int(encoded), "skipped": int(n - len(todo)),
           "seconds": time.perf_counter() - t0, "rebuilt": rebuilt, "dir": cache_dir,
-          "latent_stats": stats}
+          "latent_stats": stats, "latent_frames": t, "horizons": c["horizons"]}
 
 
 def latent_stats(latents, max_clips: int = 256) -> dict:
