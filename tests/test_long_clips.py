@@ -15,7 +15,7 @@ from relic_jax.config.derive import cache_frames, cache_horizons, phase_config
 from relic_jax.models import vae as vae_lib
 from relic_jax.models.vae import VAEConfig
 from tests.test_data import small_data_config
-from tests.test_latent_cache import pool_encoder
+from tests.test_latent_cache import pool_encoder, short_student
 
 # a VAE small enough to encode every clip of the test dataset in seconds (real strides 4x8x8)
 VAE = VAEConfig(base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1, z_dim=4)
@@ -112,7 +112,7 @@ def dataset(tmp_path_factory):
 
 
 def _config(cfg, horizon_curriculum, block_frames=3, palindrome_prob=0.0):
-  c = cfg.copy_and_resolve_references()
+  c = short_student(cfg.copy_and_resolve_references())
   c.train.horizon_curriculum = horizon_curriculum
   c.model.block_frames = block_frames
   c.data.palindrome_prob = palindrome_prob

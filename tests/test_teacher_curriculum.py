@@ -28,7 +28,7 @@ from relic_jax.training import teacher as teacher_lib
 from relic_jax.training import trainer as trainer_lib
 from relic_jax.training.teacher import CurriculumError, TeacherTask, drop_text, train_teacher
 from tests.test_data import small_data_config
-from tests.test_latent_cache import latent_teacher_config, pool_encoder
+from tests.test_latent_cache import latent_teacher_config, pool_encoder, short_student
 
 # yarn_original_frames = 4 makes the tiny second phase (6 frames) a YaRN phase: factor 1.5
 CURRICULUM = ((4, 2), (6, 2))
@@ -260,7 +260,7 @@ def test_the_curriculum_runs_on_a_real_latent_cache_reading_prefixes(tmp_path, m
   cache `lc.build` encoded from ViZDoom episodes: the cache holds clips of the longest horizon
   (5 latent frames) and each phase reads its prefix, so phase 2 finds its clips (with clips of
   data.latent_frames = 3 it raised DataError) and both phases train."""
-  data_cfg = small_data_config()  # 3 episodes of 80 frames; data.latent_frames = 3
+  data_cfg = short_student(small_data_config())  # 3 episodes of 80 frames; data.latent_frames 3
   generate.generate(data_cfg, str(tmp_path / "data"), progress=False)
   cfg = latent_teacher_config(data_cfg, steps=2)
   cfg.model.num_layers, cfg.model.scan_layers = 1, False
