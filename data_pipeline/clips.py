@@ -4,7 +4,9 @@ every clip encoded once) read.
 
   clip_frames          video frames of a clip of T latent frames: 1 + 4 (T - 1)
   ClipSource           grain random-access source of the clips of a dataset split
+  palindrome_indices   the time-reverse augmentation's frame order (a triangle wave)
   ClipAugment          palindrome, crop and resize, then the actions and poses of the clip
+  clip_inputs          a clip's actions, action scale and pose features from its camera
   make_clip_source     the ClipSource of config.data
   tokenize_caption     captions as byte tokens (and back)
 """
@@ -93,10 +95,25 @@ class ClipSource:
 
 
 def palindrome_indices(num_frames: int, turn: int) -> np.ndarray:
-  """Frame order of RELIC's time-reverse augmentation: forward 0..turn, then back, num_frames
-  in all (needs turn >= num_frames / 2)."""
-  back = num_frames - turn - 1
-  return np.concatenate([np.arange(turn + 1), np.arange(turn - 1, turn - 1 - back, -1)])
+  """Frame order of the time-reverse augmentation, num_frames in all: a triangle wave over
+  [0, turn], forward 0..turn, back to 0, forward again, ... For turn >= num_frames / 2 it is
+  RELIC's palindrome (forward to t*, then back, once); the latent cache's shorter turns make
+  its long clips bounce, so that each prefix plays forward, turns once or turns more often
+  (see ClipAugment)."""
+  if turn < 1:
+    raise ValueError(f"palindrome_indices: turn must be >= 1, got {turn}")
+  phase = np.arange(num_frames) % (2 * turn)
+  return np.where(phase <= turn, phase, 2 * turn - phase)
+
+
+def clip_inputs(camera) -> dict:
+  """The network inputs of a clip's camera poses [F, 4, 4] (after augmentation): actions
+  [F, 13] normalised by the clip's mean displacement, that scale ("action_scale", metres per
+  action unit, float32) and the pose features [F, 12] relative to the clip's first frame. The
+  one definition: the clip loader and every prefix read of the latent cache call it."""
+  actions, scale = poses_lib.actions_from_poses(camera)
+  return {"actions": actions, "poses": poses_lib.pose_features(camera),
+          "action_scale": np.float32(scale)}
 
 
 def crop_box(height, width, out_h, out_w, rng=None):
@@ -114,18 +131,34 @@ def crop_box(height, width, out_h, out_w, rng=None):
 class ClipAugment:
   """Per clip (grain RandomMap): the palindrome augmentation with probability `palindrome_prob`
   (turn point t* ~ U[F/2, F), as RELIC), crop to the output aspect and resize to out_h x out_w,
-  then the network inputs computed from the (augmented) poses: actions [F, 13] normalised by the
-  clip's mean displacement, and the pose features [F, 12] relative to the clip's first frame."""
+  then the network inputs computed from the (augmented) poses (`clip_inputs`).
 
-  def __init__(self, out_h: int, out_w: int, palindrome_prob: float, crop: str):
+  turn_frames: the clip lengths (video frames) the clip will be read at, when it is read in
+  prefixes (the latent cache): the turn is drawn for one of them, F_h chosen uniformly, t* ~
+  U[F_h/2, F_h), and the clip bounces between frame 0 and t* (`palindrome_indices`). A prefix
+  of F' frames plays forward if F' <= t* + 1, is RELIC's palindrome (one turn) if
+  F' <= 2 t* + 1, and turns more than once beyond. Empty (the clip loader), or only the clip's
+  own length: exactly RELIC's draw. camera_dtype: of the returned camera (the cache keeps
+  float64, so that a prefix's actions are recomputed exactly)."""
+
+  def __init__(self, out_h: int, out_w: int, palindrome_prob: float, crop: str,
+               turn_frames: tuple[int, ...] = (), camera_dtype=np.float32):
     self.out_h, self.out_w, self.p, self.crop = out_h, out_w, palindrome_prob, crop
+    self.turn_frames, self.camera_dtype = tuple(int(f) for f in turn_frames), camera_dtype
+
+  def draw_turn(self, n: int, rng: np.random.Generator) -> int:
+    """The palindrome turn of a clip of n frames, or -1 (none)."""
+    if not (self.p > 0 and rng.random() < self.p):
+      return -1
+    horizons = self.turn_frames or (n,)
+    f = horizons[0] if len(horizons) == 1 else horizons[int(rng.integers(len(horizons)))]
+    return int(rng.integers(math.ceil(f / 2), f))
 
   def __call__(self, clip: dict, rng: np.random.Generator) -> dict:
     frames, camera = clip["frames"], clip["camera"]
     n = len(frames)
-    turn = -1
-    if self.p > 0 and rng.random() < self.p:
-      turn = int(rng.integers(math.ceil(n / 2), n))
+    turn = self.draw_turn(n, rng)
+    if turn >= 0:
       order = palindrome_indices(n, turn)
       frames, camera = frames[order], camera[order]
     h, w = frames.shape[1:3]
@@ -134,17 +167,18 @@ class ClipAugment:
     if (ch, cw) != (self.out_h, self.out_w) or (y0, x0) != (0, 0):
       frames = np.stack([np.asarray(Image.fromarray(f[y0:y0 + ch, x0:x0 + cw]).resize(
           (self.out_w, self.out_h), Image.Resampling.BILINEAR)) for f in frames])
-    actions, scale = poses_lib.actions_from_poses(camera)
-    return {"frames": frames, "actions": actions, "poses": poses_lib.pose_features(camera),
-            "camera": camera.astype(np.float32), "action_scale": np.float32(scale),
+    return {"frames": frames, **clip_inputs(camera), "camera": camera.astype(self.camera_dtype),
             "text_tokens": clip["text_tokens"], "episode": clip["episode"],
             "start": clip["start"], "turn": np.int32(turn)}
 
 
-def make_clip_source(cfg: ml_collections.ConfigDict, data_dir: str,
-                     split: str = "train") -> ClipSource:
+def make_clip_source(cfg: ml_collections.ConfigDict, data_dir: str, split: str = "train",
+                     latent_frames: int | None = None, stride: int | None = None) -> ClipSource:
   """Clips of the training episodes (split="train": all but the last data.heldout_episodes),
-  the held-out ones, or all."""
+  the held-out ones, or all; of data.latent_frames latent frames every data.clip_stride video
+  frames unless given (the latent cache's long clips)."""
   d = cfg.data
-  return ClipSource(data_dir, clip_frames(d.latent_frames, cfg.model.cond_frames_per_latent),
-                    d.clip_stride, d.text_len, d.verify_checksums, split, d.heldout_episodes)
+  frames = d.latent_frames if latent_frames is None else latent_frames
+  return ClipSource(data_dir, clip_frames(frames, cfg.model.cond_frames_per_latent),
+                    d.clip_stride if stride is None else stride, d.text_len,
+                    d.verify_checksums, split, d.heldout_episodes)

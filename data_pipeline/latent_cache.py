@@ -2,25 +2,37 @@
 
 Layout of a cache directory (config.data.latent_dir, or <workdir>/latents):
   cache.json      what the cache was built from: the VAE fingerprint, the dataset's config hash
-                  and episode count, the clip definition (frames, latent frames, size, stride,
-                  palindrome probability, seed), the number of clips, the alignment rule, and
-                  once complete the per-channel latent mean and std (`latent_stats`)
+                  and episode count, the clip definition (frames, latent frames T =
+                  derive.cache_frames(cfg), the horizons derive.cache_horizons(cfg), size,
+                  stride, palindrome probability, seed), the number of clips, the alignment
+                  rule, and once complete the per-channel latent mean and std (`latent_stats`)
   latents/        [N, T, h, w, C] float32, one zarr chunk per clip (the VAE's latent mean)
   actions/        [N, F, 13] float32, per video frame (F = 1 + 4 (T - 1))
   poses/          [N, F, 12] float32, per video frame, relative to the clip's first frame
-  camera/         [N, F, 4, 4] float32, our convention (data_pipeline/poses.py)
+  camera/         [N, F, 4, 4] float64, our convention (data_pipeline/poses.py); float64 so that
+                  a prefix's actions and poses are recomputed exactly as the clip loader does
+  action_scale/   [N] float32: the whole clip's metres per action unit (its mean displacement)
   text_tokens/    [N, L] int32, byte tokens of the episode's caption
   clip/           [N, 3] int32: episode index, start frame, palindrome turn (-1 = none)
   done/           [N] uint8: 1 once every array of clip i is written
+
+Long clips, read in prefixes: the cache is built once at the longest horizon any stage reads
+(T = derive.cache_frames(cfg): the teacher's curriculum, the ODE-init clip, the longest
+distillation rollout). The VAE is causal, so the first 1 + k latents of a clip are the encoding
+of its first 1 + 4k frames: a stage of T' <= T latent frames reads latents[:T'] and camera[:F']
+(F' = 1 + 4 (T' - 1)), and its actions, action scale and poses are recomputed from that camera
+(clips.clip_inputs), as the clip loader computes them for a clip of F' frames.
 
 Alignment of the 4x temporal stride: latent frame 0 encodes video frame 0 alone; latent frame k
 (k >= 1) encodes video frames 4k-3 .. 4k. Actions and poses stay per video frame; the DiT's
 condition encoders patchify them by 4 the same way (frame 0 alone).
 
-Clip i is cut and augmented exactly as the clip loader does (data_pipeline/clips.py), with
-its own generator seeded by (config.seed, i): the palindrome with probability
-data.palindrome_prob, the centre crop and resize. So the cache holds a fixed, deterministic
-augmentation of every clip.
+Clip i is cut and augmented as the clip loader does (data_pipeline/clips.py), with its own
+generator seeded by (config.seed, i): the palindrome with probability data.palindrome_prob,
+its turn drawn for one of the horizons (clips.ClipAugment's turn_frames) so that every prefix
+is a forward clip, a palindrome or a multi-turn one; the centre crop and resize. So the cache
+holds a fixed, deterministic augmentation of every clip. Clips start every
+data.cache_clip_stride video frames (0: data.clip_stride).
 
 Resumable and atomic: a clip's `done` flag is written after all its arrays, so an interrupted
 `relic encode` redoes only clips without the flag. A cache built from another VAE checkpoint,
@@ -40,12 +52,14 @@ from data_pipeline import clips as clips_lib
 from data_pipeline import shards as shards_lib
 from data_pipeline.episode import DataError
 from relic_jax.config.choices import Crop
+from relic_jax.config.derive import cache_frames, cache_horizons
 from relic_jax.io_utils import write_json_atomic
 
-FORMAT = "relic_jax.latent_cache/1"
+FORMAT = "relic_jax.latent_cache/2"
 ALIGNMENT = ("latent frame 0 <- video frame 0; latent frame k >= 1 <- video frames 4k-3..4k; "
              "actions and poses per video frame")
-ARRAYS = ("latents", "actions", "poses", "camera", "text_tokens", "clip", "done")
+ARRAYS = ("latents", "actions", "poses", "camera", "action_scale", "text_tokens", "clip",
+          "done")
 
 CACHE_META = "cache.json"  # what the cache was built from; its presence marks a cache
 
@@ -65,17 +79,33 @@ def _open(path: str, **kw):
   return ts.open(_spec(path, **kw)).result()
 
 
+def cache_stride(cfg) -> int:
+  """Video frames between the starts of the cache's clips: data.cache_clip_stride, or
+  data.clip_stride when it is 0."""
+  d = cfg.data
+  stride = d.cache_clip_stride
+  if stride < 0:
+    raise DataError(f"config.data.cache_clip_stride={stride} is negative. Fix: use 0 (= "
+                    "data.clip_stride) or a positive number of video frames.")
+  return int(stride or d.clip_stride)
+
+
 def cache_description(cfg, data_dir: str, vae_fingerprint: str) -> dict:
-  """What the cache must match: the VAE, the data and the clip definition."""
+  """What the cache must match: the VAE, the data and the clip definition. The clip length is
+  derive.cache_frames(cfg) and the horizons derive.cache_horizons(cfg), not the stage's
+  data.latent_frames: a stage reading a shorter prefix finds the cache as fresh as encode
+  left it."""
   manifest = shards_lib.read_manifest(data_dir)
   d = cfg.data
+  t = cache_frames(cfg)
   return {"format": FORMAT, "vae": vae_fingerprint,
           "data": {"config_hash": manifest["config_hash"],
                    "num_episodes": manifest["num_episodes"]},
-          "clip": {"frames": clips_lib.clip_frames(d.latent_frames,
-                                                   cfg.model.cond_frames_per_latent),
-                   "latent_frames": d.latent_frames, "height": d.latent_height * d.spatial_stride,
-                   "width": d.latent_width * d.spatial_stride, "stride": d.clip_stride,
+          "clip": {"frames": clips_lib.clip_frames(t, cfg.model.cond_frames_per_latent),
+                   "latent_frames": t, "horizons": cache_horizons(cfg),
+                   "frames_per_latent": cfg.model.cond_frames_per_latent,
+                   "height": d.latent_height * d.spatial_stride,
+                   "width": d.latent_width * d.spatial_stride, "stride": cache_stride(cfg),
                    "palindrome_prob": d.palindrome_prob, "text_len": d.text_len,
                    "seed": cfg.seed},
           "alignment": ALIGNMENT}
@@ -95,8 +125,10 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
           progress: bool = True, stop_after: int | None = None) -> dict:
   """Encodes every clip not yet in the cache. encode_fn: frames uint8 [B, F, H, W, 3] ->
   latents [B, T, h, w, C] float32. Returns a summary (clips encoded now, skipped, seconds,
-  and whether and why an old cache was rebuilt). stop_after: stop after this many batches
-  (tests of interruption)."""
+  whether and why an old cache was rebuilt, the clips' latent frames and horizons). The last
+  batch is padded to batch_size (its last clip repeated, the extra latents dropped), so a
+  jitted encode_fn compiles once.
+  stop_after: stop after this many batches (tests of interruption)."""
   desc = cache_description(cfg, data_dir, vae_fingerprint)
   meta_path = os.path.join(cache_dir, CACHE_META)
   rebuilt = ""
@@ -104,15 +136,17 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     with open(meta_path) as f:
       old = json.load(f)
     rebuilt = _difference(old, {**desc, "num_clips": old.get("num_clips")})
-  source = clips_lib.make_clip_source(cfg, data_dir)
-  n = len(source)
   d = cfg.data
   c = desc["clip"]
-  t, h, w = d.latent_frames, d.latent_height, d.latent_width
+  source = clips_lib.make_clip_source(cfg, data_dir, latent_frames=c["latent_frames"],
+                                      stride=c["stride"])
+  n = len(source)
+  t, h, w = c["latent_frames"], d.latent_height, d.latent_width
   shapes = {"latents": ((n, t, h, w, latent_channels), (1, t, h, w, latent_channels), "<f4"),
             "actions": ((n, c["frames"], 13), (1, c["frames"], 13), "<f4"),
             "poses": ((n, c["frames"], 12), (1, c["frames"], 12), "<f4"),
-            "camera": ((n, c["frames"], 4, 4), (1, c["frames"], 4, 4), "<f4"),
+            "camera": ((n, c["frames"], 4, 4), (1, c["frames"], 4, 4), "<f8"),
+            "action_scale": ((n,), (1,), "<f4"),
             "text_tokens": ((n, d.text_len), (1, d.text_len), "<i4"),
             "clip": ((n, 3), (1, 3), "<i4"),
             "done": ((n,), (min(n, 4096),), "|u1")}
@@ -131,7 +165,9 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     arrays = {k: _open(os.path.join(cache_dir, k)) for k in ARRAYS}
   done = np.asarray(arrays["done"].read().result())
   todo = np.flatnonzero(done == 0)
-  augment = clips_lib.ClipAugment(c["height"], c["width"], d.palindrome_prob, Crop.CENTER)
+  augment = clips_lib.ClipAugment(
+      c["height"], c["width"], d.palindrome_prob, Crop.CENTER, camera_dtype=np.float64,
+      turn_frames=[clips_lib.clip_frames(k, c["frames_per_latent"]) for k in c["horizons"]])
   t0 = time.perf_counter()
   bar = None
   if progress:
@@ -141,7 +177,9 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     idx = todo[s:s + batch_size]
     clips = [augment(source[int(i)], np.random.default_rng([cfg.seed, int(i)])) for i in idx]
     frames = np.stack([x["frames"] for x in clips])
-    latents = np.asarray(encode_fn(frames), np.float32)
+    if 0 < len(idx) < batch_size < len(todo):  # the last batch, padded: no second compile
+      frames = np.concatenate([frames, np.repeat(frames[-1:], batch_size - len(idx), 0)])
+    latents = np.asarray(encode_fn(frames), np.float32)[:len(idx)]
     if latents.shape != (len(idx), t, h, w, latent_channels):
       raise DataError(f"the VAE encoded clips of {frames.shape[1:]} to {latents.shape[1:]}, "
                       f"expected {(t, h, w, latent_channels)}. Fix: use a VAE whose stride "
@@ -153,6 +191,7 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
                   arrays["actions"][i].write(x["actions"]),
                   arrays["poses"][i].write(x["poses"]),
                   arrays["camera"][i].write(x["camera"]),
+                  arrays["action_scale"][i].write(x["action_scale"]),
                   arrays["text_tokens"][i].write(x["text_tokens"]),
                   arrays["clip"][i].write(np.array([x["episode"], x["start"], x["turn"]],
                                                    np.int32))]
@@ -176,7 +215,7 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
     write_json_atomic(meta_path, {**meta, "latent_stats": stats})
   return {"num_clips": n, "encoded_now": int(encoded), "skipped": int(n - len(todo)),
           "seconds": time.perf_counter() - t0, "rebuilt": rebuilt, "dir": cache_dir,
-          "latent_stats": stats}
+          "latent_stats": stats, "latent_frames": t, "horizons": c["horizons"]}
 
 
 def latent_stats(latents, max_clips: int = 256) -> dict:
@@ -192,20 +231,43 @@ def latent_stats(latents, max_clips: int = 256) -> dict:
 
 class LatentCacheSource:
   """A grain random-access source over a complete latent cache: {"latents" [T, h, w, C],
-  "actions" [F, 13], "poses" [F, 12], "camera" [F, 4, 4], "text_tokens" [L], "clip" [3]}."""
+  "actions" [F, 13], "poses" [F, 12], "camera" [F, 4, 4] float64, "action_scale" (),
+  "text_tokens" [L], "clip" [3]}.
 
-  def __init__(self, cache_dir: str, expected: dict | None = None):
+  latent_frames: read every clip's prefix of that many latent frames (T' <= the cache's T):
+  latents[:T'], camera[:F'] with F' = 1 + 4 (T' - 1), and the actions, action scale and poses
+  recomputed from that camera (clips.clip_inputs), as the clip loader computes them for a clip
+  of F' frames. None: the whole clips."""
+
+  def __init__(self, cache_dir: str, expected: dict | None = None,
+               latent_frames: int | None = None):
     meta_path = os.path.join(cache_dir, CACHE_META)
     if not os.path.exists(meta_path):
       raise DataError(f"no latent cache at {cache_dir} (cache.json is missing). Fix: run "
                       "`relic encode` first.")
     with open(meta_path) as f:
       self.meta = json.load(f)
+    if self.meta.get("format") != FORMAT:
+      raise DataError(f"the latent cache at {cache_dir} has format {self.meta.get('format')!r}, "
+                      f"this code reads {FORMAT!r}. Fix: re-run `relic encode`, which rebuilds "
+                      "it.")
     if expected is not None:
       why = _difference(self.meta, expected)
       if why:
         raise DataError(f"the latent cache at {cache_dir} is stale: {why}. Fix: re-run "
                         "`relic encode`, which rebuilds it.")
+    clip = self.meta["clip"]
+    self.latent_frames = clip["latent_frames"] if latent_frames is None else int(latent_frames)
+    if not 1 <= self.latent_frames <= clip["latent_frames"]:
+      raise DataError(
+          f"the latent cache at {cache_dir} holds clips of {clip['latent_frames']} latent "
+          f"frames (horizons {clip.get('horizons')}), but {self.latent_frames} are asked for "
+          "(config.data.latent_frames of this stage). Fix: re-run `relic encode` with the config "
+          f"whose horizons include {self.latent_frames} (config.derive.cache_horizons: the "
+          "teacher's train.horizon_curriculum, ode_init.blocks, distill.rollout_curriculum), or "
+          f"read at most {clip['latent_frames']} latent frames.")
+    self.video_frames = clips_lib.clip_frames(self.latent_frames, clip["frames_per_latent"])
+    self._prefix = self.latent_frames < clip["latent_frames"]
     self._dir = cache_dir
     self._arrays = None
     done = np.asarray(_open(os.path.join(cache_dir, "done")).read().result())
@@ -223,5 +285,13 @@ class LatentCacheSource:
   def __getitem__(self, index: int) -> dict:
     if self._arrays is None:
       self._arrays = {k: _open(os.path.join(self._dir, k)) for k in ARRAYS if k != "done"}
-    futures = {k: a[int(index)].read() for k, a in self._arrays.items()}
-    return {k: np.asarray(f.result()) for k, f in futures.items()}
+    i, t, f = int(index), self.latent_frames, self.video_frames
+    if not self._prefix:
+      futures = {k: a[i].read() for k, a in self._arrays.items()}
+      return {k: np.asarray(fut.result()) for k, fut in futures.items()}
+    futures = {"latents": self._arrays["latents"][i, :t].read(),
+               "camera": self._arrays["camera"][i, :f].read(),
+               "text_tokens": self._arrays["text_tokens"][i].read(),
+               "clip": self._arrays["clip"][i].read()}
+    out = {k: np.asarray(fut.result()) for k, fut in futures.items()}
+    return {**out, **clips_lib.clip_inputs(out["camera"])}

@@ -44,19 +44,21 @@ def make_source(cfg: ml_collections.ConfigDict, latent_dir: str = ""):
 
 
 class CachedLatents:
-  """The latent cache as DiT examples: latents normalised per channel by the cache's
-  latent_stats, (z - mean) / std (data.normalize_latents), caption byte tokens as "text", and
-  the per-video-frame actions and poses."""
+  """The latent cache as DiT examples of config.data.latent_frames latent frames (a prefix of
+  the cache's longer clips, see latent_cache.LatentCacheSource): latents normalised per
+  channel by the cache's latent_stats, (z - mean) / std (data.normalize_latents), caption
+  byte tokens as "text", the per-video-frame actions and poses of the prefix, and its
+  "action_scale" (metres per action unit, float32: what integrates actions back to poses)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, cache_dir: str):
     if not cache_dir:
       raise DataError("config.data.source='latents' needs the latent cache's directory. Fix: "
                       "run `relic encode` and pass --workdir (the cache is <workdir>/latents) "
                       "or set config.data.latent_dir.")
-    self._source = LatentCacheSource(cache_dir)
-    clip, d = self._source.meta["clip"], cfg.data
-    want = {"latent_frames": d.latent_frames, "text_len": d.text_len,
-            "height": d.latent_height * d.spatial_stride,
+    d = cfg.data
+    self._source = LatentCacheSource(cache_dir, latent_frames=d.latent_frames)
+    clip = self._source.meta["clip"]
+    want = {"text_len": d.text_len, "height": d.latent_height * d.spatial_stride,
             "width": d.latent_width * d.spatial_stride}
     for k, v in want.items():
       if clip[k] != v:
@@ -86,7 +88,8 @@ class CachedLatents:
     if self._norm is not None:
       z = (z - self._norm[0]) / self._norm[1]
     return {"latents": z.astype(np.float32), "text": x["text_tokens"].astype(np.int32),
-            "actions": x["actions"], "poses": x["poses"]}
+            "actions": x["actions"], "poses": x["poses"],
+            "action_scale": np.float32(x["action_scale"])}
 
 
 def per_process_batch_size(global_batch: int, process_count: int) -> int:

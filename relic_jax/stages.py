@@ -194,8 +194,9 @@ def encode(cfg, workdir):
   r = vae_train.encode_dataset(cfg, workdir, progress=cfg.train.progress_bar)
   print(json.dumps(r, sort_keys=True))
   why = f" (rebuilt: {r['rebuilt']})" if r["rebuilt"] else ""
-  print(f"[relic] latent cache {r['dir']}: {r['num_clips']} clips, {r['encoded_now']} encoded "
-        f"now in {r['seconds']:.1f}s, {r['skipped']} already there{why}")
+  print(f"[relic] latent cache {r['dir']}: {r['num_clips']} clips of {r['latent_frames']} "
+        f"latent frames (read in prefixes of {r['horizons']}), {r['encoded_now']} encoded now "
+        f"in {r['seconds']:.1f}s, {r['skipped']} already there{why}")
 
 
 def train_teacher(cfg, workdir):
@@ -351,7 +352,8 @@ _STAGES = (
           train_vae, dirs=("vae", "vae_tiny"), inputs=("vae",), pipeline_step=3,
           produces="<workdir>/vae (+ vae_tiny): checkpoints, held-out PSNR/SSIM, a video",
           workdir=WorkdirUse.REQUIRED),
-    Stage("encode", "the trained VAE encodes every training clip into the latent cache", encode,
+    Stage("encode", "the trained VAE encodes every training clip, at the longest horizon a "
+          "stage reads, into the latent cache", encode,
           dirs=("latents",), inputs=("data",), pipeline_step=4,
           produces="the latent cache in config.data.latent_dir or <workdir>/latents",
           workdir=WorkdirUse.REQUIRED),

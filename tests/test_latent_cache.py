@@ -6,6 +6,7 @@ import pytest
 from data_pipeline import clips, generate, loader
 from data_pipeline import latent_cache as lc
 from data_pipeline.episode import DataError
+from relic_jax.config.derive import cache_frames, cache_horizons
 from tests.test_data import small_data_config
 
 
@@ -20,9 +21,22 @@ def pool_encoder(scale=1.0):
   return encode
 
 
+def short_student(cfg):
+  """cfg with the student's recipe cut to one block of 3 (ODE init and rollouts: 1 + 3 latent
+  frames) and no teacher curriculum, so that the latent cache's longest horizon (the clips it
+  encodes) stays 4 latent frames = 13 video frames, which the test dataset's 80-frame episodes
+  hold whatever experiments/tiny.py's recipe is; memory.mode='window', since such a recipe
+  never leaves the memory window."""
+  cfg.train.horizon_curriculum = ()
+  cfg.ode_init.blocks, cfg.ode_init.noisy_blocks = 1, 1
+  cfg.distill.rollout_curriculum = ((1, 30),)
+  cfg.memory.mode = "window"
+  return cfg
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-  cfg = small_data_config()
+  cfg = short_student(small_data_config())
   out = str(tmp_path_factory.mktemp("lc") / "data")
   generate.generate(cfg, out, progress=False)
   return cfg, out
@@ -31,23 +45,36 @@ def data(tmp_path_factory):
 def test_cache_holds_every_clip_aligned(data, tmp_path):
   cfg, out = data
   cache = str(tmp_path / "cache")
-  r = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=3, progress=False)
-  src = clips.make_clip_source(cfg, out)
+  sizes = []
+
+  def encode(frames):
+    sizes.append(len(frames))
+    return pool_encoder()(frames)
+  r = lc.build(cfg, out, cache, encode, "vae-a", 8, batch_size=4, progress=False)
+  # the last batch is padded to the batch size: one shape, one compile of a jitted encoder
+  assert r["num_clips"] % 4 and set(sizes) == {4}
+  # the longest horizon any stage reads: the student's clip of 1 + 3 latent frames (one
+  # ODE-init block and one-block rollouts), longer than the teacher's 3
+  assert cache_horizons(cfg) == [3, 4] and cache_frames(cfg) == 4
+  src = clips.make_clip_source(cfg, out, latent_frames=4, stride=cfg.data.clip_stride)
   assert r["num_clips"] == len(src) and r["encoded_now"] == len(src) and not r["rebuilt"]
   cached = lc.LatentCacheSource(cache)
+  assert (cached.meta["clip"]["latent_frames"], cached.meta["clip"]["horizons"]) == (4, [3, 4])
   every = np.stack([cached[i]["latents"] for i in range(len(cached))]).reshape(-1, 8)
   stats = cached.meta["latent_stats"]  # every clip (fewer than 256): exact
   np.testing.assert_allclose(stats["mean"], every.mean(0), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(stats["std"], every.std(0), rtol=1e-4, atol=1e-6)
-  augment = clips.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")
+  augment = clips.ClipAugment(32, 32, cfg.data.palindrome_prob, "center", turn_frames=(9, 13),
+                              camera_dtype=np.float64)
   for i in (0, len(src) // 2, len(src) - 1):
     want = augment(src[i], np.random.default_rng([cfg.seed, i]))
     got = cached[i]
-    assert got["latents"].shape == (3, 4, 4, 8)  # 9 frames -> 1 + 2 latent frames
+    assert got["latents"].shape == (4, 4, 4, 8)  # 13 frames -> 1 + 3 latent frames
     np.testing.assert_allclose(got["latents"], pool_encoder()(want["frames"][None])[0],
                                rtol=1e-6)
-    for k in ("actions", "poses", "camera", "text_tokens"):
+    for k in ("actions", "poses", "camera", "action_scale", "text_tokens"):
       np.testing.assert_array_equal(got[k], want[k])
+    assert got["camera"].dtype == np.float64 and got["action_scale"] > 0
     assert got["clip"].tolist() == [want["episode"], want["start"], want["turn"]]
 
 
@@ -131,11 +158,15 @@ def test_teacher_trains_on_the_latent_cache(data, tmp_path):
   assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
   stats = json.loads((teacher / "latent_stats.json").read_text())
   assert stats == lc.LatentCacheSource(cache).meta["latent_stats"]
-  # the source hands the trainer normalised latents: ~zero mean, unit std per channel
-  src = loader.make_source(c, cache)
+  # the source hands the trainer normalised latents: ~zero mean, unit std per channel over
+  # the whole cached clips (the stats' own sample; the teacher reads 3-frame prefixes of them)
+  whole = c.copy_and_resolve_references()
+  whole.data.latent_frames = cache_frames(c)
+  src = loader.make_source(whole, cache)
   z = np.stack([src[i]["latents"] for i in range(len(src))]).reshape(-1, 8)
   np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-4)
   np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
+  src = loader.make_source(c, cache)
   assert src[0]["text"].dtype == np.int32 and src[0]["actions"].shape == (9, 13)
   params = jax.device_get(load_dit_params(c, str(teacher)))
   blocks = params["blocks"]
@@ -156,8 +187,9 @@ def test_latent_source_errors_are_clear(data, tmp_path):
   lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, progress=False)
   other = c.copy_and_resolve_references()
   other.data.latent_frames = 5
-  with pytest.raises(DataError, match=r"holds clips with latent_frames=3, but the config asks "
-                                      r"for 5\. Fix: re-run `relic encode`"):
+  with pytest.raises(DataError, match=r"holds clips of 4 latent frames \(horizons \[3, 4\]\), "
+                                      r"but 5 are asked for .*Fix: re-run `relic encode` with "
+                                      r"the config whose horizons include 5"):
     loader.make_source(other, cache)
   other = c.copy_and_resolve_references()
   other.model.in_channels = other.model.out_channels = 16

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from relic_jax.config import head_dim_split
+from relic_jax.config import get_base_config, head_dim_split
 from relic_jax.config.choices import RematPolicy
 from relic_jax.models import rope as rope_lib
 from relic_jax.models.dit import REMAT_POLICIES, stack_blocks, unstack_blocks
@@ -185,6 +185,36 @@ def test_yarn_only_touches_low_temporal_frequencies():
   a1 = rope_lib.rope_angles(128, (30, 2, 2), 10000.0, yarn_factor=4.0)
   np.testing.assert_array_equal(a0[:, 22:], a1[:, 22:])  # spatial parts untouched
   assert np.max(np.abs(a0[:, :22] - a1[:, :22])) > 0
+
+
+def test_yarn_ramp_of_the_config_keeps_the_fastest_temporal_pairs_over_21_frames():
+  """Wan's temporal axis (head_dim 128 -> 44 temporal dims, 22 pairs) pretrained on 21 latent
+  frames, extended to 81 (RELIC's 20 s): with the config's ramp the pairs that turn at least
+  yarn_beta_fast times in 21 frames keep their frequency, those that turn at most
+  yarn_beta_slow times are divided by the factor; YaRN's LLM ramp (32, 1) kept none."""
+  m = get_base_config().model
+  base = np.asarray(rope_lib.inv_frequencies(44, m.rope_theta))
+  turns = m.yarn_original_frames * base / (2 * np.pi)
+  factor = 81 / 21
+  ext = np.asarray(rope_lib.yarn_inv_frequencies(base, factor, m.yarn_original_frames,
+                                                 m.yarn_beta_fast, m.yarn_beta_slow))
+  kept, divided = turns >= m.yarn_beta_fast, turns <= m.yarn_beta_slow
+  assert kept.sum() == 2 and turns[0] == pytest.approx(3.34, abs=0.01)  # ~6.3-frame period
+  np.testing.assert_array_equal(ext[kept], base[kept])
+  np.testing.assert_allclose(ext[divided], base[divided] / factor, rtol=1e-6)
+  between = ~kept & ~divided
+  assert between.sum() == 1 and base[between] / factor < ext[between] < base[between]
+  # through the angles the DiT uses: the two fastest temporal pairs unchanged at every frame
+  a0 = np.asarray(rope_lib.rope_angles(128, (81, 1, 1), m.rope_theta))
+  a1 = np.asarray(rope_lib.rope_angles(128, (81, 1, 1), m.rope_theta, yarn_factor=factor,
+                                       yarn_original_frames=m.yarn_original_frames,
+                                       yarn_beta_fast=m.yarn_beta_fast,
+                                       yarn_beta_slow=m.yarn_beta_slow))
+  np.testing.assert_array_equal(a1[:, :2], a0[:, :2])
+  np.testing.assert_allclose(a1[:, 21], a0[:, 21] / factor, rtol=1e-6)
+  # the LLM ramp changes even the fastest pair: the test above would fail with it
+  llm = np.asarray(rope_lib.yarn_inv_frequencies(base, factor, 21, 32.0, 1.0))
+  assert llm[0] < 0.95 * base[0]
 
 
 def test_byte_text_encoder_masks_padding_and_reads_the_caption():

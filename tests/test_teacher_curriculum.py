@@ -17,13 +17,18 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipeline.loader import make_train_iterator
+from data_pipeline import generate
+from data_pipeline import latent_cache as lc
+from data_pipeline.loader import CachedLatents, make_train_iterator
+from relic_jax import stages
 from relic_jax.config import ConfigError, get_base_config, validate
 from relic_jax.config.derive import final_teacher_config, phase_config, yarn_factors
 from relic_jax.inference import loading
 from relic_jax.training import teacher as teacher_lib
 from relic_jax.training import trainer as trainer_lib
 from relic_jax.training.teacher import CurriculumError, TeacherTask, drop_text, train_teacher
+from tests.test_data import small_data_config
+from tests.test_latent_cache import latent_teacher_config, pool_encoder, short_student
 
 # yarn_original_frames = 4 makes the tiny second phase (6 frames) a YaRN phase: factor 1.5
 CURRICULUM = ((4, 2), (6, 2))
@@ -248,3 +253,32 @@ def test_curriculum_frames_must_fit_the_temporal_patch():
   with pytest.raises(ConfigError, match=r"phase 1 has 7 latent frames, not divisible by the "
                                         r"temporal patch size 2.*Fix: use multiples"):
     validate(c)
+
+
+def test_the_curriculum_runs_on_a_real_latent_cache_reading_prefixes(tmp_path, monkeypatch):
+  """`relic train_teacher` with data.source='latents' through a (3, 5)-frame curriculum on a
+  cache `lc.build` encoded from ViZDoom episodes: the cache holds clips of the longest horizon
+  (5 latent frames) and each phase reads its prefix, so phase 2 finds its clips (with clips of
+  data.latent_frames = 3 it raised DataError) and both phases train."""
+  data_cfg = short_student(small_data_config())  # 3 episodes of 80 frames; data.latent_frames 3
+  generate.generate(data_cfg, str(tmp_path / "data"), progress=False)
+  cfg = latent_teacher_config(data_cfg, steps=2)
+  cfg.model.num_layers, cfg.model.scan_layers = 1, False
+  cfg.model.yarn_original_frames = 3
+  cfg.train.update({"horizon_curriculum": ((3, 2), (5, 2)), "async_checkpointing": False})
+  r = lc.build(cfg, str(tmp_path / "data"), str(tmp_path / "latents"), pool_encoder(), "v", 8,
+               progress=False)
+  meta = lc.LatentCacheSource(str(tmp_path / "latents")).meta["clip"]
+  assert (meta["latent_frames"], meta["horizons"]) == (5, [3, 4, 5]) and r["num_clips"] >= 8
+  spy = _Spy(monkeypatch)
+  stages.train_teacher(cfg, str(tmp_path))
+  assert [(c["cfg"].data.latent_frames, c["cfg"].model.yarn_factor) for c in spy.calls] == [
+      (3, 1.0), (5, 5 / 3)]
+  with open(tmp_path / "teacher" / "curriculum.json") as f:
+    record = json.load(f)["phases"]
+  assert [p["done"] for p in record] == [True, True]
+  assert all(np.isfinite(p["final_loss"]) for p in record)
+  for c, frames in zip(spy.calls, (3, 5)):  # what each phase's trainer read: its prefix
+    x = CachedLatents(c["cfg"], str(tmp_path / "latents"))[0]
+    assert x["latents"].shape[0] == frames and x["actions"].shape[0] == 1 + 4 * (frames - 1)
+    assert c["task"].example_batch(1)["action_scale"].shape == (1,)

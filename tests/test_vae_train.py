@@ -13,16 +13,20 @@ import pytest
 from data_pipeline import generate
 from data_pipeline import latent_cache as lc
 from data_pipeline.loader import make_clip_iterator
+from relic_jax.config.derive import cache_frames, cache_horizons
 from relic_jax.inference import loading
 from relic_jax.models.vae import VAEConfig
 from relic_jax.training import vae_train
 from relic_jax.training.trainer import train
 from tests.helpers import run_cli
 from tests.test_data import small_data_config
+from tests.test_latent_cache import short_student
 
 
 def micro_config(steps=12):
-  cfg = small_data_config()  # 3 episodes of 80 frames at 48x48; clips of 9 frames at 32x32
+  # 3 episodes of 80 frames at 48x48; clips of 9 frames at 32x32; a one-block student, so the
+  # latent cache's clips (its longest horizon) fit in the episodes
+  cfg = short_student(small_data_config())
   cfg.data.latent_frames = 2  # 5-frame clips: 1 + 1 latent frames
   v = cfg.vae
   v.base_dim, v.dim_mult, v.num_res_blocks, v.z_dim = 8, (1, 2, 2, 2), 1, 4
@@ -89,13 +93,16 @@ def test_encode_fills_the_cache_resumes_and_notices_a_new_vae(workdir):
   assert rest["skipped"] == 2 and rest["encoded_now"] == rest["num_clips"] - 2
   cache = lc.LatentCacheSource(os.path.join(workdir, "latents"))
   clip = cache[0]
-  assert clip["latents"].shape == (2, 4, 4, 4)
+  # clips of the longest horizon a stage reads (the student's 1 + 3 latent frames), not of
+  # data.latent_frames = 2; the teacher reads their 2-frame prefixes
+  t = cache_frames(cfg)
+  assert cache_horizons(cfg) == [2, 4] and clip["latents"].shape == (t, 4, 4, 4)
   # the cached latent is the VAE's mean of that clip
   params = _params(cfg, workdir)
   vae = VAEConfig.from_config(cfg.vae)
   from data_pipeline import loader
-  src = loader.make_clip_source(cfg, os.path.join(workdir, "data"))
-  frames = loader.ClipAugment(32, 32, cfg.data.palindrome_prob, "center")(
+  src = loader.make_clip_source(cfg, os.path.join(workdir, "data"), latent_frames=t)
+  frames = loader.ClipAugment(32, 32, cfg.data.palindrome_prob, "center", turn_frames=(5, 13))(
       src[0], np.random.default_rng([cfg.seed, 0]))["frames"]
   mean, _ = vae_train.reconstruct_fn(vae)(params, frames[None])
   np.testing.assert_allclose(clip["latents"], np.asarray(mean[0]), rtol=1e-5, atol=1e-6)

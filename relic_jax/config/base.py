@@ -80,7 +80,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # yarn_original_frames are what the pretrained model saw (21 latent frames = 5 s for Wan).
   m.yarn_factor = 1.0
   m.yarn_original_frames = 21
-  m.yarn_beta_fast = 32.0
+  # YaRN's ramp, in full periods of a temporal RoPE pair within yarn_original_frames: pairs
+  # turning >= beta_fast times keep their frequency, pairs turning <= beta_slow times are
+  # divided by yarn_factor, linear between. YaRN's LLM values (32, 1) assume thousands of
+  # positions; over Wan's 21 latent frames the fastest temporal pair turns only ~3.3 times, so
+  # 32 would interpolate every pair. 2 keeps the pairs that turn at least twice (the two
+  # fastest of 22 at head_dim 128); 1 is YaRN's own lower end.
+  m.yarn_beta_fast = 2.0
   m.yarn_beta_slow = 1.0
   # "bidirectional" (teacher) or "block_causal" (student: a block of block_frames latent
   # frames sees itself and every earlier block).
@@ -129,7 +135,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 1 + 4 (latent_frames - 1) video frames are cut from them (data_pipeline/loader.py).
   d.dir = ""
   d.clip_stride = 4          # video frames between the starts of consecutive clips
-  d.palindrome_prob = 0.5    # RELIC's time-reverse augmentation: forward to t*, then back
+  # The latent cache (`relic encode`) holds clips of derive.cache_frames(cfg) latent frames (the
+  # longest horizon any stage reads; shorter ones read prefixes), started every
+  # cache_clip_stride video frames; 0 = clip_stride. Long clips cost encoding time per clip:
+  # a larger stride keeps the cache's total frames (and `relic encode`'s time) bounded.
+  d.cache_clip_stride = 0
+  # RELIC's time-reverse augmentation: forward to t*, then back. In the latent cache the turn
+  # t* is drawn for one of the cached horizons and the clip keeps bouncing between frame 0 and
+  # t* (a triangle wave), so every prefix is a forward clip, a palindrome or a multi-turn one.
+  d.palindrome_prob = 0.5
   d.crop = "center"          # "center" or "random": crop to the clip's aspect, then resize
   d.spatial_stride = 8       # pixels per latent (the VAE): frames are 8*latent_height high
   d.verify_checksums = True  # SHA-256 of each shard when first opened

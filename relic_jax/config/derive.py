@@ -1,7 +1,9 @@
 """Configs derived from an experiment's config (and `flatten_config`, a config as dotted
 fields): the teacher's horizon-curriculum phases and
 the RoPE (YaRN factor) of the teacher it leaves, which every stage after it (ODE init,
-distillation, generation, evaluation) runs the DiT with."""
+distillation, generation, evaluation) runs the DiT with; and the latent horizons the stages
+read from the latent cache (`cache_horizons`, `cache_frames`), which `relic encode` builds the
+cache for once."""
 
 import ml_collections
 
@@ -25,6 +27,30 @@ def phases(cfg: ml_collections.ConfigDict) -> list[tuple[int, int]]:
   if not cur:
     return [(int(cfg.data.latent_frames), int(cfg.train.steps))]
   return [(int(frames), int(steps)) for frames, steps in cur]
+
+
+def cache_horizons(cfg: ml_collections.ConfigDict) -> list[int]:
+  """The sorted distinct clip lengths (latent frames) the stages after `relic encode` read
+  from the latent cache: every teacher phase (`phases`: data.latent_frames without a
+  curriculum), the ODE-init clip (model.first_block_frames + ode_init.blocks *
+  model.block_frames) and every distillation rollout (first_block_frames + blocks *
+  block_frames for each phase of distill.rollout_curriculum).
+
+  With a curriculum, data.latent_frames itself is not one of them: `phase_config` rewrites it
+  per phase, so counting it would give each phase's config other horizons and make the cache
+  look stale to it. The fields read here are the ones every stage's derived config keeps."""
+  m = cfg.model
+  out = {frames for frames, _ in phases(cfg)}
+  out.add(int(m.first_block_frames + cfg.ode_init.blocks * m.block_frames))
+  out.update(int(m.first_block_frames + blocks * m.block_frames)
+             for blocks, _ in cfg.distill.rollout_curriculum)
+  return sorted(out)
+
+
+def cache_frames(cfg: ml_collections.ConfigDict) -> int:
+  """The latent frames of the latent cache's clips: the longest horizon any stage reads
+  (`cache_horizons`); a stage reading fewer frames reads a prefix of each clip."""
+  return cache_horizons(cfg)[-1]
 
 
 def yarn_factors(cfg: ml_collections.ConfigDict) -> list[float]:

@@ -67,7 +67,7 @@ class DiTConfig:
   rope_theta: float = 10000.0
   yarn_factor: float = 1.0
   yarn_original_frames: int = 21
-  yarn_beta_fast: float = 32.0
+  yarn_beta_fast: float = 2.0
   yarn_beta_slow: float = 1.0
   attention_mode: str = "bidirectional"
   block_frames: int = 3

@@ -19,9 +19,12 @@ def inv_frequencies(dim: int, theta: float):
 
 def yarn_inv_frequencies(inv_freq, factor: float, original_len: int, beta_fast: float,
                          beta_slow: float):
-  """YaRN "NTK-by-parts": frequencies that turn many times over the original length keep
-  their value, those that turn less than once are interpolated by `factor`, with a linear
-  ramp between (Peng et al. 2023)."""
+  """YaRN "NTK-by-parts" (Peng et al. 2023): a pair that turns at least `beta_fast` full
+  periods over the original length has been seen at every phase and keeps its frequency; one
+  that turns at most `beta_slow` periods would reach angles never seen and is interpolated
+  (divided by `factor`); a linear ramp in between. The ramp is in periods, so it must suit
+  the axis: a 21-frame temporal axis turns its fastest pair only ~3.3 times (config/base.py
+  sets beta_fast = 2), where YaRN's LLM value 32 would interpolate every pair."""
   if factor == 1.0:
     return inv_freq
   rotations = original_len * inv_freq / (2 * math.pi)
@@ -36,7 +39,7 @@ def yarn_attention_scale(factor: float) -> float:
 
 def rope_angles(head_dim: int, grid: tuple[int, int, int], theta: float, t_offset=0,
                 yarn_factor: float = 1.0, yarn_original_frames: int = 21,
-                yarn_beta_fast: float = 32.0, yarn_beta_slow: float = 1.0):
+                yarn_beta_fast: float = 2.0, yarn_beta_slow: float = 1.0):
   """Angles [S, head_dim/2] for a (T, H', W') token grid; `t_offset` shifts the temporal
   positions (a traced scalar is fine: streaming blocks start at their frame index)."""
   return rope_angles_at(head_dim, grid_positions(grid, t_offset), theta, yarn_factor,
@@ -53,7 +56,7 @@ def grid_positions(grid: tuple[int, int, int], t_offset=0):
 
 
 def rope_angles_at(head_dim: int, positions_S3, theta: float, yarn_factor: float = 1.0,
-                   yarn_original_frames: int = 21, yarn_beta_fast: float = 32.0,
+                   yarn_original_frames: int = 21, yarn_beta_fast: float = 2.0,
                    yarn_beta_slow: float = 1.0):
   """Angles [S, head_dim/2] for tokens at arbitrary (t, h, w) positions [S, 3] (fractional
   positions are fine: the KV memory's pooled tokens sit at the centre of what they pool)."""

@@ -5,8 +5,10 @@ config.train.clean_first_frame is set; per_frame_noise gives every frame its own
 
 Batches: {"latents" [B, T, h, w, C], "text" [B, L, text_dim] float} from the synthetic source,
 or from the latent cache (data.source = "latents") {"latents" (normalised), "text" [B, L] byte
-tokens, "actions" [B, F, 13], "poses" [B, F, 12]} with F = 1 + 4 (T - 1) video frames; actions
-and poses are used when model.action_dim / pose_dim are set.
+tokens, "actions" [B, F, 13], "poses" [B, F, 12], "action_scale" [B]} with F = 1 + 4 (T - 1)
+video frames (each phase reads a T-frame prefix of the cache's longer clips); actions and poses
+are used when model.action_dim / pose_dim are set, the action scale is not (the student's
+rollout integrates poses with it).
 
 config.train.text_dropout replaces an example's text by the null text (zeros) so that the
 teacher learns the unconditional velocity classifier-free guidance needs.
@@ -85,6 +87,7 @@ class TeacherTask:
     frames = 1 + c.cond_frames_per_latent * (t - 1)
     if d.source != "latents":  # only the latent cache has actions and poses (else zeros)
       return batch
+    batch["action_scale"] = np.ones((batch_size,), np.float32)
     if c.action_dim:
       batch["actions"] = np.zeros((batch_size, frames, c.action_dim), np.float32)
     if c.pose_dim:
