@@ -24,6 +24,7 @@ def get_config():
   c.data.gen.num_episodes = 64
   c.data.gen.episodes_per_shard = 4
   c.data.gen.frames_per_episode = 600
+  c.data.cache_clip_stride = 16  # the latent cache's 97-frame clips, one every 16 frames
   c.data.num_examples = 4096
   c.train.steps = 2000
   c.train.batch_size = 16

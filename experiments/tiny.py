@@ -36,6 +36,9 @@ def get_config():
   # 25 latent frames, the longest sequence it scores (the 8-block rollout); the ODE init's
   # clip (16) is its second phase.
   c.train.horizon_curriculum = ((4, 150), (16, 30), (25, 30))
+  # the latent cache holds clips of 25 latent frames (97 video frames), one every 16 frames:
+  # 91 clips, ~1.5 min of `relic encode` (every 4 frames: 357 clips, ~4x as long)
+  c.data.cache_clip_stride = 16
   # The student, trained with its memory (window 6 latent frames): ODE initialisation on 32
   # teacher trajectories of 5 blocks (16 latent frames) with hybrid forcing, the first 4
   # blocks clean (13 frames of context > the window: frames 0-6 are read from the pooled

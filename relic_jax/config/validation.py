@@ -121,6 +121,11 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     _fail(f"{prefix}.yarn_factor", m.yarn_factor, "YaRN can only extend the context",
           "use 1.0 (off) or a factor > 1")
   _positive(m, "yarn_original_frames", prefix=prefix)
+  if not m.yarn_beta_fast > m.yarn_beta_slow >= 0:
+    _fail(f"{prefix}.yarn_beta_fast", m.yarn_beta_fast, "YaRN's ramp needs beta_fast > "
+          f"beta_slow >= 0 (periods within yarn_original_frames; beta_slow={m.yarn_beta_slow})",
+          "use e.g. the defaults (2, 1): over 21 latent frames the fastest temporal pair "
+          "turns ~3.3 times")
   _positive(m, "rope_theta", prefix=prefix)
   _positive(m, "eps", prefix=prefix)
 
@@ -353,6 +358,7 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
   """The episode-dataset fields: clip cutting and ViZDoom generation."""
   for f in ("clip_stride", "spatial_stride"):
     _positive(d, f, prefix="data")
+  _positive(d, "cache_clip_stride", allow_zero=True, prefix="data")  # 0: data.clip_stride
   if not 0.0 <= d.palindrome_prob <= 1.0:
     _fail("data.palindrome_prob", d.palindrome_prob, "is a probability",
           "use a value in [0, 1] (0 turns the augmentation off)")

@@ -274,7 +274,7 @@ class DistillStage(loop.Stage):
     d = cfg.distill
     self.cfg, self.d, self.workdir, self.source = cfg, d, workdir, source
     self.mesh, self.rules = mesh, rules
-    self.task = TeacherTask(cfg)
+    self.task = TeacherTask(data_config(cfg))  # example batches of the longest rollout
     self.tx_gen, self.tx_critic = optimizers(d)
     abstract, self.shardings = state_layout(cfg, self.tx_gen, self.tx_critic, mesh, rules)
     self.n_params = param_count(abstract.gen)
