@@ -63,7 +63,7 @@ def _pipeline(cfg, workdir):
     with open(os.path.join(res, "metrics.md")) as f:
       print(f.read())
   print(f"[relic] pipeline done in {r['seconds'] / 60:.1f} min. Results in {res}: metrics.json "
-        f"and metrics.md, videos/*.mp4 (generated with memory | window only | ground truth), "
+        f"and metrics.md, videos/*.mp4 (relic | window_sink | window | truth), "
         f"plots/*.png; details per case in details.json")
 
 
