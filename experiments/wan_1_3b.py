@@ -24,6 +24,9 @@ def get_config():
   m.remat_policy = "full"
   c.data.latent_frames, c.data.latent_height, c.data.latent_width = 21, 60, 104
   c.data.text_len = 512
+  # `relic data`'s episodes must hold the latent cache's clips: 81 latent frames = 321 video
+  # frames (the teacher's 20 s phase); 600 frames (~34 s at 17.5 fps) leave room for several
+  c.data.gen.frames_per_episode = 600
   c.train.batch_size = 8
   c.train.lr = 1e-5
   c.train.warmup_steps = 100
