@@ -26,8 +26,10 @@ def short_student(cfg):
   frames) and no teacher curriculum, so that the latent cache's longest horizon (the clips it
   encodes) stays 4 latent frames = 13 video frames, which the test dataset's 80-frame episodes
   hold whatever experiments/tiny.py's recipe is; memory.mode='window', since such a recipe
-  never leaves the memory window."""
+  never leaves the memory window; and the cache's clips cut every data.clip_stride frames, as
+  the clip loader cuts them (data.cache_clip_stride 0), whatever tiny sets."""
   cfg.train.horizon_curriculum = ()
+  cfg.data.cache_clip_stride = 0
   cfg.ode_init.blocks, cfg.ode_init.noisy_blocks = 1, 1
   cfg.distill.rollout_curriculum = ((1, 30),)
   cfg.memory.mode = "window"

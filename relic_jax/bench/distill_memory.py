@@ -2,10 +2,11 @@
 
 python -m relic_jax.bench.distill_memory --config=experiments/small.py --out=distill_memory.json
 
-One step = the student's rollout over N blocks (a random exit step per block), the DMD
-direction from the teacher and the critic on the whole sequence, and the generator's gradient
-(`training/self_forcing.generator_grads`; the optimizer update and the critic step are not
-included). For each mode and N in --blocks, the step is compiled alone and measured:
+One step = the student's rollout over N blocks (a random exit step, by default one for all
+blocks), the DMD direction from the teacher and the critic on the whole sequence, and the
+generator's gradient (`training/self_forcing.generator_grads`; the optimizer update and the
+critic step are not included). For each mode and N in --blocks, the step is compiled alone
+and measured:
   temp_bytes    XLA's compiled memory analysis, temp_size_in_bytes: the working memory beyond
                 the arguments (params of generator, teacher and critic, the batch) and the
                 outputs; deterministic for a given program
