@@ -414,7 +414,9 @@ def test_tiny_param_count_constant():
 @pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_cli_refuses_a_checkpoint_of_a_different_model(tmp_path):
   workdir = str(tmp_path / "run")
-  common = ("train_teacher", TINY, f"--workdir={workdir}", "--config.train.progress_bar=False")
+  # one phase of train.steps: without tiny's horizon curriculum
+  common = ("train_teacher", TINY, f"--workdir={workdir}", "--config.train.progress_bar=False",
+            "--config.train.horizon_curriculum=()")
   r = run_cli(*common, "--config.train.steps=2", "--config.train.checkpoint_every=2")
   assert r.returncode == 0, r.stderr[-3000:]
   assert json.loads(r.stdout.splitlines()[-2])["step"] == 2
