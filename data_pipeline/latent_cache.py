@@ -122,12 +122,14 @@ def _difference(old: dict, new: dict) -> str:
 
 def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], np.ndarray],
           vae_fingerprint: str, latent_channels: int, batch_size: int = 4,
-          progress: bool = True, stop_after: int | None = None) -> dict:
+          progress: bool = True, stop_after: int | None = None,
+          stats: dict | None = None) -> dict:
   """Encodes every clip not yet in the cache. encode_fn: frames uint8 [B, F, H, W, 3] ->
   latents [B, T, h, w, C] float32. Returns a summary (clips encoded now, skipped, seconds,
   whether and why an old cache was rebuilt, the clips' latent frames and horizons). The last
   batch is padded to batch_size (its last clip repeated, the extra latents dropped), so a
-  jitted encode_fn compiles once.
+  jitted encode_fn compiles once. stats: the per-channel latent {"mean", "std"} to normalise
+  by (a pretrained VAE's own, as Wan's config carries them); None: computed from the cache.
   stop_after: stop after this many batches (tests of interruption)."""
   desc = cache_description(cfg, data_dir, vae_fingerprint)
   meta_path = os.path.join(cache_dir, CACHE_META)
@@ -207,9 +209,11 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
   if bar is not None:
     bar.close()
   encoded = min(len(todo), batches * batch_size)
-  stats = None
+  fixed, stats = stats, None
   if np.asarray(arrays["done"].read().result()).all():
-    stats = latent_stats(arrays["latents"])
+    stats = (latent_stats(arrays["latents"]) if fixed is None else
+             {"mean": list(fixed["mean"]), "std": list(fixed["std"]), "clips": 0,
+              "source": fixed.get("source", "given")})
     with open(meta_path) as f:
       meta = json.load(f)
     write_json_atomic(meta_path, {**meta, "latent_stats": stats})

@@ -2,7 +2,8 @@
 
   <root>/data            the episode dataset (config.data.dir overrides it)
   <root>/pose_estimator  the evaluation's pose estimator
-  <root>/vae, vae_tiny   the VAE and its tiny streaming decoder
+  <root>/vae, vae_tiny   the VAE and its tiny streaming decoder (+ vae/pretrained.json when
+                         the VAE is a pretrained one used as is: where from, its latent stats)
   <root>/latents         the latent cache (config.data.latent_dir overrides it)
   <root>/teacher         the bidirectional teacher (+ latent_stats.json, curriculum phases)
   <root>/ode_init        the student's ODE initialisation
@@ -66,6 +67,12 @@ class Workdir:
     """The latent cache's statistics the teacher trained with (and generation de-normalises
     by), copied beside the teacher."""
     return os.path.join(self.teacher, LATENT_STATS)
+
+  @property
+  def vae_pretrained(self) -> str:
+    """Where a VAE used as is came from and its own latent statistics (`relic train_vae`
+    with config.vae.init_from and vae.finetune_steps = 0; `relic encode` normalises by them)."""
+    return os.path.join(self.vae, "pretrained.json")
 
   def marker(self, stage: str) -> str:
     """The pipeline's done-marker of `stage`."""

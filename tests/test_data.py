@@ -424,3 +424,23 @@ def test_heldout_episodes_are_kept_out_of_training(dataset):
   bad.data.heldout_episodes = 3
   with pytest.raises(DataError, match="heldout_episodes=3 leaves no training episode"):
     clips.make_clip_source(bad, out)
+
+
+def test_heldout_map_episodes_are_the_last_and_the_heldout_split():
+  from relic_jax.config import validate
+  from relic_jax.config.validation import ConfigError
+  cfg = small_data_config(heldout_maps=("freedoom2/MAP05", "freedoom2/MAP15"),
+                          heldout_map_episodes=3)
+  cfg.data.heldout_episodes = 3
+  validate(cfg)
+  plan = [e for shard in generate.episode_plan(cfg) for e in shard]
+  maps = [m for _, m, _ in plan]
+  assert maps == ["freedoom2/MAP01", "freedoom2/MAP02", "freedoom2/MAP01", "freedoom2/MAP05",
+                  "freedoom2/MAP15", "freedoom2/MAP05"]
+  # the training episodes are those of a dataset without held-out-map episodes
+  assert plan[:3] == [e for s in generate.episode_plan(small_data_config()) for e in s]
+  assert "heldout_map_episodes" in generate.generation_config(cfg)
+  assert "heldout_map_episodes" not in generate.generation_config(small_data_config())
+  cfg.data.heldout_episodes = 1
+  with pytest.raises(ConfigError, match="must equal data.gen.heldout_map_episodes"):
+    validate(cfg)

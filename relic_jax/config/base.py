@@ -156,7 +156,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   g.wads = ("freedoom2",)    # freedoom1 (E1M1..E4M9) and/or freedoom2 (MAP01..MAP32)
   g.maps = ()                # "wad/MAP": only these maps; () = every map of the wads
   g.heldout_maps = ("freedoom2/MAP05", "freedoom2/MAP15")  # kept out, for evaluation
-  g.num_episodes = 8
+  g.num_episodes = 8         # on the training maps
+  # episodes on the held-out maps, after the training ones (data.heldout_episodes must equal
+  # it when > 0, so the held-out split is the held-out maps); 0: the held-out split is the
+  # last data.heldout_episodes training-map episodes
+  g.heldout_map_episodes = 0
   g.episodes_per_shard = 2
   g.frames_per_episode = 300  # at 17.5 fps: ~17 s
   g.height = 64              # stored frame size
@@ -310,7 +314,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   v.dtype = "float32"
   v.param_dtype = "float32"
   v.kl_weight = 1e-6         # KL (mean per latent element) vs L1 (mean per pixel)
-  v.init_from = ""           # params from `relic import-wan-vae --out` (Wan 2.1's VAE)
+  # A pretrained VAE: `relic import-wan-vae --out` params, or a diffusers AutoencoderKLWan
+  # folder / pipeline root (Wan 2.1's, or the demo's assets/demo; relic_jax/weights/pretrained.py).
+  # "" or "none": trained from scratch for vae.train.steps.
+  v.init_from = ""
+  # With init_from: steps of further training on this run's data; 0 = used as is (evaluated,
+  # not trained; its own latent statistics and tiny decoder too, where the folder has them).
+  v.finetune_steps = 0
   v.eval_clips = 16          # held-out clips evaluated at the end of the stage
   v.tiny_dim = 64            # the tiny decoder's width (relic_jax/models/tiny_decoder.py)
   v.tiny_steps = 1000        # its training steps after the VAE's (0: no tiny decoder)

@@ -354,6 +354,17 @@ def validate_student(cfg: ml_collections.ConfigDict) -> None:
           "-> 20 s shape ((2, a), (4, b), (8, c)), or use memory.mode='window'")
 
 
+def validate_vae_init(v: ml_collections.ConfigDict) -> None:
+  """vae.init_from / vae.finetune_steps."""
+  if not _is_int(v.finetune_steps) or v.finetune_steps < 0:
+    _fail("vae.finetune_steps", v.finetune_steps, "must be a non-negative integer",
+          "use 0 (a pretrained VAE used as is) or a number of steps")
+  if v.finetune_steps and v.init_from in ("", "none", "None"):
+    _fail("vae.finetune_steps", v.finetune_steps, "fine-tunes a pretrained VAE, but "
+          "vae.init_from is empty", "set vae.init_from, or train from scratch with "
+          "vae.train.steps (and vae.finetune_steps=0)")
+
+
 def validate_data(d: ml_collections.ConfigDict) -> None:
   """The episode-dataset fields: clip cutting and ViZDoom generation."""
   for f in ("clip_stride", "spatial_stride"):
@@ -370,6 +381,16 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     if int(g[f]) != g[f]:
       _fail(f"data.gen.{f}", g[f], "must be an integer", "use a whole number")
   _positive(g, "workers", allow_zero=True, prefix="data.gen")
+  _positive(g, "heldout_map_episodes", allow_zero=True, prefix="data.gen")
+  if g.heldout_map_episodes:
+    if not g.heldout_maps:
+      _fail("data.gen.heldout_map_episodes", g.heldout_map_episodes,
+            "needs held-out maps to render", "list maps in data.gen.heldout_maps, or set it to 0")
+    if d.heldout_episodes != g.heldout_map_episodes:
+      _fail("data.heldout_episodes", d.heldout_episodes,
+            f"must equal data.gen.heldout_map_episodes ({g.heldout_map_episodes}) so that the "
+            "held-out split is exactly the held-out maps' episodes",
+            f"set data.heldout_episodes={g.heldout_map_episodes}")
   if not 0.0 <= g.max_pitch_deg <= 45.0:
     _fail("data.gen.max_pitch_deg", g.max_pitch_deg, "must be in [0, 45]",
           "Doom's software renderer shears rather than rotates; keep pitch small, e.g. 20")
@@ -460,6 +481,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
           f"first block of {m.first_block_frames}",
           "choose latent_frames = first_block_frames + a multiple of block_frames")
   validate_data(cfg.data)
+  validate_vae_init(cfg.vae)
   validate_generation(cfg)
   if cfg.data.source == DataSource.LATENTS:
     m = cfg.model

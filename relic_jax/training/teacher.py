@@ -45,6 +45,7 @@ from relic_jax.models import dit as dit_lib
 from relic_jax.models import flops as flops_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
 from relic_jax.training import trainer
+from relic_jax.weights import pretrained
 from relic_jax.workdir import Workdir
 
 CURRICULUM_FILE = "curriculum.json"
@@ -96,6 +97,10 @@ class TeacherTask:
 
   def init_params(self, rng):
     return dit_lib.init_params(self.dit, rng, self._clip, self.cfg.data.text_len)
+
+  def import_params(self, path: str):
+    """Params from a diffusers Wan transformer folder or pipeline root (train.init_from)."""
+    return pretrained.dit_params(path, self.cfg.model, self.cfg.seed)
 
   def loss_fn(self, params, batch, rng):
     tc = self.cfg.train

@@ -35,6 +35,7 @@ from relic_jax.training.loop import NonFiniteError  # noqa: F401
 from relic_jax.training.optimizer import make_optimizer, make_schedule
 from relic_jax.training.state import (TrainState, create_sharded_state, param_count,
                                       state_shardings, with_shardings)
+from relic_jax.weights import pretrained
 from relic_jax.weights.store import load_params
 
 
@@ -122,15 +123,31 @@ class TaskStage(loop.Stage):
       state = state_from_params(jax.device_put(self._init_params, self.shardings.params),
                                 self.tx, self.shardings)
       logging.info("initialised from the given params")
-    elif t.init_from:
-      params = load_params(t.init_from, self.abstract_state.params, self.meta)
+    elif pretrained.resolve(t.init_from, "train.init_from"):
+      path = pretrained.resolve(t.init_from, "train.init_from")
+      if pretrained.is_diffusers(path):
+        params = self._import(path)
+      else:
+        params = load_params(path, self.abstract_state.params, self.meta)
       state = state_from_params(params, self.tx, self.shardings)
-      logging.info("initialised from the params in %s", t.init_from)
+      logging.info("initialised from the params in %s", path)
     else:
       state, _, _ = create_sharded_state(self.task.init_params, self.tx, self.mesh, self.rules,
                                          self.rng)
       logging.info("initialised a new %s-param model", f"{self.n_params:,}")
     return state
+
+  def _import(self, path: str):
+    """Params from a diffusers folder, through the task's importer, on this mesh."""
+    importer = getattr(self.task, "import_params", None)
+    if importer is None:
+      raise pretrained.PretrainedError(
+          f"train.init_from={path} is a diffusers folder, which this stage cannot start from. "
+          "Fix: point it at params this stage saved, or clear it.")
+    params = importer(path)
+    pretrained.check_tree(params, self.abstract_state.params, f"train.init_from={path}")
+    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, s.dtype), s.sharding),
+                        params, self.abstract_state.params)
 
   def train_step(self, kind) -> Callable:
     del kind
@@ -199,11 +216,24 @@ def save_initial_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task)
   workdir/checkpoints without compiling a train step: an untrained model for smoke runs and
   tests of the stages that load one (generate, evaluate)."""
   validate(cfg)
+  save_params_checkpoint(cfg, workdir, task, None)
+
+
+def save_params_checkpoint(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
+                           params) -> None:
+  """Writes a step-0 checkpoint of `params` (None: a fresh init) with a fresh optimizer state
+  to workdir/checkpoints, without compiling a train step: a pretrained model used as is (the
+  VAE stage with vae.init_from), or an untrained one for smoke runs."""
   mesh = mesh_lib.make_mesh(cfg.mesh)
   rules = mesh_lib.rules(cfg.mesh)
   tx = make_optimizer(cfg.train)
-  state, abstract, _ = create_sharded_state(task.init_params, tx, mesh, rules,
-                                            jax.random.key(cfg.seed))
+  state, abstract, shardings = create_sharded_state(task.init_params, tx, mesh, rules,
+                                                    jax.random.key(cfg.seed))
+  if params is not None:
+    pretrained.check_tree(params, abstract.params, "pretrained params")
+    placed = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, s.dtype), s.sharding),
+                          params, with_shardings(abstract, shardings).params)
+    state = state_from_params(placed, tx, shardings)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), cfg.train.keep_checkpoints,
                                async_save=False)
   ckpt.save(0, state, {}, ckpt_lib.describe_model(task.model_config, abstract.params))

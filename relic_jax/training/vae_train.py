@@ -15,6 +15,7 @@ the final params on clips of the held-out episodes: PSNR and SSIM per frame
 
 import dataclasses
 import hashlib
+import json
 import os
 
 import jax
@@ -27,24 +28,37 @@ from data_pipeline.generate import dataset_dir
 from data_pipeline.preview import write_video
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.inference import loading
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.models import tiny_decoder as tiny_lib
 from relic_jax.models import vae as vae_lib
 from relic_jax.models.tiny_decoder import TinyDecoderConfig
 from relic_jax.models.vae import VAEConfig, to_uint8, to_unit
 from relic_jax.training import trainer
+from relic_jax.weights import pretrained
 from relic_jax.workdir import Workdir
 
 
 def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """cfg with config.train overridden by config.vae.train (and train.init_from by
-  vae.init_from): what the trainer runs for the VAE stage."""
+  vae.init_from, train.steps by vae.finetune_steps when there is one): what the trainer runs
+  for the VAE stage."""
   out = cfg.copy_and_resolve_references()
+  init = pretrained.resolve(cfg.vae.init_from, "vae.init_from")
   with out.unlocked():
     for k, v in cfg.vae.train.items():
       out.train[k] = v
-    out.train.init_from = cfg.vae.init_from
+    out.train.init_from = init or ""
+    if init:
+      out.train.steps = cfg.vae.finetune_steps
   return out
+
+
+def used_as_is(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the stage takes a pretrained VAE (vae.init_from) unchanged: evaluated, not
+  trained (vae.finetune_steps = 0)."""
+  return bool(pretrained.resolve(cfg.vae.init_from, "vae.init_from")) and (
+      cfg.vae.finetune_steps == 0)
 
 
 def stage_workdir(workdir: str) -> str:
@@ -90,6 +104,10 @@ class VAETask:
 
   def init_params(self, rng):
     return vae_lib.init_params(self.vae, rng)
+
+  def import_params(self, path: str):
+    """Params from a diffusers AutoencoderKLWan folder or pipeline root (vae.init_from)."""
+    return pretrained.vae_params(path, self.vae)[0]
 
   def loss_fn(self, params, batch, rng):
     x = to_unit(batch["frames"])
@@ -227,15 +245,37 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   run_cfg = stage_config(cfg)
   task = VAETask(run_cfg)
   out = stage_workdir(workdir)
-  final = trainer.train(run_cfg, out, task,
-                        FramesOnly(loader.make_clip_iterator(run_cfg, data_dir)))
+  w = Workdir(root=workdir)
+  init = run_cfg.train.init_from
+  if used_as_is(cfg):
+    # the pretrained VAE unchanged: its params become this workdir's step-0 checkpoint, so
+    # every later stage loads it as it loads a trained one
+    params, stats = pretrained.vae_params(init, task.vae)
+    if not ckpt_lib.has_checkpoint(out):
+      trainer.save_params_checkpoint(run_cfg, out, task, params)
+    write_json_atomic(w.vae_pretrained, {"init_from": init, "latent_stats": stats})
+    final = {"step": 0, "init_from": init, "trained": False,
+             "param_count": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
+  else:
+    final = trainer.train(run_cfg, out, task,
+                          FramesOnly(loader.make_clip_iterator(run_cfg, data_dir)))
+    if os.path.exists(w.vae_pretrained):
+      os.remove(w.vae_pretrained)  # trained here: its latents are not the pretrained ones
   _, params = loading.load_vae(cfg, workdir)
   tiny_params = None
-  if cfg.vae.tiny_steps > 0:
+  shipped = (pretrained.tiny_decoder_params(init, TinyDecoderConfig.from_config(cfg.vae))
+             if used_as_is(cfg) else None)
+  if shipped is not None:
+    tiny_cfg = tiny_stage_config(cfg)
+    if not ckpt_lib.has_checkpoint(w.vae_tiny):
+      trainer.save_params_checkpoint(tiny_cfg, w.vae_tiny, TinyDecoderTask(tiny_cfg, params),
+                                     shipped)
+    final["tiny"] = {"step": 0, "init_from": init, "trained": False}
+    _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
+  elif cfg.vae.tiny_steps > 0:
     tiny_cfg = tiny_stage_config(cfg)
     tiny_task = TinyDecoderTask(tiny_cfg, params)
-    tiny_dir = Workdir(root=workdir).vae_tiny
-    final["tiny"] = trainer.train(tiny_cfg, tiny_dir, tiny_task,
+    final["tiny"] = trainer.train(tiny_cfg, w.vae_tiny, tiny_task,
                                   FramesOnly(loader.make_clip_iterator(tiny_cfg, data_dir)))
     _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
   final["eval"] = evaluate(run_cfg, params, data_dir, out, tiny_params=tiny_params)
@@ -259,6 +299,11 @@ def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool 
   VAE checkpoint changes."""
   vae, params = loading.load_vae(cfg, workdir)
   encode = jax.jit(lambda p, f: vae_lib.encode(p, vae, to_unit(f))[0])
+  stats = None  # a pretrained VAE's own latent statistics (as Wan's), else computed
+  pre = Workdir(root=workdir).vae_pretrained
+  if os.path.exists(pre):
+    with open(pre) as f:
+      stats = json.load(f)["latent_stats"]
 
   def encode_fn(frames):
     return np.asarray(encode(params, frames))
@@ -266,4 +311,4 @@ def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool 
   return latent_cache.build(cfg, dataset_dir(cfg, workdir), cache_dir, encode_fn,
                             params_fingerprint(params), vae.z_dim,
                             batch_size=cfg.data.encode_batch_size, progress=progress,
-                            stop_after=stop_after)
+                            stop_after=stop_after, stats=stats)
