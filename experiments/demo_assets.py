@@ -32,6 +32,7 @@ def get_config():
   d.spatial_stride = 4
   d.heldout_episodes = 4
   d.cache_clip_stride = 12
+  d.text_len = 96                  # the caption's first 96 bytes: light, level and colours
   g = d.gen
   g.wads = ("freedoom1", "freedoom2")
   g.num_episodes = 240

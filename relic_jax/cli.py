@@ -29,7 +29,10 @@ from relic_jax.training.distill import DistillError
 from relic_jax.training.ode_init import ODEInitError
 from relic_jax.training.teacher import CurriculumError
 from relic_jax.training.trainer import NonFiniteError
+from relic_jax.assets import AssetsError
 from relic_jax.weights import SafetensorsError, WanImportError
+from relic_jax.weights.export import ExportError
+from relic_jax.weights.pretrained import PretrainedError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
@@ -40,6 +43,8 @@ flags.DEFINE_string("source", None, "import-wan: a diffusers WanTransformer3DMod
                     "of external episodes.")
 flags.DEFINE_string("out", None, "import-wan: where to write the imported params; data "
                     "preview: where to write the MP4 and PNG (default <dataset>/preview).")
+flags.DEFINE_string("until", None, "pipeline: stop after this stage (e.g. train_teacher, as "
+                    "`make assets` does).")
 flags.DEFINE_string("episode", None, "data preview: the episode's name (default: the first).")
 flags.DEFINE_string("actions", None, "generate: a built-in action script "
                     "(relic_jax/inference/scripts.py BUILTIN: look_around, room_visit, "
@@ -50,13 +55,20 @@ flags.DEFINE_string("text", None, "generate: the caption (default: the episode's
 
 # The errors a stage reports as `relic: error: ...` (exit 2): a wrong config, file or input.
 USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError,
+               PretrainedError, AssetsError, ExportError,
                ScriptError, ActionError, CacheCapacityError, DistillError, ODEInitError,
                CurriculumError, PipelineError, PoseEstimatorError)
 
 
-def _pipeline(cfg, workdir):
-  """`relic pipeline`: every pipeline stage in order (relic_jax/pipeline.py), then a summary."""
-  r = pipeline.run_pipeline(cfg, workdir, progress=cfg.train.progress_bar)
+def _pipeline(cfg, workdir, until=None):
+  """`relic pipeline [--until=STAGE]`: every pipeline stage in order (relic_jax/pipeline.py),
+  or those up to STAGE, then a summary."""
+  order = list(pipeline.PIPELINE_STAGES)
+  if until is not None and until not in order:
+    raise PipelineError(f"--until={until} is not a pipeline stage. Fix: use one of "
+                        f"{', '.join(order)}.")
+  chosen = order[:order.index(until) + 1] if until else None
+  r = pipeline.run_pipeline(cfg, workdir, stages=chosen, progress=cfg.train.progress_bar)
   res = r["results"]
   print("[relic] pipeline stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["stages"].items()))
   if r["metrics"] is not None:

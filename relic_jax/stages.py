@@ -38,6 +38,7 @@ from data_pipeline import ingest as ingest_lib
 from data_pipeline import preview as preview_lib
 from data_pipeline.latent_cache import CACHE_META
 from data_pipeline.loader import CachedLatents, make_train_iterator
+from relic_jax import assets as assets_lib
 from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config.choices import DataSource
 from relic_jax.config.derive import flatten_config
@@ -323,6 +324,19 @@ def import_wan_vae(cfg, workdir, source, out):
         "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
 
 
+def export_assets(cfg, workdir, out):
+  """`relic export-assets --out=DIR`: the asset run in workdir (its VAE, tiny decoder and base
+  DiT) as a diffusers pipeline folder with a manifest (relic_jax/assets.py)."""
+  m = assets_lib.export_assets(cfg, workdir, out)
+  h = m["heldout"]
+  size = sum(f["bytes"] for f in m["files"].values())
+  print(json.dumps({"heldout": h, "check": m["check"], "bytes": size}, sort_keys=True))
+  print(f"[relic] assets in {out}: {len(m['files'])} files, {size / 2**20:.1f} MiB; held-out "
+        f"({h['episodes']} episodes of the held-out maps): VAE {h['vae_psnr']:.2f} dB / SSIM "
+        f"{h['vae_ssim']:.3f}, tiny decoder {h['tiny_psnr']:.2f} dB (flat colour "
+        f"{h['flat_colour_psnr']:.2f} dB), base DiT flow-matching loss {h['dit_fm_loss']:.4f}")
+
+
 def info(cfg, workdir):
   """`relic info`: the resolved config, the mesh and the parameter count; trains nothing."""
   del workdir
@@ -377,6 +391,11 @@ _STAGES = (
     Stage("import-wan-vae", "convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params "
           "(--out)", import_wan_vae, flags=("source", "out"),
           produces="params for config.vae.init_from"),
+    Stage("export-assets", "the asset run of --workdir (VAE, tiny decoder, base DiT) as a "
+          "diffusers pipeline folder (--out), with SHA-256s and held-out figures",
+          export_assets, flags=("out",), workdir=WorkdirUse.REQUIRED,
+          produces="assets/demo-style folder: vae/, tiny_decoder/, transformer/, "
+          "text_encoder/, manifest.json"),
     Stage("generate", "a video from an image, a caption and scripted actions "
           "(--actions=NAME|FILE) with the streaming generator and its KV memory", generate,
           dirs=("generate",), flags=("actions",), options=("image", "text", "out"),
@@ -395,8 +414,9 @@ _STAGES = (
           inputs=("evaluate", "memory.max_frames", "memory.overflow", "generate.decoder"),
           derive=latent_cache_config, pipeline_step=8, workdir=WorkdirUse.REQUIRED,
           produces="<workdir>/results: metrics.json, metrics.md, videos, plots"),
-    Stage("pipeline", "every pipeline stage in order, skipping what is done and resuming what "
-          "was cut", None, dirs=("pipeline",), workdir=WorkdirUse.REQUIRED,
+    Stage("pipeline", "every pipeline stage in order (or up to --until=STAGE), skipping what "
+          "is done and resuming what was cut", None, dirs=("pipeline",), options=("until",),
+          workdir=WorkdirUse.REQUIRED,
           produces="every stage's outputs; <workdir>/pipeline: a done-marker per stage"),
     Stage("sweep", "`relic sweep experiments/sweeps/<name>.py [--workdir=DIR]`: the "
           "ablation's variants as pipelines sharing the baseline's stages, one comparison "

@@ -88,11 +88,11 @@ class TeacherTask:
     frames = 1 + c.cond_frames_per_latent * (t - 1)
     if d.source != "latents":  # only the latent cache has actions and poses (else zeros)
       return batch
+    # the cache's clips carry RELIC's 13-d actions and 12-d poses whatever the model uses (a
+    # base model without them, action_dim = pose_dim = 0, ignores them)
     batch["action_scale"] = np.ones((batch_size,), np.float32)
-    if c.action_dim:
-      batch["actions"] = np.zeros((batch_size, frames, c.action_dim), np.float32)
-    if c.pose_dim:
-      batch["poses"] = np.zeros((batch_size, frames, c.pose_dim), np.float32)
+    batch["actions"] = np.zeros((batch_size, frames, c.action_dim or 13), np.float32)
+    batch["poses"] = np.zeros((batch_size, frames, c.pose_dim or 12), np.float32)
     return batch
 
   def init_params(self, rng):
@@ -100,7 +100,7 @@ class TeacherTask:
 
   def import_params(self, path: str):
     """Params from a diffusers Wan transformer folder or pipeline root (train.init_from)."""
-    return pretrained.dit_params(path, self.cfg.model, self.cfg.seed)
+    return pretrained.dit_params(path, self.cfg.model, self.cfg.seed, self.cfg.data.text_len)
 
   def loss_fn(self, params, batch, rng):
     tc = self.cfg.train

@@ -224,11 +224,12 @@ def export_transformer(out: str, m: ml_collections.ConfigDict, params, dtype: st
 def export_text_encoder(out: str, m: ml_collections.ConfigDict, params,
                         dtype: str = "bfloat16") -> None:
   """The byte text encoder of a DiT with model.text_encoder == 'bytes' (its params'
-  "text_encoder" subtree)."""
+  "text_encoder" subtree; max_len: the caption bytes its position table holds, data.text_len)."""
+  te = jax.device_get(params)["text_encoder"]
   config = {"_class_name": TEXT_ENCODER_CLASS, "width": int(m.text_encoder_width),
-            "out_dim": int(m.text_dim), "num_layers": int(m.text_encoder_layers)}
-  write_model_dir(out, config, own_state_dict(jax.device_get(params)["text_encoder"], dtype),
-                  OWN_WEIGHTS)
+            "out_dim": int(m.text_dim), "num_layers": int(m.text_encoder_layers),
+            "max_len": int(np.shape(te["positions"])[0])}
+  write_model_dir(out, config, own_state_dict(te, dtype), OWN_WEIGHTS)
 
 
 def export_vae(out: str, cfg: VAEConfig, params, latents_mean=None, latents_std=None,

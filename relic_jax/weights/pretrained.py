@@ -81,7 +81,8 @@ def _sibling(folder: str, root: str, sub: str) -> str | None:
   return None
 
 
-def dit_params(path: str, model: ml_collections.ConfigDict, seed: int = 0) -> dict:
+def dit_params(path: str, model: ml_collections.ConfigDict, seed: int = 0,
+               text_len: int | None = None) -> dict:
   """Params (numpy, laid out for model.scan_layers) for `model` from a diffusers Wan
   transformer folder or pipeline root; RELIC's additions (actions, poses) start as Wan does
   without them (zero projections), the byte text encoder from text_encoder/ when there is one
@@ -110,11 +111,13 @@ def dit_params(path: str, model: ml_collections.ConfigDict, seed: int = 0) -> di
     if hf is not None and hf.get("_class_name") == export.TEXT_ENCODER_CLASS:
       want = {"width": model.text_encoder_width, "out_dim": model.text_dim,
               "num_layers": model.text_encoder_layers}
+      if text_len is not None:
+        want["max_len"] = text_len
       bad = [f"{k} {hf.get(k)} (config.model: {v})" for k, v in want.items() if hf.get(k) != v]
       if bad:
         raise PretrainedError(f"{te} is a byte text encoder with " + ", ".join(bad)
                               + ". Fix: set config.model.text_encoder_width / "
-                              "text_encoder_layers to match it.")
+                              "text_encoder_layers (and data.text_len for max_len) to match it.")
       params["text_encoder"] = export.own_params(LazyStateDict(te))
   return params
 
