@@ -320,7 +320,7 @@ def test_every_experiment_config_validates(path):
 # ------------------------------------------------------------------------------ the CLI
 
 STAGE_LIST = ("data, train_vae, encode, train_teacher, ode_init, distill, info, import-wan, "
-              "import-wan-vae, generate, pose_estimator, evaluate, pipeline, sweep")
+              "import-wan-vae, export-assets, generate, pose_estimator, evaluate, pipeline, sweep")
 FAST_CLI_ERRORS = [
     ("unknown_stage", ["nope", TINY],
      ["unknown stage 'nope'.", "Available stages: " + STAGE_LIST + "."]),

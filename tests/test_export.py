@@ -91,11 +91,11 @@ def test_model_with_actions_is_refused(tmp_path):
     ex.export_transformer(str(tmp_path), c.model, params)
 
 
-@pytest.mark.parametrize("mult,temporal", [((1, 2, 4), (True, True)),
-                                           ((1, 2, 2, 2), (False, True, True))])
-def test_vae_round_trip_and_diffusers_parity(tmp_path, mult, temporal):
-  cfg = VAEConfig(base_dim=8, z_dim=4, dim_mult=mult, num_res_blocks=1,
-                  temporal_downsample=temporal)
+def test_vae_round_trip_and_diffusers_parity(tmp_path):
+  # the demo's strides (4 x 4 x 4: 3 stages, both downsamplings temporal); Wan's own layout is
+  # covered by the import parity tests (tests/test_vae.py)
+  cfg = VAEConfig(base_dim=8, z_dim=4, dim_mult=(1, 2, 4), num_res_blocks=1,
+                  temporal_downsample=(True, True))
   params = _noisy(vae_lib.init_params(cfg, jax.random.key(0)), 3)
   mean, std = np.linspace(-1, 1, 4), np.linspace(0.5, 2, 4)
   ex.export_vae(str(tmp_path), cfg, params, mean, std, dtype="float32")

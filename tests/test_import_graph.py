@@ -18,7 +18,7 @@ LAYERS = (
     ("relic_jax.evaluation",),
     ("relic_jax.training",),
     ("relic_jax.stages", "relic_jax.pipeline", "relic_jax.sweep", "relic_jax.cli",
-     "relic_jax.bench"),
+     "relic_jax.bench", "relic_jax.assets"),
 )
 PACKAGE_ROOTS = ("relic_jax", "data_pipeline")  # their __init__ modules: any layer may import
 

@@ -90,14 +90,13 @@ def test_vae_is_used_as_is_and_its_stats_normalise_the_cache(assets, workdir):
     assert json.load(f)["init_from"] == assets["root"]
 
 
-def test_vae_from_scratch_with_none(workdir, tmp_path):
-  cfg = micro_config(steps=2)
-  cfg.vae.init_from = "none"
-  cfg.vae.tiny_steps = 0
-  work = str(tmp_path)
-  os.symlink(os.path.join(workdir, "data"), os.path.join(work, "data"))
-  final = vae_train.train_vae(cfg, work)
-  assert final["step"] == 2 and not os.path.exists(os.path.join(work, "vae", "pretrained.json"))
+def test_none_trains_from_scratch_for_vae_train_steps():
+  cfg = micro_config(steps=7)
+  for init in ("", "none"):
+    cfg.vae.init_from = init
+    run = vae_train.stage_config(cfg)
+    assert run.train.init_from == "" and run.train.steps == 7
+    assert not vae_train.used_as_is(cfg)
 
 
 def test_teacher_starts_from_the_base_with_zero_additions(assets, tmp_path):
