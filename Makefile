@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-relic_jax
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-slow test-all venv clean
+.PHONY: demo assets test test-slow test-all venv clean
 
 TEST_STAMP := $(VENV)/.installed-relic_jax-test
 
@@ -26,6 +26,17 @@ venv: $(STAMP)
 # estimator, VAE, latent cache, teacher, ODE init, distillation, evaluation with videos).
 demo: $(STAMP)
 	$(VENV)/bin/relic pipeline --config=experiments/tiny.py --workdir=$(WORKDIR)
+
+# The demo's pretrained base models (experiments/demo_assets.py): 244 ViZDoom episodes, the VAE
+# and its tiny decoder, the latent cache and the base DiT, exported with their SHA-256s and
+# held-out figures to assets/demo (docs/assets.md). Hours on 2 CPU cores; resumable: rerun it
+# after an interruption and it continues where it stopped.
+ASSETS_WORKDIR ?= runs/assets
+assets: $(STAMP)
+	$(VENV)/bin/relic pipeline --config=experiments/demo_assets.py --workdir=$(ASSETS_WORKDIR) \
+	  --until=train_teacher
+	$(VENV)/bin/relic export-assets --config=experiments/demo_assets.py \
+	  --workdir=$(ASSETS_WORKDIR) --out=assets/demo
 
 # The linter (ruff.toml), then the default test suite (CPU, at most 12 minutes on 2 cores;
 # see docs/testing.md).
