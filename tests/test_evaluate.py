@@ -190,3 +190,23 @@ def test_a_cached_video_from_other_weights_is_generated_again(tmp_path):
   assert ev._cached_video(path, "distill") is None
   video, _ = ev._cached_video(path, "ode_init")
   assert video.shape == (2, 4, 4, 3)
+
+
+def test_figures_label_panels_and_write_a_looping_gif(tmp_path):
+  from PIL import Image
+
+  from relic_jax.evaluation import figures
+  from relic_jax.evaluation import metrics as img_metrics
+  a = (np.arange(6)[:, None, None, None] * 40 + np.zeros((6, 8, 10, 3))).astype(np.uint8)
+  b = np.full((5, 8, 10, 3), 200, np.uint8)  # (PIL merges identical frames: a varies)
+  joined = figures.side_by_side([("relic", a), ("truth", b)])
+  assert joined.shape == (5, 8 + figures.LABEL_H, 10 + 2 + 10, 3)  # the shorter length
+  assert (joined[:, figures.LABEL_H:, 12:] == 200).all()
+  path = figures.write_gif(str(tmp_path / "x.gif"), joined, fps=10.0, every=2, scale=2)
+  with Image.open(path) as im:
+    assert im.n_frames == 3 and im.size == (2 * 22, 2 * (8 + figures.LABEL_H))
+    assert im.info["loop"] == 0 and im.info["duration"] == 200
+  # the flat-colour reference: a frame of one colour scores 100 dB, texture scores less
+  rng = np.random.default_rng(0)
+  assert img_metrics.flat_colour_psnr(b) == 100.0
+  assert img_metrics.flat_colour_psnr(rng.integers(0, 255, (2, 8, 8, 3), np.uint8)) < 15

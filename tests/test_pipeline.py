@@ -88,7 +88,7 @@ def test_pipeline_resumes_after_a_kill_and_skips_what_is_done(tmp_path):
   with open(os.path.join(work, "results", "metrics.json")) as f:
     metrics = json.load(f)
   assert set(metrics) == {"relic", "window", "window_sink", "full", "copy_last", "truth",
-                          "static", "_meta"}
+                          "static", "flat_colour", "_meta"}
   assert metrics["_meta"]["weights_from"] == "distill" and metrics["_meta"]["distilled"]
   for method in ("relic", "window", "window_sink", "full", "copy_last"):
     for key in ("revisit_psnr", "revisit_ssim", "rpe_rot", "psnr"):

@@ -41,6 +41,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -52,15 +53,18 @@ from data_pipeline.loader import crop_box
 from data_pipeline.preview import find_revisits, frame_captions, write_video
 from relic_jax.config.choices import MemoryMode
 from relic_jax.config.derive import with_teacher_rope
+from relic_jax.evaluation import figures
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.evaluation import report
 from relic_jax.evaluation import revisits as revisits_lib
 from relic_jax.evaluation import trajectory
 from relic_jax.evaluation.pose_estimation import estimate_trajectory, load_pose_estimator
 from relic_jax.inference import scripts as scripts_lib
-from relic_jax.inference.loading import fallback_warning, load_decoder, load_dit, student_stage
+from relic_jax.inference.loading import (fallback_warning, load_decoder, load_dit, load_vae,
+                                        student_stage)
 from relic_jax.inference.session import Session
 from relic_jax.io_utils import write_bytes_atomic, write_json_atomic, write_npz_atomic
+from relic_jax.models import vae as vae_lib
 from relic_jax.workdir import Workdir
 
 # The methods that generate, with the memory mode each streams with (None: the configured
@@ -247,13 +251,17 @@ def _mean(rows, key):
 def summarise(entries) -> dict:
   """Case entries of details.json -> {method: {metric: mean over the cases that have it}} for
   every method, plus the pose estimator on the true frames ("truth") and a static camera
-  ("static"): rpe_trans / rpe_rot only."""
+  ("static"): rpe_trans / rpe_rot only; and "flat_colour": the PSNR of each true frame's own
+  mean colour, the score of a blur that keeps only the colour."""
   entries = list(entries)
   methods = list(dict.fromkeys(m for e in entries for m in e["methods"]))
   out = {m: {k: _mean([e["methods"][m] for e in entries if m in e["methods"]], k)
              for k in report.SUMMARY_KEYS} for m in methods}
   for row in ("truth", "static"):
     out[row] = {k: _mean([e[row] for e in entries], k) for k in ("rpe_trans", "rpe_rot")}
+  flat = [e["flat_colour"] for e in entries if "flat_colour" in e]
+  if flat:
+    out["flat_colour"] = {"psnr": _mean(flat, "psnr")}
   return out
 
 
@@ -272,6 +280,33 @@ def _video(results_dir: str, case: Case, truth: dict, videos: dict, fps: float) 
   path = os.path.join(results_dir, "videos", f"{case.name}.mp4")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   return write_video(path, joined, fps, caps)
+
+
+def _figures(cfg, workdir: str, results_dir: str, truth: dict, videos: dict) -> list[str]:
+  """results/look_away.gif (relic | window | truth) and results/frames.png (truth | the full
+  VAE's reconstruction | relic at a few times) of one case (evaluation/figures.py)."""
+  fps = cfg.generate.fps
+  frames = truth["frames"]
+  out = []
+  panels = [(m, videos[m]) for m in ("relic", "window") if m in videos]
+  if panels:
+    out.append(figures.write_gif(os.path.join(results_dir, "look_away.gif"),
+                                 figures.side_by_side(panels + [("truth", frames)]), fps))
+  vae, params = load_vae(cfg, workdir)
+  duration = (len(frames) - 1) / fps
+  times = [t for t in (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0) if t <= duration]
+  idx = [int(round(t * fps)) for t in times]
+  # the VAE row: each shown frame reconstructed as the first frame of a 5-frame clip starting
+  # there (one compile of a fixed shape; a whole case at once compiles for minutes)
+  recon_fn = jax.jit(lambda p, x: vae_lib.decode(p, vae, vae_lib.encode(p, vae, x)[0]))
+  clips = np.stack([np.concatenate([frames[i:i + 5], np.repeat(frames[-1:], 5, 0)])[:5]
+                    for i in idx])
+  recon = np.zeros_like(frames)
+  for i, clip in zip(idx, clips):
+    recon[i] = vae_lib.to_uint8(np.asarray(recon_fn(params, vae_lib.to_unit(clip[None])))[0, 0])
+  rows = [("truth", frames), ("VAE", recon)] + [(m, videos[m]) for m in ("relic",) if m in videos]
+  out.append(figures.frames_figure(os.path.join(results_dir, "frames.png"), rows, times, fps))
+  return out
 
 
 # ------------------------------------------------------------------ the stage
@@ -316,6 +351,7 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
   details = {"cases": {}, "min_gap_frames": min_gap}
   videos_written = []
   bar = tqdm(total=len(all_cases) * len(methods), desc="evaluate", disable=not progress)
+  fig_case = next((c for c in all_cases if c.script == "look_around"), all_cases[0])
   for ci, case in enumerate(all_cases):
     truth = truths[case.name]
     revisits = find_revisits(truth["poses"], min_gap_frames=min_gap,
@@ -331,6 +367,7 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
     entry["truth"] = action_following(estimate_trajectory(estimator, truth["frames"]), ref,
                                       translates)
     entry["static"] = action_following(np.repeat(ref[:1], len(ref), 0), ref, translates)
+    entry["flat_colour"] = {"psnr": img_metrics.flat_colour_psnr(truth["frames"])}
     videos = {}
     for method in methods:
       path = os.path.join(wd.evaluate, method, f"{case.name}.npz")
@@ -350,6 +387,8 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
       bar.update(1)
     if ev.videos:
       videos_written.append(_video(wd.results, case, truth, videos, cfg.generate.fps))
+      if case is fig_case:
+        videos_written += _figures(cfg, workdir, wd.results, truth, videos)
     details["cases"][case.name] = entry
   bar.close()
   summary = summarise(details["cases"].values())
