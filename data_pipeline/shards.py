@@ -20,7 +20,6 @@ file and the fix.
 """
 
 import glob
-import hashlib
 import io
 import json
 import os
@@ -33,7 +32,7 @@ from PIL import Image
 
 from data_pipeline.episode import DataError, Episode
 from relic_jax.config.choices import Codec
-from relic_jax.io_utils import write_json_atomic
+from relic_jax.io_utils import sha256_file, write_json_atomic
 
 FORMAT = "relic_jax.episodes/1"
 MAGIC = b"RLF1"
@@ -89,14 +88,6 @@ def decode_record(record: bytes, where: str) -> dict:
           "codec": codec}
 
 
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _writer(path):
   return array_record_module.ArrayRecordWriter(path, "group_size:1")
 
@@ -126,7 +117,7 @@ def write_shard(directory: str, index: int, episodes: list[Episode], codec: str 
     os.fsync(fh.fileno())
   os.replace(tmp, path)
   meta = {"shard": shard_name(index), "num_records": record, "bytes": os.path.getsize(path),
-          "sha256": _sha256(path), "config_hash": config_hash, "episodes": entries}
+          "sha256": sha256_file(path), "config_hash": config_hash, "episodes": entries}
   write_json_atomic(os.path.join(directory, index_name(index)), meta)
   return meta
 
@@ -213,7 +204,7 @@ class ShardReader:
     if size != meta["bytes"]:
       raise DataError(f"{path} is {size} bytes but its index says {meta['bytes']}: the shard is "
                       f"truncated or was overwritten. {fix}")
-    if self._verify and _sha256(path) != meta["sha256"]:
+    if self._verify and sha256_file(path) != meta["sha256"]:
       raise DataError(f"{path}: SHA-256 mismatch with its index; the shard is corrupt. {fix}")
     try:
       reader = _reader(path)

@@ -18,7 +18,6 @@ flow-matching loss at fixed noise. `heldout` covers every held-out episode of th
 """
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -38,7 +37,7 @@ from data_pipeline.generate import dataset_dir, episode_plan
 from relic_jax.config.derive import phase_config, phases
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.inference import loading
-from relic_jax.io_utils import write_json_atomic
+from relic_jax.io_utils import sha256_file, write_json_atomic
 from relic_jax.models import tiny_decoder as tiny_lib
 from relic_jax.models import vae as vae_lib
 from relic_jax.models.tiny_decoder import TinyDecoderConfig
@@ -58,14 +57,6 @@ class AssetsError(ValueError):
   """Assets missing, altered or not reproducing their figures; the message names the fix."""
 
 
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def file_table(root: str) -> dict:
   """{relative path: {"sha256", "bytes"}} of every file under root but the manifest."""
   out = {}
@@ -74,7 +65,7 @@ def file_table(root: str) -> dict:
       p = os.path.join(folder, n)
       rel = os.path.relpath(p, root)
       if rel != MANIFEST:
-        out[rel] = {"sha256": sha256(p), "bytes": os.path.getsize(p)}
+        out[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
   return out
 
 

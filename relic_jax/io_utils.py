@@ -1,6 +1,7 @@
 """Atomic file writes (no JAX): a reader sees the old file or the complete new one, never a
 partial one, and a killed writer leaves only a `*.tmp-<pid>` file behind."""
 
+import hashlib
 import io
 import json
 import os
@@ -29,3 +30,12 @@ def write_npz_atomic(path: str, **arrays) -> None:
   buf = io.BytesIO()
   np.savez(buf, **arrays)
   write_bytes_atomic(path, buf.getvalue())
+
+
+def sha256_file(path: str) -> str:
+  """The SHA-256 (hex) of a file's bytes, read in 4 MiB chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      h.update(chunk)
+  return h.hexdigest()

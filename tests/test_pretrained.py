@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from data_pipeline import generate
 from relic_jax.inference import loading
 from relic_jax.models import tiny_decoder as tiny_lib
 from relic_jax.models import vae as vae_lib
@@ -23,7 +22,7 @@ from relic_jax.training import trainer, vae_train
 from relic_jax.training.teacher import TeacherTask
 from relic_jax.weights import export as ex
 from relic_jax.weights import pretrained
-from tests.test_vae_train import micro_config
+from tests.test_vae_train import micro_config, micro_workdir
 
 
 def _bf16(tree):
@@ -61,9 +60,7 @@ def assets(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  work = str(tmp_path_factory.mktemp("pre"))
-  generate.generate(micro_config(), os.path.join(work, "data"), progress=False)
-  return work
+  return micro_workdir(tmp_path_factory, "pre")
 
 
 def _assert_tree_equal(a, b):

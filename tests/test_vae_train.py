@@ -40,11 +40,16 @@ def micro_config(steps=12):
   return cfg
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  work = str(tmp_path_factory.mktemp("vae"))
+def micro_workdir(tmp_path_factory, name: str) -> str:
+  """A new workdir holding micro_config's dataset."""
+  work = str(tmp_path_factory.mktemp(name))
   generate.generate(micro_config(), os.path.join(work, "data"), progress=False)
   return work
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return micro_workdir(tmp_path_factory, "vae")
 
 
 def _params(cfg, work):
