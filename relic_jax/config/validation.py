@@ -327,7 +327,8 @@ def validate_student(cfg: ml_collections.ConfigDict) -> None:
              or not _is_int(p[0]) or not _is_int(p[1]) or p[0] < 1 or p[1] < 1 for p in cur)):
     _fail("distill.rollout_curriculum", cur, "must be a non-empty list of (blocks >= 1, "
           "steps >= 1)", "e.g. ((2, 20), (4, 12), (8, 12))")
-  if standard_guidance(cfg) != 1.0 and not cfg.train.text_dropout and not cfg.train.init_from:
+  if (standard_guidance(cfg) != 1.0 and not cfg.train.text_dropout
+      and cfg.train.init_from in ("", "none", "None")):
     _fail("generate.guidance", g, "classifier-free guidance (ODE-init trajectories and DMD's "
           "real score) subtracts the teacher's unconditional velocity, but this teacher never "
           "learns one (train.text_dropout=0 and no train.init_from pretrained weights)",

@@ -118,13 +118,13 @@ class TaskStage(loop.Stage):
     self.step_tokens = task.tokens_per_example() * t.batch_size
 
   def init_state(self) -> TrainState:
-    t = self.cfg.train
     if self._init_params is not None:
       state = state_from_params(jax.device_put(self._init_params, self.shardings.params),
                                 self.tx, self.shardings)
       logging.info("initialised from the given params")
-    elif pretrained.resolve(t.init_from, "train.init_from"):
-      path = pretrained.resolve(t.init_from, "train.init_from")
+      return state
+    path = pretrained.resolve(self.cfg.train.init_from, "train.init_from")
+    if path:
       if pretrained.is_diffusers(path):
         params = self._import(path)
       else:
