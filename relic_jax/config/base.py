@@ -20,6 +20,9 @@ import ml_collections
 # `context` shards the token sequence, `tensor` shards heads and the FFN hidden dimension.
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
+# The values of config.train.init_from / config.vae.init_from that mean "no pretrained weights".
+NO_INIT = ("", "none", "None")
+
 # Logical axis -> mesh axes. Model code names only logical axes (see models/layers.py).
 # A logical axis may map to a tuple of mesh axes, or None (replicated).
 DEFAULT_RULES = (

@@ -5,7 +5,7 @@ import numbers
 
 import ml_collections
 
-from relic_jax.config.base import MESH_AXES
+from relic_jax.config.base import MESH_AXES, NO_INIT
 from relic_jax.config.choices import (AttentionImpl, AttentionMode, CFGConvention, Choice, Codec,
                                      Crop, DataSource, Decoder, DMDTimestepSampling, Dtype,
                                      KVDtype, LRSchedule, MemoryMode, MemoryPool, Overflow,
@@ -328,7 +328,7 @@ def validate_student(cfg: ml_collections.ConfigDict) -> None:
     _fail("distill.rollout_curriculum", cur, "must be a non-empty list of (blocks >= 1, "
           "steps >= 1)", "e.g. ((2, 20), (4, 12), (8, 12))")
   if (standard_guidance(cfg) != 1.0 and not cfg.train.text_dropout
-      and cfg.train.init_from in ("", "none", "None")):
+      and cfg.train.init_from in NO_INIT):
     _fail("generate.guidance", g, "classifier-free guidance (ODE-init trajectories and DMD's "
           "real score) subtracts the teacher's unconditional velocity, but this teacher never "
           "learns one (train.text_dropout=0 and no train.init_from pretrained weights)",
@@ -360,7 +360,7 @@ def validate_vae_init(v: ml_collections.ConfigDict) -> None:
   if not _is_int(v.finetune_steps) or v.finetune_steps < 0:
     _fail("vae.finetune_steps", v.finetune_steps, "must be a non-negative integer",
           "use 0 (a pretrained VAE used as is) or a number of steps")
-  if v.finetune_steps and v.init_from in ("", "none", "None"):
+  if v.finetune_steps and v.init_from in NO_INIT:
     _fail("vae.finetune_steps", v.finetune_steps, "fine-tunes a pretrained VAE, but "
           "vae.init_from is empty", "set vae.init_from, or train from scratch with "
           "vae.train.steps (and vae.finetune_steps=0)")

@@ -247,7 +247,8 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   out = stage_workdir(workdir)
   w = Workdir(root=workdir)
   init = run_cfg.train.init_from
-  if used_as_is(cfg):
+  as_is = used_as_is(cfg)
+  if as_is:
     # the pretrained VAE unchanged: its params become this workdir's step-0 checkpoint, so
     # every later stage loads it as it loads a trained one
     params, stats = pretrained.vae_params(init, task.vae)
@@ -264,7 +265,7 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   _, params = loading.load_vae(cfg, workdir)
   tiny_params = None
   shipped = (pretrained.tiny_decoder_params(init, TinyDecoderConfig.from_config(cfg.vae))
-             if used_as_is(cfg) else None)
+             if as_is else None)
   if shipped is not None:
     tiny_cfg = tiny_stage_config(cfg)
     if not ckpt_lib.has_checkpoint(w.vae_tiny):

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from relic_jax.config.base import NO_INIT
 from relic_jax.models.tiny_decoder import TinyDecoderConfig
 from relic_jax.models.vae import VAEConfig
 from relic_jax.weights import export
@@ -29,7 +30,6 @@ from relic_jax.weights.wan import WanImportError, import_wan_transformer
 from relic_jax.weights.wan_vae import import_wan_vae
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NONE = ("", "none", "None")
 _DIT_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "in_channels",
                "out_channels", "freq_dim", "qk_norm", "cross_attn_norm")
 
@@ -41,7 +41,7 @@ class PretrainedError(ValueError):
 
 def resolve(path: str, field: str) -> str | None:
   """The absolute path `path` names (None for no init); PretrainedError when it is missing."""
-  if path in NONE:
+  if path in NO_INIT:
     return None
   candidates = [path] if os.path.isabs(path) else [os.path.abspath(path),
                                                    os.path.join(REPO_ROOT, path)]
