@@ -51,6 +51,8 @@ FORMAT = "relic_jax.assets/1"
 FOLDERS = ("vae", "tiny_decoder", "transformer", "text_encoder")
 CHECK_LATENT_FRAMES = 4   # clips of 13 frames
 CHECK_SEEDS = 8           # noise draws per clip for the DiT's loss
+STAGE_SECONDS_NOTE = ("wall-clock of the invocation that finished each stage; a stage resumed "
+                      "after an interruption counts only its last part")
 
 
 class AssetsError(ValueError):
@@ -205,19 +207,16 @@ def _git_commit() -> str:
 
 
 def _stage_seconds(workdir: str) -> dict:
-  """Wall-clock of each stage of the asset run, from the pipeline's markers (else the
-  stages' final metrics)."""
+  """Wall-clock of each stage of the asset run, from the markers `relic pipeline` (`make
+  assets`) writes: the invocation that finished the stage (STAGE_SECONDS_NOTE). Stages run
+  otherwise have none (a stage's own final metrics time only its last phase or session)."""
   w = Workdir(root=workdir)
   out = {}
-  for stage, run in (("data", None), ("train_vae", w.vae), ("encode", None),
-                     ("train_teacher", w.teacher)):
+  for stage in ("data", "train_vae", "encode", "train_teacher"):
     marker = w.marker(stage)
     if os.path.exists(marker):
       with open(marker) as f:
         out[stage] = json.load(f).get("seconds")
-    elif run and os.path.exists(os.path.join(run, "final_metrics.json")):
-      with open(os.path.join(run, "final_metrics.json")) as f:
-        out[stage] = json.load(f).get("wall_s")
   return out
 
 
@@ -266,7 +265,7 @@ def export_assets(cfg: ml_collections.ConfigDict, workdir: str, out: str,
           "commit": _git_commit(), "jax": jax.__version__,
           "hardware": f"{os.cpu_count()} CPU cores ({platform.machine()}), "
                       f"{jax.devices()[0].device_kind}",
-          "stage_seconds": _stage_seconds(workdir),
+          "stage_seconds": _stage_seconds(workdir), "stage_seconds_note": STAGE_SECONDS_NOTE,
           "teacher_params": key,
           "data": {"episodes": data["num_episodes"], "frames": data["num_frames"],
                    "config_hash": data["config_hash"], "generation": data["config"],
