@@ -3,12 +3,12 @@ its SHA-256, the folder stays small, the files load through the same import path
 weights, and they reproduce their recorded held-out figures on the check episode (rendered
 again by ViZDoom on a map no asset trained on)."""
 
-import importlib.util
 import os
 
 import pytest
 
 from relic_jax import assets as assets_lib
+from relic_jax.config.base import parent_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.join(REPO, "assets", "demo")
@@ -16,11 +16,8 @@ MAX_BYTES = 25 * 2**20  # the issue's bound on what the repository carries
 
 
 def demo_assets_config():
-  spec = importlib.util.spec_from_file_location(
-      "demo_assets", os.path.join(REPO, "experiments", "demo_assets.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  # the experiments' own loader (how experiments/demo.py reads its parent)
+  return parent_config(os.path.join(REPO, "experiments", "demo.py"), "demo_assets")
 
 
 def test_shipped_assets_match_their_hashes_and_are_small():
