@@ -73,6 +73,17 @@ def has_checkpoint(run_dir: str) -> bool:
   return os.path.isdir(d) and any(x.isdigit() for x in os.listdir(d))
 
 
+def latest_step(run_dir: str) -> int | None:
+  """The latest step saved in run_dir/checkpoints, None when there is none."""
+  if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    return None  # (opening a Checkpointer would create the directory)
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), 1, async_save=False)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
 class Checkpointer:
   """Thin wrapper over ocp.CheckpointManager with items state / data / meta."""
 

@@ -65,7 +65,9 @@ def test_training_lowers_the_error_and_resume_equals_uninterrupted(workdir, tmp_
   assert len(l1) == 30
   assert np.mean(l1[-5:]) < 0.7 * np.mean(l1[:5]), l1
   ev = final["eval"]
-  assert ev["clips"] == 2 and ev["frames"] == 10 and 5.0 < ev["heldout_psnr"] < 60.0
+  # evaluated on the latent cache's clips (its longest horizon), not the 5-frame training clips
+  assert ev["clip_frames"] == 1 + 4 * (cache_frames(cfg) - 1) == 13
+  assert ev["clips"] == 2 and ev["frames"] == 26 and 5.0 < ev["heldout_psnr"] < 60.0
   assert -1.0 <= ev["heldout_ssim"] <= 1.0 and os.path.getsize(ev["video"]) > 0
   with open(os.path.join(workdir, "vae", "eval.json")) as f:
     assert json.load(f)["heldout_psnr"] == ev["heldout_psnr"]
@@ -156,3 +158,53 @@ def test_tiny_decoder_streams_like_a_whole_clip():
   for k in range(1, 4):  # one latent frame at a time, each with the one before
     parts.append(tiny_lib.decode(params, cfg, z[:, k:k + 1], prev=z[:, k - 1:k], first=False))
   np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, atol=1e-6)
+
+
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
+def test_clip_curriculum_continues_from_the_previous_phase_on_longer_clips(tmp_path_factory):
+  work = micro_workdir(tmp_path_factory, "vae_phases")
+  cfg = micro_config(steps=6)
+  cfg.vae.clip_curriculum = ((4, 2, 8),)  # two steps on 13-frame clips
+  cfg.vae.tiny_steps = 2
+  final = vae_train.train_vae(cfg, work)
+  first, last = vae_train.phase_dirs(cfg, work)
+  assert first == os.path.join(work, "vae", "clips_0_2f") and last == os.path.join(work, "vae")
+  with open(os.path.join(last, "curriculum.json")) as f:
+    assert json.load(f)["phases"] == [[2, 6, 8], [4, 2, 8]]
+  with open(os.path.join(last, "config.json")) as f:
+    run = json.load(f)
+  assert run["data"]["latent_frames"] == 4 and run["train"]["steps"] == 2
+  # phase 2 starts from phase 1's params: its two Adam steps (lr 0, then 1e-3 in the
+  # warm-up) move no weight by more than ~1e-3, a third of how far phase 1's six steps moved
+  # its weights from their init (a phase 2 from a fresh init would be as far)
+  p1 = loading.load_vae(cfg, work, run_dir=first)[1]
+  p2 = _params(cfg, work)
+  fresh = vae_train.VAETask(vae_train.stage_config(cfg)).init_params(jax.random.key(cfg.seed))
+  step = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+             for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
+  far = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+            for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(fresh)))
+  assert 0 < step < 0.3 * far, (step, far)
+  # the tiny decoder trains on the last phase's clips; the evaluation covers the latent
+  # cache's clips (its longest horizon), not the 5-frame training clips
+  with open(os.path.join(work, "vae_tiny", "config.json")) as f:
+    assert json.load(f)["data"]["latent_frames"] == 4
+  assert final["eval"]["clip_frames"] == 1 + 4 * (cache_frames(cfg) - 1)
+  # a finished run is skipped phase by phase; another curriculum is refused, naming the fix
+  again = vae_train.train_vae(cfg, work)
+  assert again["step"] == 2
+  cfg.vae.clip_curriculum = ((3, 1, 8),)
+  with pytest.raises(vae_train.VAECurriculumError, match="clip_curriculum back to"):
+    vae_train.train_vae(cfg, work)
+  # training the last phase on (it may grow) changes the VAE: the tiny decoder trained on the
+  # old one is moved aside and retrained on the new one's latents
+  with open(os.path.join(work, "vae_tiny", "vae.json")) as f:
+    assert json.load(f)["vae_fingerprint"] == vae_train.params_fingerprint(p2)
+  cfg.vae.clip_curriculum = ((4, 3, 8),)
+  vae_train.train_vae(cfg, work)
+  p3 = _params(cfg, work)
+  assert os.path.isdir(os.path.join(work, "vae_tiny.stale", "checkpoints"))
+  with open(os.path.join(work, "vae_tiny", "vae.json")) as f:
+    assert json.load(f)["vae_fingerprint"] == vae_train.params_fingerprint(p3)
+  with open(os.path.join(work, "vae_tiny", "metrics.jsonl")) as f:
+    assert len(f.readlines()) == 2  # retrained from scratch

@@ -324,7 +324,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # With init_from: steps of further training on this run's data; 0 = used as is (evaluated,
   # not trained; its own latent statistics and tiny decoder too, where the folder has them).
   v.finetune_steps = 0
+  # Phases of training on longer clips after vae.train's: ((latent_frames, steps, batch_size),
+  # ...), each starting from the previous phase's params (fresh optimizer and schedule), in
+  # <workdir>/vae/clips_<i>_<frames>f, the last in <workdir>/vae. A causal VAE trained only on
+  # data.latent_frames-long clips has every frame within its temporal receptive field of the
+  # clip's zero-padded start, and fails past it: the demo's assets VAE, trained on 9-frame
+  # clips, reconstructs them at 29 dB but frames 16-97 of a 97-frame clip at 15-21 dB.
+  # Empty: vae.train only. The tiny decoder trains on the last phase's clips.
+  v.clip_curriculum = ()
   v.eval_clips = 16          # held-out clips evaluated at the end of the stage
+  # Latent frames of the evaluated clips: 0 = the longest clip a DiT stage reads (the latent
+  # cache's: data.latent_frames, the teacher's horizons), so the figures cover what `relic
+  # encode` writes.
+  v.eval_latent_frames = 0
   v.tiny_dim = 64            # the tiny decoder's width (relic_jax/models/tiny_decoder.py)
   v.tiny_steps = 1000        # its training steps after the VAE's (0: no tiny decoder)
   v.train = ml_collections.ConfigDict({

@@ -234,6 +234,9 @@ def validate_sharding(cfg: ml_collections.ConfigDict, shape: dict, num_processes
   if m.scan_layers:
     dims.append(("model.num_layers", m.num_layers, "the stacked layers ('layers' axis)",
                  m.num_layers, "layers"))
+  for i, phase in enumerate(cfg.vae.get("clip_curriculum", ())):
+    dims.append(("vae.clip_curriculum", cfg.vae.clip_curriculum, f"phase {i}'s batch",
+                 phase[2], "batch"))
   for field, value, what, size, logical in dims:
     axes = mesh_axes_of(cfg.mesh, logical)
     n = math.prod(shape[a] for a in axes)
@@ -356,7 +359,23 @@ def validate_student(cfg: ml_collections.ConfigDict) -> None:
 
 
 def validate_vae_init(v: ml_collections.ConfigDict) -> None:
-  """vae.init_from / vae.finetune_steps."""
+  """vae.init_from / vae.finetune_steps / vae.clip_curriculum / vae.eval_latent_frames."""
+  cur = v.get("clip_curriculum", ())
+  if isinstance(cur, (str, bytes)) or not isinstance(cur, (list, tuple)):
+    _fail("vae.clip_curriculum", cur, "must be a list of (latent_frames, steps, batch_size) "
+          "phases", "use e.g. ((9, 300, 4),), or () for none")
+  for i, phase in enumerate(cur):
+    if (not isinstance(phase, (list, tuple)) or len(phase) != 3
+        or not all(_is_int(x) and x > 0 for x in phase)):
+      _fail("vae.clip_curriculum", cur, f"phase {i} ({phase!r}) is not three positive "
+            "integers (latent_frames, steps, batch_size)", "write each phase as e.g. (9, 300, 4)")
+  if cur and v.init_from not in NO_INIT and not v.finetune_steps:
+    _fail("vae.clip_curriculum", cur, "trains the VAE further, but vae.init_from with "
+          "vae.finetune_steps=0 uses the pretrained VAE as is", "set vae.finetune_steps > 0, "
+          "or vae.clip_curriculum=()")
+  if not _is_int(v.get("eval_latent_frames", 0)) or v.get("eval_latent_frames", 0) < 0:
+    _fail("vae.eval_latent_frames", v.eval_latent_frames, "must be a non-negative integer",
+          "use 0 (the longest clip the DiT stages read) or a number of latent frames")
   if not _is_int(v.finetune_steps) or v.finetune_steps < 0:
     _fail("vae.finetune_steps", v.finetune_steps, "must be a non-negative integer",
           "use 0 (a pretrained VAE used as is) or a number of steps")

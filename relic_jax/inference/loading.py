@@ -105,11 +105,11 @@ def fallback_warning(stage: str) -> str | None:
           "first, then evaluate again.")
 
 
-def load_vae(cfg: ml_collections.ConfigDict, workdir: str):
-  """(VAEConfig, params) of the VAE trained in <workdir>/vae."""
+def load_vae(cfg: ml_collections.ConfigDict, workdir: str, run_dir: str | None = None):
+  """(VAEConfig, params) of the VAE trained in <workdir>/vae (or in run_dir: a phase's)."""
   vae = vae_lib.VAEConfig.from_config(cfg.vae, cfg.data.spatial_stride)
-  params = _restore(cfg, Workdir.of(cfg, workdir).vae, functools.partial(vae_lib.init_params, vae),
-                    dataclasses.asdict(vae))
+  params = _restore(cfg, run_dir or Workdir.of(cfg, workdir).vae,
+                    functools.partial(vae_lib.init_params, vae), dataclasses.asdict(vae))
   return vae, params
 
 

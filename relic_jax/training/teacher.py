@@ -134,16 +134,6 @@ def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
           for i, (frames, _) in enumerate(ph)]
 
 
-def _latest_step(run_dir: str) -> int | None:
-  if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
-    return None  # (opening a Checkpointer would create the directory)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), 1, async_save=False)
-  try:
-    return ckpt.latest_step()
-  finally:
-    ckpt.close()
-
-
 def _check_plan(teacher_dir: str, plan: list[dict]) -> None:
   """Refuses to continue a teacher trained with another curriculum: its last phase shares
   <workdir>/teacher with ours and would silently resume from the wrong run. Only the last
@@ -152,7 +142,7 @@ def _check_plan(teacher_dir: str, plan: list[dict]) -> None:
   fix = (f"Fix: set config.train.horizon_curriculum back to the recorded phases, or train in a "
          f"fresh --workdir (or delete {teacher_dir}).")
   if not os.path.exists(path):
-    if len(plan) > 1 and _latest_step(teacher_dir) is not None:
+    if len(plan) > 1 and ckpt_lib.latest_step(teacher_dir) is not None:
       raise CurriculumError(
           f"{teacher_dir} holds a teacher trained without a horizon curriculum, but "
           f"config.train.horizon_curriculum has {len(plan)} phases whose last would resume "
@@ -208,7 +198,7 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
   final: dict = {}
   for i, run_dir in enumerate(dirs):
     pcfg = phase_config(cfg, i)
-    latest = _latest_step(run_dir)
+    latest = ckpt_lib.latest_step(run_dir)
     where = (f"phase {i + 1}/{len(dirs)} ({ph[i][0]} latent frames, {ph[i][1]} steps, "
              f"yarn_factor {factors[i]:.4g}) in {run_dir}")
     if latest is not None and latest >= ph[i][1]:

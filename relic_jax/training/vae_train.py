@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import numpy as np
 from data_pipeline import latent_cache, loader
 from data_pipeline.generate import dataset_dir
 from data_pipeline.preview import write_video
+from relic_jax.config import derive
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.inference import loading
 from relic_jax import checkpoint as ckpt_lib
@@ -52,6 +54,87 @@ def stage_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if init:
       out.train.steps = cfg.vae.finetune_steps
   return out
+
+
+CURRICULUM_FILE = "curriculum.json"
+
+
+class VAECurriculumError(ValueError):
+  """A VAE run directory trained with other clip phases than the config's."""
+
+
+def phases(cfg: ml_collections.ConfigDict) -> list[tuple[int, int, int]]:
+  """(latent_frames, steps, batch_size) of each VAE training phase: vae.train's (on clips of
+  data.latent_frames; vae.finetune_steps from a pretrained VAE), then vae.clip_curriculum's."""
+  run = stage_config(cfg)
+  first = (int(cfg.data.latent_frames), int(run.train.steps), int(run.train.batch_size))
+  return [first] + [tuple(int(x) for x in p) for p in cfg.vae.get("clip_curriculum", ())]
+
+
+def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Each phase's run directory: <workdir>/vae/clips_<i>_<frames>f, the last <workdir>/vae."""
+  out, ph = stage_workdir(workdir), phases(cfg)
+  return [out if i == len(ph) - 1 else os.path.join(out, f"clips_{i}_{frames}f")
+          for i, (frames, _, _) in enumerate(ph)]
+
+
+def phase_config(cfg: ml_collections.ConfigDict, i: int) -> ml_collections.ConfigDict:
+  """stage_config(cfg) for phase i: its clip length, steps and batch size; phases after the
+  first start from the previous phase's params (passed to the trainer), not init_from."""
+  out = stage_config(cfg)
+  frames, steps, batch = phases(cfg)[i]
+  with out.unlocked():
+    out.data.latent_frames, out.train.steps, out.train.batch_size = frames, steps, batch
+    if i > 0:
+      out.train.init_from = ""
+  return out
+
+
+def _check_phases(cfg: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a <workdir>/vae trained with other phases: the last phase shares the directory
+  and would resume from the wrong run. Only the last phase's steps may change."""
+  out, ph = stage_workdir(workdir), phases(cfg)
+  path = os.path.join(out, CURRICULUM_FILE)
+  fix = (f"Fix: set config.vae.clip_curriculum back to the recorded phases, or train in a "
+         f"fresh --workdir (or delete {out}).")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = [tuple(p) for p in json.load(f)["phases"]]
+    if len(old) != len(ph) or old[:-1] != ph[:-1] or old[-1][::2] != ph[-1][::2]:
+      raise VAECurriculumError(f"{path} records the VAE phases (latent_frames, steps, "
+                               f"batch_size) {old}, but this config asks for {ph}. {fix}")
+  elif len(ph) > 1 and ckpt_lib.has_checkpoint(out):
+    raise VAECurriculumError(f"{out} holds a VAE trained without config.vae.clip_curriculum, "
+                             f"whose last phase would resume from it. {fix}")
+
+
+def _train_phases(cfg: ml_collections.ConfigDict, workdir: str, data_dir: str) -> dict:
+  """Trains (or resumes) every VAE phase; a finished phase is skipped, a new one starts from
+  the previous phase's final params. Returns the last phase's final metrics."""
+  _check_phases(cfg, workdir)
+  ph, dirs = phases(cfg), phase_dirs(cfg, workdir)
+  if jax.process_index() == 0:
+    os.makedirs(dirs[-1], exist_ok=True)
+    write_json_atomic(os.path.join(dirs[-1], CURRICULUM_FILE), {"phases": ph})
+  final: dict = {}
+  for i, run_dir in enumerate(dirs):
+    pcfg = phase_config(cfg, i)
+    latest = ckpt_lib.latest_step(run_dir)
+    if latest is not None and latest >= ph[i][1]:
+      print(f"[relic] vae phase {i + 1}/{len(ph)} ({ph[i][0]} latent frames) in {run_dir}: "
+            f"already done (step {latest}), skipped", flush=True)
+      final = {"step": latest}
+      continue
+    init = None
+    if i > 0 and latest is None:
+      init = loading.load_vae(pcfg, workdir, run_dir=dirs[i - 1])[1]
+    if len(ph) > 1:
+      print(f"[relic] vae phase {i + 1}/{len(ph)} ({ph[i][0]} latent frames, {ph[i][1]} "
+            f"steps, batch {ph[i][2]}) in {run_dir}", flush=True)
+    final = trainer.train(pcfg, run_dir, VAETask(pcfg),
+                          FramesOnly(loader.make_clip_iterator(pcfg, data_dir)),
+                          init_params=init)
+  return final
 
 
 def used_as_is(cfg: ml_collections.ConfigDict) -> bool:
@@ -151,11 +234,19 @@ def reconstruct_fn(vae: vae_lib.VAEConfig):
   return run
 
 
+def eval_latent_frames(cfg) -> int:
+  """The evaluated clips' latent frames: vae.eval_latent_frames, else the longest clip a DiT
+  stage reads from the latent cache (derive.cache_frames)."""
+  return int(cfg.vae.get("eval_latent_frames", 0) or derive.cache_frames(cfg))
+
+
 def evaluate(cfg, params, data_dir: str, out_dir: str, max_clips: int | None = None,
              tiny_params=None) -> dict:
   """PSNR/SSIM of held-out reconstructions (the latent mean decoded) and a side-by-side MP4
-  (input | VAE decoder | tiny decoder, when tiny_params are given)."""
-  source = loader.make_clip_source(cfg, data_dir, split="heldout")
+  (input | VAE decoder | tiny decoder, when tiny_params are given), on clips of
+  eval_latent_frames(cfg)."""
+  source = loader.make_clip_source(cfg, data_dir, split="heldout",
+                                   latent_frames=eval_latent_frames(cfg))
   augment = loader.ClipAugment(cfg.data.latent_height * cfg.data.spatial_stride,
                                cfg.data.latent_width * cfg.data.spatial_stride, 0.0, "center")
   n = min(len(source), max_clips or cfg.vae.eval_clips)
@@ -185,7 +276,7 @@ def evaluate(cfg, params, data_dir: str, out_dir: str, max_clips: int | None = N
                       fps=8.0, captions_per_frame=None)
   result = {"heldout_psnr": float(np.mean(np.minimum(psnrs, 100.0))),
             "heldout_ssim": float(np.mean(ssims)), "clips": int(len(picks)),
-            "frames": int(len(psnrs)), "video": video,
+            "frames": int(len(psnrs)), "clip_frames": int(frames.shape[0]), "video": video,
             "tiny_decoder_psnr": (float(np.mean(np.minimum(np.concatenate(tiny_psnrs), 100.0)))
                                   if tiny_psnrs else None),
             "tiny_decoder_ssim": (float(np.mean(np.concatenate(tiny_ssims)))
@@ -231,7 +322,8 @@ class TinyDecoderTask:
 
 
 def tiny_stage_config(cfg):
-  out = stage_config(cfg)
+  """The tiny decoder's run: vae.tiny_steps on the last VAE phase's clips and batch size."""
+  out = phase_config(cfg, len(phases(cfg)) - 1)
   with out.unlocked():
     out.train.steps = cfg.vae.tiny_steps
     out.train.init_from = ""
@@ -258,8 +350,7 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     final = {"step": 0, "init_from": init, "trained": False,
              "param_count": int(sum(np.size(x) for x in jax.tree.leaves(params)))}
   else:
-    final = trainer.train(run_cfg, out, task,
-                          FramesOnly(loader.make_clip_iterator(run_cfg, data_dir)))
+    final = _train_phases(cfg, workdir, data_dir)
     if os.path.exists(w.vae_pretrained):
       os.remove(w.vae_pretrained)  # trained here: its latents are not the pretrained ones
   _, params = loading.load_vae(cfg, workdir)
@@ -276,11 +367,36 @@ def train_vae(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   elif cfg.vae.tiny_steps > 0:
     tiny_cfg = tiny_stage_config(cfg)
     tiny_task = TinyDecoderTask(tiny_cfg, params)
+    _retire_stale_tiny(w.vae_tiny, params_fingerprint(params))
     final["tiny"] = trainer.train(tiny_cfg, w.vae_tiny, tiny_task,
                                   FramesOnly(loader.make_clip_iterator(tiny_cfg, data_dir)))
     _, tiny_params = loading.load_tiny_decoder(cfg, workdir)
   final["eval"] = evaluate(run_cfg, params, data_dir, out, tiny_params=tiny_params)
   return final
+
+
+TINY_VAE_FILE = "vae.json"
+
+
+def _retire_stale_tiny(tiny_dir: str, vae_fingerprint: str) -> None:
+  """The tiny decoder regresses frames from one VAE's latents: one trained on another VAE
+  (its recorded fingerprint differs, e.g. the VAE trained on) is moved to <tiny_dir>.stale
+  (replacing an older one) and retrained; then the current VAE's fingerprint is recorded. A
+  run without a record (before it existed) is taken as trained on the current VAE."""
+  path = os.path.join(tiny_dir, TINY_VAE_FILE)
+  if jax.process_index() != 0:
+    return
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f).get("vae_fingerprint")
+    if old != vae_fingerprint:
+      stale = tiny_dir.rstrip(os.sep) + ".stale"
+      shutil.rmtree(stale, ignore_errors=True)
+      os.replace(tiny_dir, stale)
+      print(f"[relic] the tiny decoder in {tiny_dir} was trained on another VAE ({old}, now "
+            f"{vae_fingerprint}): moved to {stale}, retraining it", flush=True)
+  os.makedirs(tiny_dir, exist_ok=True)
+  write_json_atomic(path, {"vae_fingerprint": vae_fingerprint})
 
 
 def params_fingerprint(params) -> str:
