@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from relic_jax.config.base import parent_config
 from relic_jax.models import flops
 from relic_jax.models.dit import DiTConfig, WanDiT
 from relic_jax.training.teacher import TeacherTask
@@ -43,11 +44,7 @@ def abstract_count(config_file):
 
 
 def _load(name):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, f"{REPO}/experiments/{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return parent_config(f"{REPO}/experiments/{name}.py", name)
 
 
 def test_wan_1_3b_param_count():

@@ -2,7 +2,6 @@
 process with 4 devices: jax.distributed.initialize from config, per-process data slices, global
 batches via jax.make_array_from_process_local_data, checkpoints written jointly."""
 
-import importlib.util
 import json
 import os
 import socket
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from data_pipeline.loader import make_train_iterator
+from relic_jax.config.base import parent_config
 from relic_jax.inference.loading import load_dit_params
 from tests.helpers import REPO
 
@@ -23,10 +23,7 @@ FLAGS = ("--config.train.checkpoint_every=3", "--config.train.log_every=1",
 
 
 def _tiny():
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "experiments/tiny.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = parent_config(os.path.join(REPO, "experiments", "tiny.py"), "tiny")
   c.train.progress_bar = False
   return c
 

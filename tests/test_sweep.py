@@ -10,6 +10,7 @@ import pytest
 
 from relic_jax import pipeline, sweep as sweep_lib
 from relic_jax.config import validate
+from relic_jax.config.base import parent_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "experiments", "tiny.py")
@@ -141,11 +142,7 @@ def _get(cfg, dotted):
 
 @pytest.fixture(scope="module")
 def tiny():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("tiny_cfg", TINY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return parent_config(TINY, "tiny")
 
 
 @pytest.mark.parametrize("changes,expected", [

@@ -1,7 +1,6 @@
 """The flow-matching trainer: it learns, resumes exactly after a kill, restores onto another
 mesh, and refuses non-finite steps without saving them."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ from orbax.checkpoint import type_handlers
 
 from data_pipeline.loader import make_train_iterator
 from relic_jax import checkpoint as ckpt_lib
+from relic_jax.config.base import parent_config
 from relic_jax.inference.loading import load_dit_params
 from relic_jax.parallel import mesh as mesh_lib
 from relic_jax.training.optimizer import make_optimizer
@@ -51,10 +51,7 @@ def _losses(workdir):
 
 def _config(**train):
   """experiments/tiny.py with the overrides RUN_FLAGS gives the subprocess runs."""
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO, "experiments/tiny.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = parent_config(os.path.join(REPO, "experiments", "tiny.py"), "tiny")
   c.train.progress_bar = False
   c.train.checkpoint_every = 2
   c.train.log_every = 1
