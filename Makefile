@@ -15,9 +15,12 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-# The test extras add torch (CPU) and diffusers, for the Wan parity tests, and ruff.
+# The test extras add torch (CPU) and diffusers, for the Wan parity tests, and ruff; tpu adds
+# libtpu, the TPU compiler `relic compile` and its tests use (no TPU needed). (The gpu extra's
+# CUDA plugin is left out: it logs to stderr at every start on a host without a GPU, even
+# with JAX_PLATFORMS=cpu; its test runs where it is installed.)
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,tpu]"
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)

@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+JAX = "0.10.2"  # the jax the compile extras' compilers must match
+
 setup(
     name="relic_jax",
     version="0.1.0",
@@ -13,7 +15,7 @@ setup(
     packages=find_packages(include=["relic_jax", "relic_jax.*", "data_pipeline",
                                     "data_pipeline.*"]),
     install_requires=[
-        "jax>=0.10.2",
+        f"jax>={JAX}",
         "flax>=0.12.8",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
@@ -37,6 +39,12 @@ setup(
         # ruff: the linter `make test` runs first (rules in ruff.toml; PLC0415 is stable from 0.12).
         "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "diffusers>=0.35",
                  "safetensors>=0.4", "ruff>=0.12"],
+        # `relic compile` (relic_jax/bench/aot.py): the TPU compiler (libtpu, matched to jax's
+        # version) and the GPU one (the CUDA plugin and ptxas; no driver or card needed). Each
+        # is only a compiler here: on a host without the hardware jax still runs on the CPU.
+        "tpu": [f"jax[tpu]=={JAX}"],
+        "gpu": [f"jax=={JAX}", f"jax-cuda12-plugin=={JAX}", "nvidia-cuda-nvcc-cu12"],
     },
+    package_data={"relic_jax.bench": ["gpu_targets/*.txtpb"]},
     entry_points={"console_scripts": ["relic=relic_jax.cli:run"]},
 )

@@ -5,6 +5,7 @@ them (below, and in `relic --help`).
 
 import difflib
 import importlib.util
+import json
 import os
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from ml_collections import config_flags
 
 from data_pipeline.episode import DataError
 from relic_jax import pipeline, stages
+from relic_jax.bench import aot
 from relic_jax.checkpoint import CheckpointError
 from relic_jax.config import ConfigError, validate
 from relic_jax.evaluation.pose_estimation import PoseEstimatorError
@@ -29,6 +31,7 @@ from relic_jax.training.distill import DistillError
 from relic_jax.training.ode_init import ODEInitError
 from relic_jax.training.teacher import CurriculumError
 from relic_jax.training.trainer import NonFiniteError
+from relic_jax.training.vae_train import VAECurriculumError
 from relic_jax.assets import AssetsError
 from relic_jax.weights import SafetensorsError, WanImportError
 from relic_jax.weights.export import ExportError
@@ -52,12 +55,18 @@ flags.DEFINE_string("actions", None, "generate: a built-in action script "
 flags.DEFINE_string("image", None, "generate: the start image (default: frame 0 of the first "
                     "held-out episode).")
 flags.DEFINE_string("text", None, "generate: the caption (default: the episode's).")
+flags.DEFINE_string("topology", None, "compile: the TPU or GPU topology compiled for "
+                    "(v5p-64, v6e-32, h100x8, h100x32, ...; relic_jax/bench/aot.py TOPOLOGIES).")
+flags.DEFINE_string("stage", "teacher", "compile: the stage whose step is compiled (teacher, "
+                    "ode_init, distill).")
+flags.DEFINE_integer("latent_frames", None, "compile: the teacher's clip or the distillation "
+                     "rollout's length in latent frames (default: the config's).")
 
 # The errors a stage reports as `relic: error: ...` (exit 2): a wrong config, file or input.
 USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError,
                PretrainedError, AssetsError, ExportError,
                ScriptError, ActionError, CacheCapacityError, DistillError, ODEInitError,
-               CurriculumError, PipelineError, PoseEstimatorError)
+               CurriculumError, PipelineError, PoseEstimatorError, VAECurriculumError)
 
 
 def _pipeline(cfg, workdir, until=None):
@@ -96,9 +105,37 @@ def _sweep(argv):
     _fail(str(e), code=3)
 
 
-# The registry with the bodies stages.py leaves to the CLI: `pipeline` and `sweep` run on the
-# registry itself.
-REGISTRY = stages.bind(stages.REGISTRY, pipeline=_pipeline, sweep=_sweep)
+def _compile(argv):
+  """`relic compile --config=... --topology=NAME [--stage=teacher|ode_init|distill]
+  [--latent_frames=N] [--out=FILE]`: the stage's step compiled for the topology on this host
+  (relic_jax/bench/aot.py); the report's JSON is the last line printed. Exit 4 when it does
+  not fit."""
+  if len(argv) != 2:
+    _fail("usage: relic compile --config=FILE --topology=NAME [--stage=STAGE] "
+          "[--latent_frames=N] [--out=FILE]")
+  if FLAGS.config is None or not FLAGS.topology:
+    _fail("relic compile needs --config=FILE and --topology=NAME (one of "
+          f"{', '.join(aot.TOPOLOGIES)})")
+  # the host's own devices are never used: only the target's compiler runs
+  jax.config.update("jax_platforms", "cpu")
+  try:
+    cfg = FLAGS.config
+    validate(cfg)
+    report = aot.compile_stage(cfg, aot.topology(FLAGS.topology), FLAGS.stage,
+                               FLAGS.latent_frames)
+  except (aot.CompileError, ConfigError) as e:
+    _fail(str(e))
+  if FLAGS.out:
+    aot.write_json(FLAGS.out, report)
+  print("[relic] " + aot.summary(report), flush=True)
+  print(json.dumps(report, sort_keys=True), flush=True)
+  if not report["fits"]:
+    sys.exit(4)
+
+
+# The registry with the bodies stages.py leaves to the CLI: `pipeline`, `sweep` and `compile`
+# run outside the usual stage flow (the registry itself; a topology's devices, not the host's).
+REGISTRY = stages.bind(stages.REGISTRY, pipeline=_pipeline, sweep=_sweep, compile=_compile)
 
 
 def usage(registry=REGISTRY) -> str:

@@ -40,12 +40,12 @@ def test_cli_registry_is_the_stage_registry_with_every_body_bound():
     assert callable(s.body), name
     unbound = stages.REGISTRY[name]
     assert dataclasses.replace(s, body=unbound.body) == unbound  # only the body was bound
-  with pytest.raises(ValueError, match="stage 'sweep' has no body"):
+  with pytest.raises(ValueError, match="stage '(sweep|compile)' has no body"):
     stages.bind(stages.REGISTRY, pipeline=print)
   with pytest.raises(ValueError, match=r"no records \['nope'\]"):
-    stages.bind(stages.REGISTRY, pipeline=print, sweep=print, nope=print)
+    stages.bind(stages.REGISTRY, pipeline=print, sweep=print, compile=print, nope=print)
   with pytest.raises(ValueError, match="'encode' has a body already"):
-    stages.bind(stages.REGISTRY, pipeline=print, sweep=print, encode=print)
+    stages.bind(stages.REGISTRY, pipeline=print, sweep=print, compile=print, encode=print)
 
 
 def test_usage_and_help_list_every_record():
@@ -103,7 +103,7 @@ def test_a_record_added_to_the_registry_is_in_the_pipeline_and_the_cli(tmp_path,
   assert "generate.fps_check" not in pipeline.stage_inputs(cfg, "check", reg)  # no such field
   assert "distill.gen_lr" in pipeline.stage_inputs(cfg, "check", reg)
   assert "evaluate.scripts" not in pipeline.stage_inputs(cfg, "check", reg)
-  bound = stages.bind(reg, pipeline=print, sweep=print)
+  bound = stages.bind(reg, pipeline=print, sweep=print, compile=print)
   assert "  check           a fake stage between distill and evaluate" in cli.usage(bound)
   assert "distill -> check -> evaluate" in " ".join(cli.usage(bound).split())
 

@@ -224,8 +224,9 @@ def state_layout(cfg, tx_gen, tx_critic, mesh, rules):
     p = task.init_params(rng)
     return _new_state(p, p, tx_gen, tx_critic)
 
+  rng = jax.random.key(0)  # a concrete key, made outside the mesh (which may be compile-only)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init, jax.random.key(0))
+    boxed = jax.eval_shape(init, rng)
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   return nn.meta.unbox(boxed), shardings
 
