@@ -159,3 +159,16 @@ def test_bad_requests_are_named_errors():
     aot.compile_stage(cfg, _local(2 ** 40, 4), "teacher", devs=jax.devices()[:4])
   r = run_cli("compile", f"--config={TINY}", "--topology=h100x9")
   assert r.returncode == 2 and "h100x8" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_libtpu
+def test_splash_builds_the_tpu_kernel_for_a_tpu_mesh_not_the_hosts_interpreter():
+  import numpy as np
+  from relic_jax.models import splash
+  mesh = jax.sharding.Mesh(np.asarray(aot.devices(aot.topology("v5p-8"))), ("fsdp",))
+  with jax.set_mesh(mesh):
+    assert splash.target_platform() == "tpu"  # the mesh's compile-only TPU devices
+  assert splash.target_platform() == jax.default_backend() == "cpu"  # no mesh: the host's
+  cpu_mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("fsdp",))
+  with jax.set_mesh(cpu_mesh):
+    assert splash.target_platform() == "cpu"

@@ -116,6 +116,9 @@ def devices(topo: Topology):
     except ImportError as e:
       raise CompileError(f"compiling for {topo.name} needs libtpu, which is not installed. Fix: "
                          "pip install -e '.[tpu]' (it matches jax's version).") from e
+    # compile-only: no TPU is opened, so several processes may hold libtpu at once (else
+    # the second one fails on libtpu's lockfile)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.spec)
   else:
     try:

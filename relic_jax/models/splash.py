@@ -1,8 +1,10 @@
 """TPU splash attention (Pallas) behind `attention.dot_product_attention(impl="splash")`.
 
 The kernel is JAX's `jax.experimental.pallas.ops.tpu.splash_attention` (`make_splash_mha`).
-It is written for TPU; on any other backend it runs in Pallas interpret mode, which is correct
-but very slow and meant for testing only (the CPU tests check it against the XLA reference).
+It is written for TPU; for any other target (the platform of the mesh's devices, so a step
+compiled for a TPU topology on a CPU host gets the real kernel) it runs in Pallas interpret
+mode, which is correct but very slow and meant for testing only (the CPU tests check it
+against the XLA reference).
 
 How the model's attention is mapped onto the kernel:
 
@@ -132,21 +134,32 @@ def _attend(kernel, q_BSNH, k_BSNH, v_BSNH):
   return jax.vmap(one)(q_BSNH, k_BSNH, v_BSNH)
 
 
+def target_platform(mesh=None) -> str:
+  """The platform the computation is being built for: the devices of the mesh in context
+  (`jax.set_mesh`; a TPU topology's compile-only devices on a CPU host included), else the
+  default backend."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
 def splash_attention(q_BSNH, k_BSNH, v_BSNH, *, scale: float | None = None,
                      block_causal: BlockCausal | None = None, interpret: bool | None = None):
   """Splash attention: q [B, Sq, N, H], k and v [B, Sk, N, H] -> [B, Sq, N, H]; unmasked, or
-  block-causal per `block_causal`. For TPU; `interpret` (default: backend is not TPU) runs the
-  kernel in the Pallas interpreter, which is slow and for testing only."""
+  block-causal per `block_causal`. For TPU; `interpret` (default: the target is not a TPU, by
+  `target_platform`: the mesh's devices, not the host's backend, so a step compiled for a TPU
+  topology on a CPU host gets the real kernel) runs the kernel in the Pallas interpreter, which
+  is slow and for testing only."""
   b, sq, n, h = q_BSNH.shape
   skv = k_BSNH.shape[1]
   if k_BSNH.shape != (b, skv, n, h) or v_BSNH.shape != k_BSNH.shape:
     raise ValueError(f"splash attention needs q [B, Sq, N, H] and k, v [B, Sk, N, H] with the same "
                      f"B, N, H; got {q_BSNH.shape}, {k_BSNH.shape}, {v_BSNH.shape}")
+  mesh = jax.sharding.get_abstract_mesh()
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = target_platform(mesh) != "tpu"
   scale = h ** -0.5 if scale is None else scale
 
-  mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     batch_axes = seq_axes = head_axes = None
   else:
