@@ -157,6 +157,10 @@ def test_bad_requests_are_named_errors():
   cfg.mesh.shape = {"data": 1, "fsdp": 1, "context": 1, "tensor": 8}
   with pytest.raises(aot.CompileError, match="cpu-test"):  # 8 tensor shards on 4 devices
     aot.compile_stage(cfg, _local(2 ** 40, 4), "teacher", devs=jax.devices()[:4])
+  cfg = _tiny()
+  cfg.distill.batch_size = 4  # over data x fsdp = 8
+  with pytest.raises(aot.CompileError, match="distill.batch_size=4 does not split"):
+    aot.compile_stage(cfg, _local(2 ** 40), "distill", devs=jax.devices())
   r = run_cli("compile", f"--config={TINY}", "--topology=h100x9")
   assert r.returncode == 2 and "h100x8" in r.stderr and "Traceback" not in r.stderr
 

@@ -119,14 +119,18 @@ def test_dit_with_splash_equals_xla(mode):
                              ref.apply({"params": params}, x, t, txt), **FWD_TOL)
 
 
-def test_sharded_attention_grads_with_context_parallelism():
+@pytest.mark.parametrize("layout,sq,sk", [(BlockCausal(48), 144, 144), (None, 256, 128)],
+                         ids=["block_causal", "full_unpadded"])
+def test_sharded_attention_grads_with_context_parallelism(layout, sq, sk):
   """Queries split over context=2 (keys all-gathered), heads over tensor=2, batch over fsdp=2:
-  the key/value gradients must be summed over the context shards."""
+  the key/value gradients must be summed over the context shards. full_unpadded: every query
+  sees every key and no length needs padding (the text cross-attention's case), where JAX's
+  mask processing fails on a full mask split over query shards; each shard runs the kernel of
+  its local length instead."""
   cfg = tiny_config()
   cfg.mesh.shape = {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  layout = BlockCausal(48)
-  q, k, v = _qkv(2, 144, 144, 4, 16)
+  q, k, v = _qkv(2, sq, sk, 4, 16)
   (_, ref), ref_grads = jax.value_and_grad(_loss("xla", layout), argnums=(0, 1, 2),
                                            has_aux=True)(q, k, v)
   with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
@@ -237,3 +241,94 @@ def test_the_kernel_table_is_the_config_choice():
   from relic_jax.config.choices import AttentionImpl
   from relic_jax.models.attention import KERNELS
   assert sorted(KERNELS) == sorted(AttentionImpl.values())
+
+
+def _chunked_case(masking, dtype=jnp.float32):
+  """q, k, v (odd lengths: 8-token chunks split them unevenly) and the mask keywords of one
+  masking mode, with the [B, Sq] rows that see at least one key."""
+  sq, sk = (45, 45) if masking in ("block_causal", "block_ids") else (37, 29)
+  q, k, v = (x.astype(dtype) for x in _qkv(2, sq, sk, 3, 16, seed=7))
+  kw = {}
+  if masking == "block_causal":  # the kv offset leaves the first queries with no key
+    kw = {"block_causal": BlockCausal(10, q_offset=3, kv_offset=10)}
+  elif masking == "block_ids":  # queries in block -1 see nothing; blocks not monotone
+    ids = jnp.array([(i * 7) % 5 - 1 for i in range(45)])
+    kw = {"q_blocks": ids, "kv_blocks": jnp.maximum(ids, 0)}
+  elif masking == "kv_valid_1d":
+    kw = {"kv_valid": (jnp.arange(sk) % 4 != 1) & (jnp.arange(sk) < 25)}
+  elif masking == "kv_valid_2d":  # the second batch element has no key: every row masked
+    kw = {"kv_valid": jnp.stack([jnp.arange(sk) >= 6, jnp.zeros(sk, bool)])}
+  qb, kb = kw.get("q_blocks"), kw.get("kv_blocks")
+  if "block_causal" in kw:
+    qb, kb = kw["block_causal"].q_ids(sq), kw["block_causal"].kv_ids(sk)
+  seen = jnp.ones((2, sq, sk), bool)
+  if qb is not None:
+    seen = seen & (kb[None, :] <= qb[:, None])[None]
+  if "kv_valid" in kw:
+    seen = seen & jnp.broadcast_to(kw["kv_valid"], (2, sk))[:, None, :]
+  return (q, k, v), kw, seen.any(-1)
+
+
+def _max_rel_err(a, b):
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  assert np.isfinite(a).all()
+  return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("masking", ["none", "block_causal", "block_ids", "kv_valid_1d",
+                                     "kv_valid_2d", "bf16"])
+def test_chunked_custom_vjp_equals_xla(masking):
+  """The flash-style forward and recomputing backward equal xla for every masking mode, several
+  chunks each way with padding. xla gives a query that sees no key the mean of all values; the
+  chunked kernel gives zeros, so those rows are compared with zero and weighted 0 in the loss."""
+  dtype = jnp.bfloat16 if masking == "bf16" else jnp.float32
+  (q, k, v), kw, seen = _chunked_case("kv_valid_2d" if masking == "bf16" else masking, dtype)
+  assert (masking in ("none", "kv_valid_1d")) == bool(seen.all())
+  w = jax.random.normal(jax.random.key(3), q.shape) * seen[:, :, None, None]
+
+  def loss(impl, dt):
+    def f(q, k, v):
+      q, k, v = (x.astype(dt) for x in (q, k, v))
+      if impl == "chunked":
+        out = attn_lib.chunked_attention(q, k, v, scale=0.3, kv_chunk=8, q_chunk=8, **kw)
+      else:
+        out = attn_lib.dot_product_attention(q, k, v, impl="xla", scale=0.3, **kw)
+      return jnp.sum(w * out.astype(jnp.float32)), out
+    return jax.value_and_grad(f, (0, 1, 2), has_aux=True)
+
+  (_, out), grads = loss("chunked", dtype)(q, k, v)
+  (_, ref), ref_grads = loss("xla", jnp.float32)(q, k, v)  # float32 reference, also for bf16
+  assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+  tol = 1e-2 if dtype == jnp.bfloat16 else 1e-5
+  rows = seen[:, :, None, None]
+  assert _max_rel_err(jnp.where(rows, out, 0), jnp.where(rows, ref, 0)) < tol
+  np.testing.assert_array_equal(jnp.where(rows, 0, out.astype(jnp.float32)), 0)
+  for name, g, r in zip("qkv", grads, ref_grads):
+    assert _max_rel_err(g, r) < tol, f"d{name}"
+
+
+def test_chunked_masked_rows_get_zero_gradients():
+  """A query that sees no key passes no gradient (and no NaN) even with a nonzero cotangent."""
+  (q, k, v), kw, seen = _chunked_case("block_causal")
+  assert not seen.all()
+  grads = jax.grad(lambda q, k, v: jnp.sum(jnp.sin(attn_lib.chunked_attention(
+      q, k, v, kv_chunk=8, q_chunk=8, **kw))), (0, 1, 2))(q, k, v)
+  assert all(np.isfinite(g).all() for g in grads)
+  np.testing.assert_array_equal(jnp.where(seen[:, :, None, None], 0, grads[0]), 0)
+  assert np.abs(grads[1]).max() > 0
+
+
+def test_chunked_gradient_memory_is_linear_in_sequence():
+  """The custom_vjp backward recomputes scores from q, k, v and the log-sum-exp, so the
+  gradient's temporaries are a small multiple of the inputs. Measured on CPU at this shape:
+  about 21 MB (1.7x q+k+v) now; the former plain autodiff of the rematerialised scan kept every
+  key chunk's float32 carry for every query chunk: 177 MB (14x) here, 2.37 GB (47x) at
+  S=32768, where the new backward needs 84 MB (1.7x)."""
+  s = 8192
+  a = jax.ShapeDtypeStruct((1, s, 2, 64), jnp.float32)
+
+  def loss(q, k, v):
+    return jnp.sum(attn_lib.chunked_attention(q, k, v, kv_chunk=256, q_chunk=256) ** 2)
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(a, a, a).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp < 4 * (3 * s * 2 * 64 * 4), temp

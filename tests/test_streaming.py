@@ -386,3 +386,36 @@ def test_plucker_rays():
   moved[:, 3] = [1.0, 2.0, 3.0]
   rays = np.asarray(plucker_rays(jnp.asarray(moved.reshape(1, 1, 12)), 2, 2, 90.0))[0, 0]
   np.testing.assert_allclose(rays[:, 3:], np.cross([1.0, 2.0, 3.0], rays[:, :3]), atol=1e-6)
+
+
+def test_the_cache_path_runs_its_own_kernel(monkeypatch):
+  """model.cache_attention_impl: attention over the KV cache runs it (here the memory-efficient
+  "chunked"), the rest model.attention_impl (here "splash", for the bidirectional teacher on a
+  TPU); the blocks equal the all-xla model's."""
+  frames = 7
+  x, actions, poses, text = conditioning(frames)
+  t = jnp.zeros((B, frames)).at[:, 4:].set(500.0)
+  params = model_params()
+  ref, _, _ = cached_forward(params, DIT, memory_cfg(window=3), x, t, actions, poses, text, 4)
+  chunked = dataclasses.replace(DIT, cache_attention_impl="chunked")
+  out, _, _ = cached_forward(params, chunked, memory_cfg(window=3), x, t, actions, poses, text,
+                             4)
+  np.testing.assert_allclose(out, ref, atol=2e-5)
+  from relic_jax.models import attention as attn_lib
+  used, real = [], attn_lib.dot_product_attention
+
+  def spy(q, k, v, impl="xla", **kw):  # records the kernel, computes with xla (CPU)
+    used.append((impl, kw.get("kv_valid") is not None))
+    return real(q, k, v, impl="xla" if impl == "splash" else impl, **kw)
+  monkeypatch.setattr(attn_lib, "dot_product_attention", spy)
+  roles = dataclasses.replace(DIT, attention_impl="splash", cache_attention_impl="chunked")
+  out, _, _ = cached_forward(params, roles, memory_cfg(window=3), x, t, actions, poses, text, 4)
+  np.testing.assert_allclose(out, ref, atol=2e-5)
+  assert {u for u in used if u[1]} == {("chunked", True)}  # self-attention over the cache
+  assert {u for u in used if not u[1]} == {("splash", False)}  # cross-attention to the text
+
+
+def test_the_kernels_that_take_a_key_mask_are_the_configs():
+  from relic_jax.config.choices import AttentionImpl
+  from relic_jax.models.attention import KERNELS
+  assert set(AttentionImpl.with_key_mask()) == {k for k, v in KERNELS.items() if v.key_mask}

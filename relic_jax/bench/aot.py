@@ -293,14 +293,19 @@ def compile_stage(cfg: ml_collections.ConfigDict, topo: Topology, stage: str,
   try:
     validate(run, num_devices=len(devs))
     mesh = mesh_lib.make_mesh(run.mesh, devices=devs)
-  except ConfigError as e:
+    if stage == "distill":
+      distill_lib.validate_distill(run)
+      distill_lib.check_batch_split(run.distill, mesh)
+  except (ConfigError, distill_lib.DistillError) as e:
     raise CompileError(f"{cfg.name} on {topo.name} ({len(devs)} devices): {e}") from e
   rules = mesh_lib.rules(run.mesh)
   step, args, model_flops, recompute_flops, what = step_and_args(run, stage, mesh, rules)
   report = {"config": cfg.name, "topology": topo.name, "platform": topo.platform,
             "devices": len(devs), "device_kind": devs[0].device_kind, "stage": stage,
             "mesh": {k: int(v) for k, v in mesh.shape.items()},
-            "attention_impl": run.model.attention_impl, "remat_policy": run.model.remat_policy,
+            "attention_impl": run.model.attention_impl,
+            "cache_attention_impl": run.model.cache_attention_impl or run.model.attention_impl,
+            "remat_policy": run.model.remat_policy,
             **what, "hbm_bytes_per_device": topo.hbm_bytes,
             "model_flops_per_step": model_flops,
             "peak_flops_per_device": topo.peak_flops}

@@ -100,6 +100,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # attention through cuDNN; bf16/fp16 only), "splash" (TPU Pallas splash attention; runs in
   # the slow Pallas interpreter on other backends, for testing).
   m.attention_impl = "xla"
+  # The kernel of attention over the KV cache (the student: generation, ODE init and the
+  # distillation rollout), which must take a key mask: "xla" or "chunked" (the cache's empty
+  # slots are masked). "": the same as attention_impl. So the bidirectional teacher and critic
+  # can run splash (TPU) or cudnn (GPU) while the cached student runs "chunked".
+  m.cache_attention_impl = ""
   m.dtype = "float32"        # compute dtype of matmuls
   m.param_dtype = "float32"  # storage dtype of params
   m.scan_layers = True

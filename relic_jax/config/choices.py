@@ -11,6 +11,7 @@ implementation can import this module without a cycle. A value in a `ConfigDict`
 
   field                          Enum               implementation
   model.attention_impl           AttentionImpl      models/attention.py (dot_product_attention)
+  model.cache_attention_impl     AttentionImpl      (or "": model.attention_impl) the cache path
   model.attention_mode           AttentionMode      models/dit.py (the block-causal layout)
   model.remat_policy             RematPolicy        models/dit.py (REMAT_POLICIES)
   model.dtype, model.param_dtype Dtype              models/dit.py (jnp.dtype of the name)
@@ -52,6 +53,12 @@ class AttentionImpl(Choice):
   CUDNN = "cudnn"      # NVIDIA fused flash attention (bf16/fp16)
   SPLASH = "splash"    # TPU Pallas splash attention (interpreted elsewhere: tests only)
   CHUNKED = "chunked"  # memory-efficient online softmax in plain JAX, any backend
+
+  @classmethod
+  def with_key_mask(cls) -> tuple[str, ...]:
+    """The kernels that take a key validity mask, which attention over the KV cache needs
+    (models/attention.py KERNELS[...].key_mask; a test checks they agree)."""
+    return (cls.XLA.value, cls.CHUNKED.value)
 
 
 class AttentionMode(Choice):

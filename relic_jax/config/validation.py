@@ -117,6 +117,16 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     _fail(f"{prefix}.attention_impl", "splash", "the splash kernel is a TPU kernel and TPUs "
           "compute in bfloat16, not float16", "set model.dtype='bfloat16' (or 'float32'), or "
           "model.attention_impl='xla'")
+  masked = " or ".join(map(repr, AttentionImpl.with_key_mask()))
+  fix = f"set model.cache_attention_impl to {masked} ('chunked': memory-efficient, any backend)"
+  own = m.get("cache_attention_impl", "")
+  if own and own not in AttentionImpl.with_key_mask():
+    _fail(f"{prefix}.cache_attention_impl", own, "attention over the KV cache needs a kernel "
+          f"that takes a key mask ({masked})", fix)
+  if not own and m.attention_impl not in AttentionImpl.with_key_mask():
+    _fail(f"{prefix}.attention_impl", m.attention_impl, "is also the KV cache's kernel "
+          f"(model.cache_attention_impl=''), which needs one that takes a key mask ({masked})",
+          fix + ", or model.attention_impl to one of them")
   if m.yarn_factor < 1.0:
     _fail(f"{prefix}.yarn_factor", m.yarn_factor, "YaRN can only extend the context",
           "use 1.0 (off) or a factor > 1")

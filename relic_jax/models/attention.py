@@ -17,6 +17,7 @@ never read from a materialised S x S array.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -87,69 +88,129 @@ def dot_product_attention(q_BSNH, k_BSNH, v_BSNH, *, impl: str = "xla", scale: f
 
 def chunked_attention(q_BSNH, k_BSNH, v_BSNH, *, scale=None, block_causal=None, q_blocks=None,
                       kv_blocks=None, kv_valid=None, kv_chunk: int = 256, q_chunk: int = 256):
-  """Memory-efficient softmax attention in plain JAX (any backend): queries in chunks of
-  q_chunk (a `lax.map`), each a `lax.scan` over key chunks of kv_chunk with a running max and
-  sum (online softmax), the scan body rematerialised, so neither the forward nor the backward
-  pass holds more than one [q_chunk, kv_chunk] score block per head, whatever the sequence
-  length. Masks as `dot_product_attention` (block layout and/or key validity). Queries and keys
-  are padded to multiples of their chunks (padding masked, padded queries dropped)."""
+  """Memory-efficient softmax attention in plain JAX (any backend), FlashAttention-2 style:
+  queries in chunks of q_chunk, each scanning key chunks of kv_chunk with a running max and sum
+  (online softmax). A `jax.custom_vjp` (`_flash`): the forward saves only the output and the
+  per-query log-sum-exp, and the backward recomputes the scores chunk by chunk, so neither pass
+  holds more than one [q_chunk, kv_chunk] score block per head besides O(S * H) inputs, outputs
+  and gradients, whatever the sequence length. Computed in float32, returned in the input dtype.
+  Masks as `dot_product_attention` (block layout and/or key validity); a query that sees no key
+  gets zeros (and passes no gradient). Queries and keys are padded to multiples of their chunks
+  (padding masked, padded queries dropped). Reverse mode only (no jvp)."""
   b, sq, n, h = q_BSNH.shape
   sk = k_BSNH.shape[1]
-  scale = (1.0 / h ** 0.5) if scale is None else scale
+  scale = (1.0 / h ** 0.5) if scale is None else float(scale)
   if block_causal is not None:
     q_blocks, kv_blocks = block_causal.q_ids(sq), block_causal.kv_ids(sk)
-  chunk = min(kv_chunk, sk)
-  pad = (-sk) % chunk
+  ck, cq = min(kv_chunk, sk), min(q_chunk, sq)
+  kpad, qpad = (-sk) % ck, (-sq) % cq
+  nkc, nqc = (sk + kpad) // ck, (sq + qpad) // cq
   valid = jnp.ones((b, sk), bool) if kv_valid is None else jnp.broadcast_to(
       kv_valid if kv_valid.ndim == 2 else kv_valid[None], (b, sk))
-  k = jnp.pad(k_BSNH, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  v = jnp.pad(v_BSNH, ((0, 0), (0, pad), (0, 0), (0, 0)))
-  valid = jnp.pad(valid, ((0, 0), (0, pad)))
-  kb = None if kv_blocks is None else jnp.pad(kv_blocks, (0, pad))
-  nc = (sk + pad) // chunk
-  ks = k.reshape(b, nc, chunk, n, h).swapaxes(0, 1)
-  vs = v.reshape(b, nc, chunk, n, h).swapaxes(0, 1)
-  valids = valid.reshape(b, nc, chunk).swapaxes(0, 1)
-  kbs = None if kb is None else kb.reshape(nc, chunk)
 
-  def attend(q, qb):
-    """q [B, Q, N, H] (scaled, float32), qb [Q] or None -> out [B, N, Q, H]."""
-    nq = q.shape[1]
+  def chunks(x, pad, nc, c):  # [B, S, ...] -> [nc, B, c, ...], zero-padded
+    x = jnp.pad(x, ((0, 0), (0, pad)) + ((0, 0),) * (x.ndim - 2))
+    return x.reshape(b, nc, c, *x.shape[2:]).swapaxes(0, 1)
 
-    @jax.checkpoint
+  qs, ks, vs = chunks(q_BSNH, qpad, nqc, cq), chunks(k_BSNH, kpad, nkc, ck), chunks(
+      v_BSNH, kpad, nkc, ck)
+  valids = chunks(valid, kpad, nkc, ck)  # padded keys: invalid
+  qbs = kbs = None
+  if q_blocks is not None:
+    # padded queries see no key (block -1): their rows are zeros, and are dropped
+    qbs = jnp.pad(q_blocks, (0, qpad), constant_values=-1).reshape(nqc, cq)
+    kbs = jnp.pad(kv_blocks, (0, kpad)).reshape(nkc, ck)
+  out = _flash(scale, qs, ks, vs, valids, qbs, kbs)  # [nqc, B, cq, N, H] float32
+  return out.swapaxes(0, 1).reshape(b, nqc * cq, n, h)[:, :sq].astype(q_BSNH.dtype)
+
+
+def _chunk_mask(valid, qb, kb):
+  """valid [B, K], qb [Q] or None, kb [K] or None -> mask [B, 1, Q, K] (or [B, 1, 1, K])."""
+  mask = valid[:, None, None, :]
+  if kb is not None:
+    mask = mask & (kb[None, None, None, :] <= qb[None, None, :, None])
+  return mask
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(scale, qs, ks, vs, valids, qbs, kbs):
+  """The chunked attention proper, on chunk-major inputs: qs [nqc, B, cq, N, H], ks and vs
+  [nkc, B, ck, N, H] (any float dtype), valids [nkc, B, ck] bool, qbs [nqc, cq] and kbs
+  [nkc, ck] int block ids (or both None) -> out [nqc, B, cq, N, H] float32."""
+  return _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs)[0]
+
+
+def _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs):
+  _, b, cq, n, h = qs.shape
+
+  def attend(xs):
+    """One query chunk against every key chunk: -> out [B, cq, N, H], lse [B, N, cq]."""
+    q, qb = xs
+    q = q.astype(jnp.float32) * scale
+
     def body(carry, xs):
       m, l, acc = carry
-      kc, vc, ok, kbc = xs
+      kc, vc, ok, kb = xs
       s = jnp.einsum("bqnh,bknh->bnqk", q, kc.astype(jnp.float32))
-      mask = ok[:, None, None, :]
-      if kbc is not None:
-        mask = mask & (kbc[None, None, None, :] <= qb[None, None, :, None])
-      s = jnp.where(mask, s, -jnp.inf)
-      m_new = jnp.maximum(m, s.max(-1))
+      mask = _chunk_mask(ok, qb, kb)
+      m_new = jnp.maximum(m, jnp.where(mask, s, -jnp.inf).max(-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      p = jnp.where(mask, jnp.exp(s - m_safe[..., None]), 0.0)
+      p = jnp.exp(jnp.where(mask, s - m_safe[..., None], -jnp.inf))
       corr = jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - m_safe) * jnp.isfinite(m)
       l = l * corr + p.sum(-1)
       acc = acc * corr[..., None] + jnp.einsum("bnqk,bknh->bnqh", p, vc.astype(jnp.float32))
       return (m_new, l, acc), None
 
-    init = (jnp.full((b, n, nq), -jnp.inf), jnp.zeros((b, n, nq)), jnp.zeros((b, n, nq, h)))
-    (_, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs))
-    return acc / jnp.maximum(l, 1e-30)[..., None]
+    init = (jnp.full((b, n, cq), -jnp.inf), jnp.zeros((b, n, cq)), jnp.zeros((b, n, cq, h)))
+    (m, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs))
+    seen = l > 0  # False for a query that sees no key: output 0, and lse 0 (never used)
+    out = acc / jnp.where(seen, l, 1.0)[..., None]
+    lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(jnp.where(seen, l, 1.0)),
+                    0.0)
+    return out.transpose(0, 2, 1, 3), lse
 
-  q = q_BSNH.astype(jnp.float32) * scale
-  if sq <= q_chunk:
-    out = attend(q, q_blocks)
-  else:
-    qpad = (-sq) % q_chunk
-    nqc = (sq + qpad) // q_chunk
-    qs = jnp.pad(q, ((0, 0), (0, qpad), (0, 0), (0, 0))).reshape(b, nqc, q_chunk, n, h)
-    qbs = None if q_blocks is None else jnp.pad(q_blocks, (0, qpad),
-                                                constant_values=-1).reshape(nqc, q_chunk)
-    # padded queries see no key (block -1): their rows are zeros, and are dropped
-    outs = jax.lax.map(lambda xs: attend(xs[0], xs[1]), (qs.swapaxes(0, 1), qbs))
-    out = outs.transpose(1, 2, 0, 3, 4).reshape(b, n, nqc * q_chunk, h)[:, :, :sq]
-  return out.transpose(0, 2, 1, 3).astype(q_BSNH.dtype)
+  out, lse = jax.lax.map(attend, (qs, qbs))
+  return out, (qs, ks, vs, valids, qbs, kbs, out, lse)
+
+
+def _flash_bwd(scale, res, g):
+  """Recomputes each [cq, ck] probability block from q, k and the saved log-sum-exp:
+  P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - D) with D = rowsum(dO * O),
+  dQ += scale dS K, dK += scale dS^T Q. Key chunks outside (carrying dQ, updated in place),
+  query chunks inside (carrying the key chunk's dK and dV)."""
+  qs, ks, vs, valids, qbs, kbs, out, lse = res
+  nqc, b, cq, n, h = qs.shape
+  g = g.astype(jnp.float32)
+  d = jnp.einsum("cbqnh,cbqnh->cbnq", g, out)  # D [nqc, B, N, cq]
+
+  def kv_step(dq, xs):
+    kc, vc, ok, kb = xs
+    kc, vc = kc.astype(jnp.float32), vc.astype(jnp.float32)
+
+    def q_step(carry, xs):
+      dk, dv, dq = carry
+      i, q, do, lse_i, d_i, qb = xs
+      q = q.astype(jnp.float32) * scale
+      s = jnp.einsum("bqnh,bknh->bnqk", q, kc)
+      p = jnp.exp(jnp.where(_chunk_mask(ok, qb, kb), s - lse_i[..., None], -jnp.inf))
+      dv = dv + jnp.einsum("bnqk,bqnh->bknh", p, do)
+      ds = p * (jnp.einsum("bqnh,bknh->bnqk", do, vc) - d_i[..., None])
+      dk = dk + jnp.einsum("bnqk,bqnh->bknh", ds, q)  # q is scaled: dK = scale dS^T Q
+      dq = jax.lax.dynamic_update_index_in_dim(
+          dq, dq[i] + scale * jnp.einsum("bnqk,bknh->bqnh", ds, kc), i, 0)
+      return (dk, dv, dq), None
+
+    zeros = jnp.zeros(kc.shape, jnp.float32)
+    (dk, dv, dq), _ = jax.lax.scan(q_step, (zeros, zeros, dq),
+                                   (jnp.arange(nqc), qs, g, lse, d, qbs))
+    return dq, (dk.astype(ks.dtype), dv.astype(vs.dtype))
+
+  dq, (dk, dv) = jax.lax.scan(kv_step, jnp.zeros(qs.shape, jnp.float32),
+                              (ks, vs, valids, kbs))
+  return dq.astype(qs.dtype), dk, dv, None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # The attention kernels, one entry each (config.choices.AttentionImpl lists their names for

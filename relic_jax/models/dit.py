@@ -73,6 +73,7 @@ class DiTConfig:
   block_frames: int = 3
   first_block_frames: int = 1  # block-causal: frame 0 (the image latent) is a block of its own
   attention_impl: str = "xla"
+  cache_attention_impl: str = ""  # attention over the KV cache ("": attention_impl)
   dtype: str = "float32"
   param_dtype: str = "float32"
   scan_layers: bool = True
@@ -149,8 +150,9 @@ class SelfAttention(nn.Module):
     # Keys/values are gathered over the context axis: every query shard sees all keys.
     k = nn.with_logical_constraint(k, ("batch", None, "act_kv_heads", None))
     v = nn.with_logical_constraint(v, ("batch", None, "act_kv_heads", None))
+    impl = c.attention_impl if cache is None else (c.cache_attention_impl or c.attention_impl)
     out = attn_lib.dot_product_attention(
-        q, k, v, impl=c.attention_impl,
+        q, k, v, impl=impl,
         scale=rope_lib.yarn_attention_scale(c.yarn_factor) / (c.head_dim ** 0.5),
         block_causal=None if cache is not None else self.block_causal, kv_valid=kv_valid)
     out = nn.with_logical_constraint(out, ("batch", "act_len", "act_heads", None))

@@ -170,8 +170,18 @@ def splash_attention(q_BSNH, k_BSNH, v_BSNH, *, scale: float | None = None,
 
   sq_pad = _round_up(sq, LANE * q_shards)
   skv_pad, h_pad = _round_up(skv, LANE), _round_up(h, LANE)
-  kernel = make_kernel(sq, skv, sq_pad, skv_pad, n, block_causal, head_shards=head_shards,
-                       q_seq_shards=q_shards, interpret=interpret)
+  kernel_seq_axes = seq_axes
+  if block_causal is None and skv == skv_pad and q_shards > 1:
+    # Every query sees every key, wherever it sits: each query shard runs the same kernel of
+    # its local length (JAX's mask processing fails on a full mask split over query shards,
+    # e.g. the text cross-attention under context parallelism).
+    local = sq_pad // q_shards
+    kernel = make_kernel(local, skv, local, skv_pad, n, None, head_shards=head_shards,
+                         interpret=interpret)
+    kernel_seq_axes = None
+  else:
+    kernel = make_kernel(sq, skv, sq_pad, skv_pad, n, block_causal, head_shards=head_shards,
+                         q_seq_shards=q_shards, interpret=interpret)
 
   dtype = q_BSNH.dtype
   q = (q_BSNH.astype(jnp.float32) * scale).astype(dtype)
@@ -183,7 +193,8 @@ def splash_attention(q_BSNH, k_BSNH, v_BSNH, *, scale: float | None = None,
     out = _attend(kernel, q, k, v)
   else:
     # The kernel's mask tables are split like the (head, query-sequence) grid of the shards.
-    kernel_spec = kernel.manual_sharding_spec(NamedSharding(mesh, P(head_axes, seq_axes)))
+    kernel_spec = kernel.manual_sharding_spec(NamedSharding(mesh, P(head_axes,
+                                                                     kernel_seq_axes)))
     q_spec = P(batch_axes, seq_axes, head_axes, None)
     kv_spec = P(batch_axes, None, head_axes, None)  # full-length keys/values on every shard
     # check_vma=False: the kernel's pallas_call does not declare how its outputs vary over the
