@@ -176,3 +176,39 @@ def test_splash_builds_the_tpu_kernel_for_a_tpu_mesh_not_the_hosts_interpreter()
   cpu_mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("fsdp",))
   with jax.set_mesh(cpu_mesh):
     assert splash.target_platform() == "cpu"
+
+
+# ------------------------------------------------------------------ the device suite
+
+SUITE = os.path.join(REPO, "relic_jax", "bench", "device_suite.sh")
+SUITE_PARTS = ("small_train_full", "big_train_full", "big_train_dots", "big_streaming",
+               "small_distill_memory")
+
+
+def test_the_device_suite_script_parses():
+  import subprocess
+  r = subprocess.run(["bash", "-n", SUITE], capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
+def test_the_device_suite_reports_every_part_in_one_json_line(tmp_path):
+  """A dry run on this CPU (tiny configs) under a 75 s budget: the parts that fit report
+  their benchmark's JSON, a part cut by its limit reports why, the rest are skipped; one
+  JSON line either way."""
+  import subprocess
+  import sys
+  env = {**os.environ, "SUITE_DRY": "1", "SUITE_BUDGET_S": "75", "PY": sys.executable,
+         "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run(["bash", SUITE, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  suite = json.loads(r.stdout.strip().splitlines()[-1])
+  with open(tmp_path / "suite.json") as f:
+    assert json.load(f) == suite
+  assert suite["dry"] and suite["device"] == "cpu" and suite["wall_s"] <= 120
+  assert set(SUITE_PARTS) <= set(suite)
+  first = suite["small_train_full"]
+  assert first.get("loss_finite") or "failed" in first
+  assert any("skipped" in suite[p] or "failed" in suite[p] for p in SUITE_PARTS)
