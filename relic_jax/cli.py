@@ -58,9 +58,10 @@ flags.DEFINE_string("text", None, "generate: the caption (default: the episode's
 flags.DEFINE_string("topology", None, "compile: the TPU or GPU topology compiled for "
                     "(v5p-64, v6e-32, h100x8, h100x32, ...; relic_jax/bench/aot.py TOPOLOGIES).")
 flags.DEFINE_string("stage", "teacher", "compile: the stage whose step is compiled (teacher, "
-                    "ode_init, distill).")
-flags.DEFINE_integer("latent_frames", None, "compile: the teacher's clip or the distillation "
-                     "rollout's length in latent frames (default: the config's).")
+                    "ode_init, distill, stream).")
+flags.DEFINE_integer("latent_frames", None, "compile: the teacher's clip, the distillation "
+                     "rollout's or the streaming cache's length in latent frames (default: the "
+                     "config's).")
 
 # The errors a stage reports as `relic: error: ...` (exit 2): a wrong config, file or input.
 USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError,
@@ -106,7 +107,7 @@ def _sweep(argv):
 
 
 def _compile(argv):
-  """`relic compile --config=... --topology=NAME [--stage=teacher|ode_init|distill]
+  """`relic compile --config=... --topology=NAME [--stage=teacher|ode_init|distill|stream]
   [--latent_frames=N] [--out=FILE]`: the stage's step compiled for the topology on this host
   (relic_jax/bench/aot.py); the report's JSON is the last line printed. Exit 4 when it does
   not fit."""

@@ -418,8 +418,8 @@ _STAGES = (
           "is done and resuming what was cut", None, dirs=("pipeline",), options=("until",),
           workdir=WorkdirUse.REQUIRED,
           produces="every stage's outputs; <workdir>/pipeline: a done-marker per stage"),
-    Stage("compile", "the --stage's step (teacher, ode_init, distill) compiled ahead of time "
-          "for a TPU or GPU --topology on this host: peak memory per device against HBM, "
+    Stage("compile", "the --stage's step (teacher, ode_init, distill, stream) compiled ahead "
+          "of time for a TPU or GPU --topology on this host: peak memory per device against HBM, "
           "FLOPs, compile time (--latent_frames, --out)", None, takes_config=False,
           produces="a JSON report (the last line; --out=FILE)"),
     Stage("sweep", "`relic sweep experiments/sweeps/<name>.py [--workdir=DIR]`: the "

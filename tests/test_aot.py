@@ -212,3 +212,20 @@ def test_the_device_suite_reports_every_part_in_one_json_line(tmp_path):
   first = suite["small_train_full"]
   assert first.get("loss_finite") or "failed" in first
   assert any("skipped" in suite[p] or "failed" in suite[p] for p in SUITE_PARTS)
+
+
+def test_a_streaming_block_compiles_with_the_cache_split_by_head():
+  cfg = _tiny()
+  cfg.mesh.shape = {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
+  r = aot.compile_stage(cfg, _local(2 ** 40), "stream", latent_frames=40, devs=jax.devices())
+  assert r["fits"] and r["batch_size"] == 1 and r["latent_frames"] == 40
+  _check_parts(r)
+  from relic_jax.inference import streaming as st
+  spec = st.spec_from_config(aot.stage_config(cfg, "stream", 40))
+  assert r["kv_bytes"] == spec.cache.kv_bytes() and r["max_fps"] > 0
+  fp8 = _tiny()
+  fp8.mesh.shape = cfg.mesh.shape
+  fp8.memory.kv_dtype = "float8_e4m3fn"
+  small = aot.compile_stage(fp8, _local(2 ** 40), "stream", latent_frames=40,
+                            devs=jax.devices())
+  assert small["kv_bytes"] < r["kv_bytes"]

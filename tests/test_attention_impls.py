@@ -332,3 +332,73 @@ def test_chunked_gradient_memory_is_linear_in_sequence():
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(a, a, a).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < 4 * (3 * s * 2 * 64 * 4), temp
+
+
+def _cache_case():
+  """A KV cache 10% full, as the streaming student reads it: [pooled memory (a filled prefix),
+  window (ring: its first frames filled), the block's own keys (all valid)] of 64 queries; batch
+  row 1 has less memory than row 0."""
+  mem, win, blk = 256, 64, 64
+  q, k, v = _qkv(2, blk, mem + win + blk, 2, 16, seed=11)
+  pos = jnp.arange(mem + win + blk)
+  fill = jnp.array([24, 9])[:, None]  # memory slots filled per row
+  valid = jnp.where(pos < mem, pos < fill,
+                    jnp.where(pos < mem + win, pos < mem + win // 2, True))
+  return (q, k, v), valid
+
+
+def test_chunked_skips_masked_chunks(monkeypatch):
+  """Masked (query chunk, key chunk) pairs run no attention work: the jaxpr branches with
+  `cond` on a per-pair flag, forward and backward; 8 of the cache's 12 key chunks (the empty
+  memory and window slots) are flagged dead (and a block-causal layout's pairs above the
+  diagonal); the results equal xla and those computed with nothing skipped; and the flag is
+  what decides (all flagged dead: zeros)."""
+  (q, k, v), valid = _cache_case()
+  w = jax.random.normal(jax.random.key(5), q.shape)
+
+  def grads(impl):
+    def f(q, k, v):
+      if impl == "chunked":
+        out = attn_lib.chunked_attention(q, k, v, kv_valid=valid, kv_chunk=32, q_chunk=32)
+      else:
+        out = attn_lib.dot_product_attention(q, k, v, impl="xla", kv_valid=valid)
+      return jnp.sum(w * out), out
+    return jax.jit(jax.value_and_grad(f, (0, 1, 2), has_aux=True))
+
+  fwd_jaxpr = str(jax.make_jaxpr(lambda *a: attn_lib.chunked_attention(
+      *a, kv_valid=valid, kv_chunk=32, q_chunk=32))(q, k, v))
+  bwd_jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(attn_lib.chunked_attention(
+      *a, kv_valid=valid, kv_chunk=32, q_chunk=32)), (0, 1, 2)))(q, k, v))
+  assert " cond[" in fwd_jaxpr and bwd_jaxpr.count(" cond[") >= 2  # forward, and backward
+
+  live = attn_lib._live_chunks(valid.reshape(2, 12, 32).swapaxes(0, 1), None, None)
+  np.testing.assert_array_equal(live[0], jnp.isin(jnp.arange(12), jnp.array([0, 8, 10, 11])))
+  (_, ref), ref_grads = grads("xla")(q, k, v)
+  (_, out), out_grads = grads("chunked")(q, k, v)
+  np.testing.assert_allclose(out, ref, atol=2e-6)
+  for a, b in zip(out_grads, ref_grads):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+  real = attn_lib._live_chunks
+  monkeypatch.setattr(attn_lib, "_live_chunks", lambda *a: jnp.ones_like(real(*a)))
+  (_, full), full_grads = grads("chunked")(q, k, v)  # nothing skipped: the same numbers
+  np.testing.assert_allclose(out, full, atol=1e-6, rtol=1e-6)
+  for a, b in zip(out_grads, full_grads):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+  monkeypatch.setattr(attn_lib, "_live_chunks", lambda *a: jnp.zeros_like(real(*a)))
+  (_, none), none_grads = grads("chunked")(q, k, v)  # everything skipped: no work, zeros
+  np.testing.assert_array_equal(none, 0)
+  assert all(not np.asarray(g).any() for g in none_grads)
+  monkeypatch.undo()
+
+  # block ids: with 8-token chunks, a key chunk whose blocks are all above a query chunk's
+  (q, k, v), kw, _ = _chunked_case("block_causal")
+  layout = kw["block_causal"]
+  qbs = jnp.pad(layout.q_ids(45), (0, 3), constant_values=-1).reshape(6, 8)
+  kbs = jnp.pad(layout.kv_ids(45), (0, 3)).reshape(6, 8)
+  valids = jnp.broadcast_to((jnp.arange(48) < 45).reshape(6, 1, 8), (6, 2, 8))
+  live = attn_lib._live_chunks(valids, qbs, kbs)
+  expect = ((kbs[None, :, None, :] <= qbs[:, None, :, None]) & valids[None, :, 0, None, :]).any(
+      (2, 3))
+  np.testing.assert_array_equal(live, expect)
+  assert 0 < int(live.sum()) < live.size

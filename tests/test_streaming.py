@@ -419,3 +419,31 @@ def test_the_kernels_that_take_a_key_mask_are_the_configs():
   from relic_jax.config.choices import AttentionImpl
   from relic_jax.models.attention import KERNELS
   assert set(AttentionImpl.with_key_mask()) == {k for k, v in KERNELS.items() if v.key_mask}
+
+
+def test_a_sharded_session_equals_one_device(tiny_params):
+  """Session(mesh=...) on the 8 test devices, RELIC's layout: the batch over data x fsdp = 4,
+  the heads (and the KV cache) over tensor = 2, params FSDP; the blocks equal one device's,
+  the cache stays split by head, and the step compiles once."""
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+  from relic_jax.inference.session import Session
+  from relic_jax.parallel import mesh as mesh_lib
+  cfg = session_config()
+  cfg.mesh.shape = {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
+  mesh = mesh_lib.make_mesh(cfg.mesh)
+  one, many = Session(cfg, tiny_params, batch=4), Session(cfg, tiny_params, batch=4, mesh=mesh)
+  text = np.broadcast_to(text_embedding(), (4, 8, 32))
+  s1, _ = one.start(text, latent=start_latent(4))
+  s8, _ = many.start(text, latent=start_latent(4))
+  for a in walk(3):
+    s1, o1 = one.step(s1, np.broadcast_to(a, (4, 12, 13)))
+    s8, o8 = many.step(s8, np.broadcast_to(a, (4, 12, 13)))
+    np.testing.assert_allclose(np.asarray(o8["latents"]), np.asarray(o1["latents"]), atol=2e-5)
+  cache = s8.stream.cache
+  by_head = NamedSharding(mesh, P(None, ("data", "fsdp"), None, "tensor", None))
+  for x in (cache.win_k, cache.win_v, cache.mem_k, cache.mem_v):
+    assert x.sharding.is_equivalent_to(by_head, x.ndim), x.sharding
+  assert many.traces == 1
+  qkv = many.params["blocks"]["self_attn"]["q"]["kernel"]  # [layers, embed, heads]
+  assert qkv.sharding.is_equivalent_to(NamedSharding(mesh, P(None, "fsdp", "tensor")), 3)

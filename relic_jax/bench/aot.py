@@ -4,6 +4,9 @@ host (no accelerator needed), and whether it fits.
   relic compile --config=experiments/relic_14b.py --topology=v5p-64 --stage=teacher \
       [--latent_frames=81] [--out=compile.json]
 
+--stage=stream compiles one block of a streaming session (`Session(mesh=...)`: the KV cache
+split by head) whose cache holds --latent_frames (config.memory.max_frames).
+
 The step is the one training runs (the teacher's and ODE init's `trainer` step, distillation's
 rollout + DMD + critic step), lowered for abstract arguments that carry the shardings the
 config's mesh gives them on the topology's devices, then compiled by that platform's compiler:
@@ -26,7 +29,9 @@ import os
 import re
 import time
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import topologies
@@ -35,8 +40,10 @@ from relic_jax.config import ConfigError, validate
 from relic_jax.inference import streaming as st
 from relic_jax.memory import kv_cache as kv_lib
 from relic_jax.models import flops as flops_lib
+from relic_jax.models import dit as dit_lib
 from relic_jax.models.dit import DiTConfig
 from relic_jax.parallel import mesh as mesh_lib
+from relic_jax.parallel.sharding import abstract_params
 from relic_jax.training import distill as distill_lib
 from relic_jax.training import ode_init as ode_lib
 from relic_jax.training import self_forcing as sf
@@ -98,7 +105,7 @@ TOPOLOGIES = {t.name: t for t in (
     _gpu("h100x32", 4, 8, "h100_sxm", 85_520_809_984, 989e12),
     _gpu("h200x8", 1, 8, "h200_sxm", 150_754_820_096, 989e12),
 )}
-STAGES = ("teacher", "ode_init", "distill")
+STAGES = ("teacher", "ode_init", "distill", "stream")
 
 
 def topology(name: str) -> Topology:
@@ -151,6 +158,8 @@ def stage_config(cfg: ml_collections.ConfigDict, stage: str,
       out.data.latent_frames = int(latent_frames)
     elif stage == "ode_init":
       out = ode_lib.stage_config(out)
+    elif stage == "stream" and latent_frames:
+      out.memory.max_frames = int(latent_frames)
     elif stage == "distill" and latent_frames:
       blocks, rest = divmod(int(latent_frames) - m.first_block_frames, m.block_frames)
       if blocks < 1 or rest:
@@ -200,6 +209,42 @@ def step_and_args(cfg: ml_collections.ConfigDict, stage: str, mesh, rules):
   return step, args, b * model, b * recompute, {
       "batch_size": b, "latent_frames": spec.latent_frames, "blocks": blocks,
       "backprop": cfg.distill.backprop}
+
+
+def stream_step(cfg, mesh, rules):
+  """(jitted step (state, params, actions) -> (state, latents) with the Session's shardings,
+  abstract arguments, model FLOPs of one block, description): one streaming block of a
+  session (batch 1) whose cache holds config.memory.max_frames, as `Session(mesh=...)` runs it
+  (not donated: a session's earlier states stay usable)."""
+  spec = st.spec_from_config(cfg)
+  params = abstract_params(dit_lib.init_fn(cfg), mesh, rules)
+  d, c = cfg.data, spec.dit
+  text = (jax.ShapeDtypeStruct((1, d.text_len), jnp.int32) if c.text_encoder == "bytes" else
+          jax.ShapeDtypeStruct((1, d.text_len, c.text_dim), jnp.float32))
+  latent0 = jax.ShapeDtypeStruct((1, 1, *spec.latent_hw, c.in_channels), jnp.float32)
+  rng = jax.random.key(0)  # concrete, outside the (maybe compile-only) mesh
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = jax.eval_shape(lambda p, l0, t: st.start(p, spec, l0, t, rng), params, latent0, text)
+  shardings = st.state_shardings(spec, mesh, rules, 1, len(text.shape))
+  state = _abstract(state, shardings)
+  actions = jax.ShapeDtypeStruct((1, spec.video_frames_per_block, st.ACTION_DIM), jnp.float32,
+                                 sharding=mesh_lib.replicated(mesh))
+  params_sh = jax.tree.map(lambda a: a.sharding, params)
+
+  def step(state, params, actions):
+    return st.step(params, spec, state, actions)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    jitted = jax.jit(step, in_shardings=(shardings, params_sh, actions.sharding),
+                     out_shardings=(shardings, mesh_lib.replicated(mesh)))
+  written = cfg.memory.max_frames - spec.block_frames
+  flops = (len(spec.sigmas) + 1) * flops_lib.block_forward_flops(
+      c, spec.block_frames, spec.cache.tokens_per_frame,
+      kv_lib.attended_tokens(spec.cache, written), d.text_len)
+  return jitted, (state, params, actions), flops, {
+      "batch_size": 1, "latent_frames": int(cfg.memory.max_frames),
+      "memory_mode": cfg.memory.mode, "kv_dtype": cfg.memory.kv_dtype,
+      "kv_bytes": spec.cache.kv_bytes(), "video_frames_per_block": spec.video_frames_per_block}
 
 
 def _frames(cfg, stage: str) -> int:
@@ -264,6 +309,11 @@ def _recompute(cfg, forward: float) -> float:
 
 
 def _advice(stage: str) -> str:
+  if stage == "stream":
+    return ("a larger config.mesh.shape tensor axis (heads, and the KV cache by head, over "
+            "more devices); config.memory.kv_dtype='float8_e4m3fn' (half a bf16 cache); "
+            "config.model.cache_attention_impl='chunked'; config.model.param_dtype="
+            "'bfloat16'; a shorter --latent_frames (config.memory.max_frames)")
   knobs = ["a larger config.mesh.shape fsdp axis (params, gradients and optimizer state per "
            "device fall with it)",
            "config.mesh.shape context > 1 (context parallelism: activations per device fall "
@@ -299,7 +349,12 @@ def compile_stage(cfg: ml_collections.ConfigDict, topo: Topology, stage: str,
   except (ConfigError, distill_lib.DistillError) as e:
     raise CompileError(f"{cfg.name} on {topo.name} ({len(devs)} devices): {e}") from e
   rules = mesh_lib.rules(run.mesh)
-  step, args, model_flops, recompute_flops, what = step_and_args(run, stage, mesh, rules)
+  jitted = None
+  if stage == "stream":
+    jitted, args, model_flops, what = stream_step(run, mesh, rules)
+    recompute_flops = 0.0
+  else:
+    step, args, model_flops, recompute_flops, what = step_and_args(run, stage, mesh, rules)
   report = {"config": cfg.name, "topology": topo.name, "platform": topo.platform,
             "devices": len(devs), "device_kind": devs[0].device_kind, "stage": stage,
             "mesh": {k: int(v) for k, v in mesh.shape.items()},
@@ -312,9 +367,16 @@ def compile_stage(cfg: ml_collections.ConfigDict, topo: Topology, stage: str,
   executed = (model_flops + recompute_flops) / len(devs)
   report["mfu_bound"] = model_flops / (model_flops + recompute_flops)
   report["min_step_s"] = executed / topo.peak_flops
+  if stage == "stream":
+    block_s = report["min_step_s"]
+    report["max_fps"] = what["video_frames_per_block"] / block_s if block_s else None
   t0 = time.time()
   try:
-    compiled = compile_step(step, mesh, rules, args)
+    if jitted is not None:
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        compiled = jitted.lower(*args).compile()
+    else:
+      compiled = compile_step(step, mesh, rules, args)
   except Exception as e:  # the TPU compiler refuses a program that does not fit
     msg = " ".join(str(e).split())
     if not _OOM.search(msg):

@@ -39,12 +39,7 @@ STUDENT_STAGES = ("distill", "ode_init", "teacher")
 TRAIN_FIRST = "train first, or point --workdir at a run that saved one."
 
 
-def dit_init(cfg: ml_collections.ConfigDict):
-  """rng -> the DiT's boxed initial params, for cfg's model and clip size."""
-  d = cfg.data
-  return functools.partial(dit_lib.init_params, dit_lib.DiTConfig.from_config(cfg.model),
-                           clip=(d.latent_frames, d.latent_height, d.latent_width),
-                           text_len=d.text_len)
+dit_init = dit_lib.init_fn  # rng -> the DiT's boxed initial params for a config
 
 
 def _restore(cfg, run_dir: str, init_fn, model_config: dict, key: str = "params",

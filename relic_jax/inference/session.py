@@ -7,9 +7,11 @@ config.memory.max_frames latent frames. States are immutable: a step that fails 
 a full cache) leaves the state it was given usable.
 """
 
+import contextlib
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,7 +20,10 @@ import numpy as np
 from data_pipeline.loader import tokenize_caption
 from relic_jax.config import choices
 from relic_jax.inference import streaming as st
+from relic_jax.parallel import mesh as mesh_lib
+from relic_jax.parallel.sharding import abstract_params
 from relic_jax.memory import kv_cache as kv_lib
+from relic_jax.models import dit as dit_lib
 from relic_jax.models import tiny_decoder as tiny_lib
 from relic_jax.models import vae as vae_lib
 from relic_jax.models.vae import to_uint8, to_unit
@@ -82,15 +87,42 @@ class Session:
   """A generator with its params; one per model/mode, any number of states."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, params, decoder: Decoder | None = None,
-               mode: str | None = None, max_frames: int | None = None, batch: int = 1):
+               mode: str | None = None, max_frames: int | None = None, batch: int = 1,
+               mesh=None):
+    """mesh: run sharded (RELIC's layout): params as the config's rules lay them out (FSDP
+    over embed, heads and FFN over tensor), the KV cache by head, the model's activations per
+    its logical constraints (sequence over context, heads over tensor); None: one device."""
     self.spec = st.spec_from_config(cfg, mode, max_frames)
-    self.cfg, self.params, self.decoder, self.batch = cfg, params, decoder, batch
+    self.cfg, self.decoder, self.batch, self.mesh = cfg, decoder, batch, mesh
+    self.rules = mesh_lib.rules(cfg.mesh) if mesh is not None else None
+    self._state_sh = None
+    if mesh is not None:
+      layout = abstract_params(dit_lib.init_fn(cfg), mesh, self.rules)
+      params = jax.device_put(params, jax.tree.map(lambda a: a.sharding, layout))
+      text_ndim = 2 if self.spec.dit.text_encoder == "bytes" else 3
+      self._state_sh = st.state_shardings(self.spec, mesh, self.rules, batch, text_ndim)
+    self.params = params
     self.traces = 0  # how many times the step was traced (= compiled), for tests and benchmarks
     self._start = jax.jit(self._start_fn)
     self._step = jax.jit(self._step_fn)
 
+  def _context(self):
+    """The mesh and its logical rules around a call (the model's sharding constraints)."""
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    return stack
+
+  def _pin(self, stream):
+    """The session state in its layout (the same at every step: compiled once)."""
+    if self._state_sh is None:
+      return stream
+    return jax.lax.with_sharding_constraint(stream, self._state_sh)
+
   def _start_fn(self, params, dparams, latent0, text, rng):
-    stream = st.start(params, self.spec, latent0, text, rng)
+    stream = self._pin(st.start(params, self.spec, latent0, text, rng))
     dec, video = None, None
     if self.decoder is not None:
       dec, video = self.decoder.decode(
@@ -100,6 +132,7 @@ class Session:
   def _step_fn(self, params, dparams, stream, dec, actions):
     self.traces += 1
     stream, latents = st.step(params, self.spec, stream, actions)
+    stream = self._pin(stream)
     video = None
     if self.decoder is not None:
       dec, video = self.decoder.decode(dparams, dec, latents, False)
@@ -134,8 +167,9 @@ class Session:
     if latent.shape != want:
       raise ValueError(f"the image latent is {latent.shape}, expected {want}; the model works "
                        f"on {self.spec.latent_hw} latents (config.data.latent_height/width)")
-    stream, dec, video = self._start(self.params, self._dparams, latent,
-                                     self.text_input(text), jax.random.key(seed))
+    with self._context():
+      stream, dec, video = self._start(self.params, self._dparams, latent,
+                                       self.text_input(text), jax.random.key(seed))
     return SessionState(stream, dec, 1), (None if video is None else to_uint8(video))
 
   def step(self, state: SessionState, actions):
@@ -143,8 +177,9 @@ class Session:
     "video" (uint8 [B, 4 * block_frames, H, W, 3] if decoding)})."""
     a = st.check_actions(self.spec, actions, self.batch)
     kv_lib.check_capacity(self.spec.cache, state.frames + self.spec.block_frames)
-    stream, dec, latents, video = self._step(self.params, self._dparams, state.stream,
-                                             state.decoder_cache, jnp.asarray(a))
+    with self._context():
+      stream, dec, latents, video = self._step(self.params, self._dparams, state.stream,
+                                               state.decoder_cache, jnp.asarray(a))
     out = {"latents": latents}
     if video is not None:
       out["video"] = to_uint8(video)

@@ -17,11 +17,16 @@ a session of any length up to the cache's capacity compiles once.
 
 import dataclasses
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import struct
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from relic_jax.diffusion import flow_matching as fm
 from relic_jax.inference import camera
@@ -84,6 +89,35 @@ class StreamState:
   text: jax.Array    # [B, L] byte tokens or [B, L, text_dim] embeddings
   rng: jax.Array
   action_scale: jax.Array  # [B] metres per action unit, to integrate each session's poses
+
+
+def _split(mesh, logical: str, dim: int):
+  """The mesh axes `logical` maps to under the rules in context, if they divide dim (else
+  None: replicated)."""
+  axes = nn.logical_to_mesh_axes((logical,))[0]
+  axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+  while axes and dim % math.prod(mesh.shape[a] for a in axes):
+    axes = axes[:-1]
+  return axes or None
+
+
+def state_shardings(spec: StreamSpec, mesh, rules, batch: int, text_ndim: int) -> StreamState:
+  """NamedShardings of a session's state on mesh: the KV cache by head (the heads over the
+  axes of the logical "act_kv_heads", RELIC's layout) and by batch, everything else by batch
+  or replicated."""
+  n = spec.cache.num_heads
+  with nn.logical_axis_rules(rules):
+    b, h = _split(mesh, "batch", batch), _split(mesh, "act_kv_heads", n)
+  named = lambda *axes: NamedSharding(mesh, P(*axes))
+  rep = named()
+  kv = named(None, b, None, h, None)                       # [L, B, S, N, H]
+  scale = named(None, None, b, None, h) if spec.cache.quantized else rep  # [2, L, B, S, N]
+  cache = kv_lib.KVCache(win_k=kv, win_v=kv, win_scale=scale, win_frame=rep, mem_k=kv,
+                         mem_v=kv, mem_scale=scale, mem_pos=rep, mem_len=rep, frames=rep,
+                         dropped=rep)
+  return StreamState(cache=cache, camera=named(b, None, None),
+                     text=named(b, *([None] * (text_ndim - 1))), rng=rep,
+                     action_scale=named(b))
 
 
 def apply_cached(params, spec: StreamSpec, state: StreamState, x, t, t_offset, actions, poses,

@@ -96,7 +96,14 @@ def chunked_attention(q_BSNH, k_BSNH, v_BSNH, *, scale=None, block_causal=None, 
   and gradients, whatever the sequence length. Computed in float32, returned in the input dtype.
   Masks as `dot_product_attention` (block layout and/or key validity); a query that sees no key
   gets zeros (and passes no gradient). Queries and keys are padded to multiples of their chunks
-  (padding masked, padded queries dropped). Reverse mode only (no jvp)."""
+  (padding masked, padded queries dropped). Reverse mode only (no jvp).
+
+  Masked work is skipped: a (query chunk, key chunk) pair in which no query sees any key (every
+  key of the chunk invalid in every batch row, or the block ids of all its keys above those of
+  all its queries) runs no score, softmax or matmul, forward or backward (`jax.lax.cond`, a
+  run-time branch), so attention over a KV cache of fixed capacity costs what its filled part
+  costs. The skip is decided for the whole batch: a chunk that one row sees is computed for
+  all (under `jax.vmap` the branch becomes a select and everything is computed)."""
   b, sq, n, h = q_BSNH.shape
   sk = k_BSNH.shape[1]
   scale = (1.0 / h ** 0.5) if scale is None else float(scale)
@@ -120,7 +127,8 @@ def chunked_attention(q_BSNH, k_BSNH, v_BSNH, *, scale=None, block_causal=None, 
     # padded queries see no key (block -1): their rows are zeros, and are dropped
     qbs = jnp.pad(q_blocks, (0, qpad), constant_values=-1).reshape(nqc, cq)
     kbs = jnp.pad(kv_blocks, (0, kpad)).reshape(nkc, ck)
-  out = _flash(scale, qs, ks, vs, valids, qbs, kbs)  # [nqc, B, cq, N, H] float32
+  live = _live_chunks(valids, qbs, kbs)  # [nqc, nkc]
+  out = _flash(scale, qs, ks, vs, valids, qbs, kbs, live)  # [nqc, B, cq, N, H] float32
   return out.swapaxes(0, 1).reshape(b, nqc * cq, n, h)[:, :sq].astype(q_BSNH.dtype)
 
 
@@ -132,23 +140,40 @@ def _chunk_mask(valid, qb, kb):
   return mask
 
 
+def _live_chunks(valids, qbs, kbs):
+  """Which (query chunk, key chunk) pairs hold a visible (query, key) pair for some batch row:
+  valids [nkc, B, ck], qbs [nqc, cq] and kbs [nkc, ck] (or None) -> bool [nqc, nkc]. From
+  per-chunk reductions only: a key chunk lives if one of its keys is valid, and then for a
+  query chunk if its smallest valid key block is <= the chunk's largest query block (exact for
+  the block ids: that key is seen by that query)."""
+  key_ok = valids.any(1)  # [nkc, ck]: valid in some batch row
+  live = key_ok.any(-1)[None, :]  # [1, nkc]
+  if qbs is None:
+    return jnp.broadcast_to(live, (1, key_ok.shape[0]))
+  big = jnp.iinfo(kbs.dtype).max
+  kb_min = jnp.where(key_ok, kbs, big).min(-1)  # [nkc] (big if no valid key)
+  return live & (kb_min[None, :] <= qbs.max(-1)[:, None])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(scale, qs, ks, vs, valids, qbs, kbs):
+def _flash(scale, qs, ks, vs, valids, qbs, kbs, live):
   """The chunked attention proper, on chunk-major inputs: qs [nqc, B, cq, N, H], ks and vs
   [nkc, B, ck, N, H] (any float dtype), valids [nkc, B, ck] bool, qbs [nqc, cq] and kbs
-  [nkc, ck] int block ids (or both None) -> out [nqc, B, cq, N, H] float32."""
-  return _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs)[0]
+  [nkc, ck] int block ids (or both None), live [nqc or 1, nkc] bool (`_live_chunks`: pairs
+  that are False are skipped) -> out [nqc, B, cq, N, H] float32."""
+  return _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs, live)[0]
 
 
-def _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs):
-  _, b, cq, n, h = qs.shape
+def _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs, live):
+  nqc, b, cq, n, h = qs.shape
+  live = jnp.broadcast_to(live, (nqc, live.shape[1]))
 
   def attend(xs):
     """One query chunk against every key chunk: -> out [B, cq, N, H], lse [B, N, cq]."""
-    q, qb = xs
+    q, qb, live_q = xs
     q = q.astype(jnp.float32) * scale
 
-    def body(carry, xs):
+    def update(carry, xs):
       m, l, acc = carry
       kc, vc, ok, kb = xs
       s = jnp.einsum("bqnh,bknh->bnqk", q, kc.astype(jnp.float32))
@@ -159,55 +184,72 @@ def _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs):
       corr = jnp.exp(jnp.where(jnp.isfinite(m), m, 0.0) - m_safe) * jnp.isfinite(m)
       l = l * corr + p.sum(-1)
       acc = acc * corr[..., None] + jnp.einsum("bnqk,bknh->bnqh", p, vc.astype(jnp.float32))
-      return (m_new, l, acc), None
+      return m_new, l, acc
+
+    def body(carry, xs):
+      *xs, is_live = xs
+      # a masked chunk would leave m, l and acc as they are: skip it
+      return jax.lax.cond(is_live, update, lambda carry, _: carry, carry, xs), None
 
     init = (jnp.full((b, n, cq), -jnp.inf), jnp.zeros((b, n, cq)), jnp.zeros((b, n, cq, h)))
-    (m, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs))
+    (m, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs, live_q))
     seen = l > 0  # False for a query that sees no key: output 0, and lse 0 (never used)
     out = acc / jnp.where(seen, l, 1.0)[..., None]
     lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(jnp.where(seen, l, 1.0)),
                     0.0)
     return out.transpose(0, 2, 1, 3), lse
 
-  out, lse = jax.lax.map(attend, (qs, qbs))
-  return out, (qs, ks, vs, valids, qbs, kbs, out, lse)
+  out, lse = jax.lax.map(attend, (qs, qbs, live))
+  return out, (qs, ks, vs, valids, qbs, kbs, live, out, lse)
 
 
 def _flash_bwd(scale, res, g):
   """Recomputes each [cq, ck] probability block from q, k and the saved log-sum-exp:
   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P * (dP - D) with D = rowsum(dO * O),
   dQ += scale dS K, dK += scale dS^T Q. Key chunks outside (carrying dQ, updated in place),
-  query chunks inside (carrying the key chunk's dK and dV)."""
-  qs, ks, vs, valids, qbs, kbs, out, lse = res
+  query chunks inside (carrying the key chunk's dK and dV); masked pairs (live False) are
+  skipped."""
+  qs, ks, vs, valids, qbs, kbs, live, out, lse = res
   nqc, b, cq, n, h = qs.shape
   g = g.astype(jnp.float32)
   d = jnp.einsum("cbqnh,cbqnh->cbnq", g, out)  # D [nqc, B, N, cq]
 
-  def kv_step(dq, xs):
-    kc, vc, ok, kb = xs
+  def kv_chunk(dq, xs):
+    kc, vc, ok, kb, live_k = xs
     kc, vc = kc.astype(jnp.float32), vc.astype(jnp.float32)
 
-    def q_step(carry, xs):
-      dk, dv, dq = carry
-      i, q, do, lse_i, d_i, qb = xs
+    def update(carry, xs):
+      """-> dK, dV with this query chunk's share, and its dQ share [B, cq, N, H]."""
+      dk, dv = carry
+      q, do, lse_i, d_i, qb = xs
       q = q.astype(jnp.float32) * scale
       s = jnp.einsum("bqnh,bknh->bnqk", q, kc)
       p = jnp.exp(jnp.where(_chunk_mask(ok, qb, kb), s - lse_i[..., None], -jnp.inf))
       dv = dv + jnp.einsum("bnqk,bqnh->bknh", p, do)
       ds = p * (jnp.einsum("bqnh,bknh->bnqk", do, vc) - d_i[..., None])
       dk = dk + jnp.einsum("bnqk,bqnh->bknh", ds, q)  # q is scaled: dK = scale dS^T Q
-      dq = jax.lax.dynamic_update_index_in_dim(
-          dq, dq[i] + scale * jnp.einsum("bnqk,bknh->bqnh", ds, kc), i, 0)
+      return dk, dv, scale * jnp.einsum("bnqk,bknh->bqnh", ds, kc)
+
+    def skip(carry, _):
+      return *carry, jnp.zeros(qs.shape[1:], jnp.float32)
+
+    def q_step(carry, xs):
+      dk, dv, dq = carry
+      i, *xs, is_live = xs
+      dk, dv, dq_i = jax.lax.cond(is_live, update, skip, (dk, dv), xs)
+      # outside the cond: only the small share is a branch output, dQ is updated in place
+      dq = jax.lax.dynamic_update_index_in_dim(dq, dq[i] + dq_i, i, 0)
       return (dk, dv, dq), None
 
     zeros = jnp.zeros(kc.shape, jnp.float32)
     (dk, dv, dq), _ = jax.lax.scan(q_step, (zeros, zeros, dq),
-                                   (jnp.arange(nqc), qs, g, lse, d, qbs))
+                                   (jnp.arange(nqc), qs, g, lse, d, qbs, live_k))
     return dq, (dk.astype(ks.dtype), dv.astype(vs.dtype))
 
-  dq, (dk, dv) = jax.lax.scan(kv_step, jnp.zeros(qs.shape, jnp.float32),
-                              (ks, vs, valids, kbs))
-  return dq.astype(qs.dtype), dk, dv, None, None, None
+  live = jnp.broadcast_to(live, (nqc, live.shape[1]))
+  dq, (dk, dv) = jax.lax.scan(kv_chunk, jnp.zeros(qs.shape, jnp.float32),
+                              (ks, vs, valids, kbs, live.T))
+  return dq.astype(qs.dtype), dk, dv, None, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)

@@ -17,6 +17,7 @@ H head dim, L text tokens.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -435,6 +436,15 @@ def init_params(cfg: DiTConfig, rng, clip: tuple[int, int, int], text_len: int):
           jnp.zeros((1, text_len, cfg.text_dim), jnp.float32))
   return WanDiT(cfg).init(rng, latents, jnp.zeros((1, t), jnp.float32), text)["params"]
 
+
+
+
+def init_fn(cfg):
+  """rng -> the DiT's boxed initial params, for an experiment config's model and clip size."""
+  d = cfg.data
+  return functools.partial(init_params, DiTConfig.from_config(cfg.model),
+                           clip=(d.latent_frames, d.latent_height, d.latent_width),
+                           text_len=d.text_len)
 
 def unstack_blocks(params: dict, num_layers: int) -> dict:
   """Scanned params ("blocks" with a leading layer axis) -> per-layer "blocks_{i}" params."""

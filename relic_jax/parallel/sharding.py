@@ -11,8 +11,9 @@ import jax
 def abstract_params(init_fn: Callable[[jax.Array], Any], mesh: jax.sharding.Mesh, rules):
   """ShapeDtypeStructs carrying NamedShardings for the (unboxed) params init_fn(rng) returns;
   init_fn may return boxed (nn.Partitioned) leaves, the others are replicated."""
+  rng = jax.random.key(0)  # concrete, made outside the mesh (which may be compile-only)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init_fn, jax.random.key(0))
+    boxed = jax.eval_shape(init_fn, rng)
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       nn.meta.unbox(boxed), shardings)
