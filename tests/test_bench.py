@@ -102,11 +102,19 @@ STREAMING_KEYS = {"block_latency_s", "fps", "kv_bytes", "attended_tokens", "capa
 @pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
 def test_streaming(tmp_path):
   s = _bench("streaming", "--config=experiments/tiny.py", "--modes=relic,full",
-             "--horizons=16", "--blocks=1", out=str(tmp_path / "streaming.json"))
+             "--horizons=16", "--blocks=1", "--fills=0.1,1.0", out=str(tmp_path / "streaming.json"))
   for mode in ("relic", "full"):
     r = s[mode]["16"]
     assert STREAMING_KEYS <= set(r), sorted(r)
     assert r["block_latency_s"] > 0 and r["fps"] == pytest.approx(12 / r["block_latency_s"])
+    # one result per fill: 10% of 16 frames is frame 0 alone, the full fill leaves room for
+    # the warm-up and the timed block (16 - 2 * 3); the mode's figure is the full fill's
+    fills = s["fills"][mode]["16"]
+    assert set(fills) == {"0.1", "1.0"} and fills["1.0"] == r
+    assert [(fills[f]["fill"], fills[f]["filled_frames"]) for f in ("0.1", "1.0")] == [
+        (0.1, 1), (1.0, 10)]
+    assert all(STREAMING_KEYS <= set(f) and f["block_latency_s"] > 0 for f in fills.values())
+    assert fills["0.1"]["attended_tokens"] < fills["1.0"]["attended_tokens"]
   # 16 frames with a window of 6: relic pools what left the window, full keeps it all
   assert s["relic"]["16"]["kv_bytes"] < s["full"]["16"]["kv_bytes"]
   assert s["relic"]["16"]["attended_tokens"] < s["full"]["16"]["attended_tokens"]

@@ -84,6 +84,13 @@ def _round_up(n: int, m: int) -> int:
   return -(-n // m) * m
 
 
+def _granule(n: int) -> int:
+  """What a sequence of n tokens is padded to a multiple of: the lane width, or for long
+  sequences the largest tile, so the kernel's tiles stay large and its mask tables small (with
+  128-token tiles 123k tokens need ~2 MB of tables, over the TPU's 1 MiB of scalar memory)."""
+  return MAX_TILE if n >= 8 * MAX_TILE else LANE
+
+
 def _tile(n: int) -> int:
   """The largest of 512 / 256 / 128 that divides n (a multiple of 128)."""
   return next(t for t in (MAX_TILE, 256, LANE) if n % t == 0)
@@ -168,8 +175,8 @@ def splash_attention(q_BSNH, k_BSNH, v_BSNH, *, scale: float | None = None,
     batch_axes, head_axes = _dividing(mesh, batch_axes, b), _dividing(mesh, head_axes, n)
   q_shards, head_shards = _axis_size(mesh, seq_axes), _axis_size(mesh, head_axes)
 
-  sq_pad = _round_up(sq, LANE * q_shards)
-  skv_pad, h_pad = _round_up(skv, LANE), _round_up(h, LANE)
+  sq_pad = _round_up(sq, _granule(sq // q_shards) * q_shards)
+  skv_pad, h_pad = _round_up(skv, _granule(skv)), _round_up(h, LANE)
   kernel_seq_axes = seq_axes
   if block_causal is None and skv == skv_pad and q_shards > 1:
     # Every query sees every key, wherever it sits: each query shard runs the same kernel of
