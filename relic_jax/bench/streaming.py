@@ -21,7 +21,8 @@ H) is filled to f * H latent frames rounded to whole blocks after frame 0 (at le
 at most the full fill above), so the cost of a partly filled cache shows (the cache kernel
 may skip its empty slots: model.cache_attention_impl=chunked). result[mode][H] is the
 largest fill's measurement (the default, "1.0", is the full fill: the figures as before),
-result["fills"][mode][H][str(f)] each fill's.
+result["fills"][mode][H][str(f)] each fill's. Fills run from the smallest on one session, so
+only the first one's first_block_s (the warm-up block) includes compiling.
 The fill writes random keys/values through the real `kv_cache.write` (what is stored does not
 change the cost), so a 60 s horizon is measured without generating 60 s first. The params are
 random (speed does not depend on them).
