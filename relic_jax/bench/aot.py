@@ -170,11 +170,6 @@ def stage_config(cfg: ml_collections.ConfigDict, stage: str,
   return out
 
 
-def _abstract(tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      tree, shardings)
-
-
 def _abstract_batch(example: dict, batch_size: int, mesh, rules) -> dict:
   return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype,
                                   sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
@@ -201,7 +196,7 @@ def step_and_args(cfg: ml_collections.ConfigDict, stage: str, mesh, rules):
   example = jax.eval_shape(
       lambda: distill_lib.to_distill_batch(cfg, task.example_batch(1), blocks))
   b = cfg.distill.batch_size
-  args = (_abstract(abstract, shardings), _abstract(abstract.critic, shardings.critic),
+  args = (with_shardings(abstract, shardings), with_shardings(abstract.critic, shardings.critic),
           _abstract_batch(example, b, mesh, rules))
   spec = sf.spec_from_config(cfg, blocks)
   model, recompute = distill_flops(spec, cfg.data.text_len)
@@ -226,7 +221,7 @@ def stream_step(cfg, mesh, rules):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.eval_shape(lambda p, l0, t: st.start(p, spec, l0, t, rng), params, latent0, text)
   shardings = st.state_shardings(spec, mesh, rules, 1, len(text.shape))
-  state = _abstract(state, shardings)
+  state = with_shardings(state, shardings)
   actions = jax.ShapeDtypeStruct((1, spec.video_frames_per_block, st.ACTION_DIM), jnp.float32,
                                  sharding=mesh_lib.replicated(mesh))
   params_sh = jax.tree.map(lambda a: a.sharding, params)
