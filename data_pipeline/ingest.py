@@ -44,7 +44,6 @@ import json
 import os
 import warnings
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -52,6 +51,7 @@ from data_pipeline import poses as poses_lib
 from data_pipeline import shards as shards_lib
 from data_pipeline.doom import resize_frame
 from data_pipeline.episode import DataError, Episode, make_episode
+from data_pipeline.preview import pyav
 from data_pipeline.writer import write_dataset
 
 DATASET_JSON = "dataset.json"
@@ -168,7 +168,7 @@ def _find_frames(path: str) -> tuple[str, str | list[str]]:
 
 def _open_video(file: str):
   try:
-    container = av.open(file)
+    container = pyav().open(file)
   except Exception as e:  # av raises many FFmpeg error types
     raise DataError(f"{file} cannot be opened as a video ({e}). Fix: re-export it (e.g. H.264 "
                     "mp4) or give the frames as a directory of images.") from e
@@ -431,6 +431,7 @@ def _write_video(file: str, frames: np.ndarray, fps: float) -> None:
     raise DataError(f"{file}: frames of {frames.shape[1]}x{frames.shape[2]} cannot be stored "
                     "as a yuv420p video. Fix: use even sizes, or as_video=False.")
   rate = fractions.Fraction(fps).limit_denominator(1001)
+  av = pyav()
   with av.open(file, "w") as container:
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     stream = container.add_stream(codec, rate=rate)

@@ -14,7 +14,6 @@ import io
 import os
 import textwrap
 
-import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -111,7 +110,22 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
   return out
 
 
+class VideoUnavailable(DataError):
+  """PyAV (FFmpeg) is not installed, so no video can be written."""
+
+
+def pyav():
+  """PyAV, imported on first use: it loads FFmpeg, and most stages write no video."""
+  try:
+    import av  # noqa: PLC0415 (heavy; only when a video is read or written)
+  except ImportError as e:
+    raise VideoUnavailable(f"PyAV cannot be imported ({e}), so no video can be read or "
+                           "written. Fix: `pip install av` (a relic_jax dependency).") from e
+  return av
+
+
 def _codec() -> str:
+  av = pyav()
   for name in ("libx264", "mpeg4"):
     try:
       av.codec.Codec(name, "w")
@@ -155,6 +169,7 @@ def write_video(path: str, frames, fps: float, captions_per_frame=None, scale: i
   strip = 0 if lines is None else max(len(l) for l in lines) * line_h + 6
   out_w, out_h = sw + sw % 2, sh + strip + (sh + strip) % 2
 
+  av = pyav()
   codec = _codec()
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)

@@ -199,11 +199,14 @@ def _heldout_episodes(cfg, data_dir: str) -> list[tuple[str, np.ndarray, str]]:
 
 
 def _git_commit() -> str:
+  """HEAD of the checkout, or $RELIC_COMMIT where the code runs from a copy without .git (an
+  accelerator machine given the working tree)."""
   try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=pretrained.REPO_ROOT, timeout=10).stdout.strip() or "unknown"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=pretrained.REPO_ROOT, timeout=10).stdout.strip()
   except OSError:
-    return "unknown"
+    head = ""
+  return head or os.environ.get("RELIC_COMMIT", "") or "unknown"
 
 
 def _stage_seconds(workdir: str) -> dict:
