@@ -25,15 +25,18 @@ $(TEST_STAMP): $(STAMP)
 
 venv: $(STAMP)
 
-# The main job on its embedded default: the whole pipeline on the tiny config (data, pose
-# estimator, VAE, latent cache, teacher, ODE init, distillation, evaluation with videos).
+# The main job on its embedded default: RELIC's recipe at CPU scale, fine-tuning the shipped
+# base assets (assets/demo): data, pose estimator, the pretrained VAE (evaluated), latent
+# cache, teacher fine-tuned with actions and poses, ODE init, distillation, evaluation with
+# videos (experiments/demo.py; experiments/tiny.py is the from-scratch variant).
 demo: $(STAMP)
-	$(VENV)/bin/relic pipeline --config=experiments/tiny.py --workdir=$(WORKDIR)
+	$(VENV)/bin/relic pipeline --config=experiments/demo.py --workdir=$(WORKDIR)
 
 # The demo's pretrained base models (experiments/demo_assets.py): 244 ViZDoom episodes, the VAE
 # and its tiny decoder, the latent cache and the base DiT, exported with their SHA-256s and
-# held-out figures to assets/demo (docs/assets.md). Hours on 2 CPU cores; resumable: rerun it
-# after an interruption and it continues where it stopped.
+# held-out figures to assets/demo (docs/assets.md). About 5 hours on 2 CPU cores, 12.5 minutes
+# on one H200 (relic_jax/bench/device_assets.sh); resumable: rerun it after an interruption and
+# it continues where it stopped.
 ASSETS_WORKDIR ?= runs/assets
 assets: $(STAMP)
 	$(VENV)/bin/relic pipeline --config=experiments/demo_assets.py --workdir=$(ASSETS_WORKDIR) \

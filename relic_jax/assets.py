@@ -199,14 +199,15 @@ def _heldout_episodes(cfg, data_dir: str) -> list[tuple[str, np.ndarray, str]]:
 
 
 def _git_commit() -> str:
-  """HEAD of the checkout, or $RELIC_COMMIT where the code runs from a copy without .git (an
-  accelerator machine given the working tree)."""
+  """$RELIC_COMMIT if set (code run from a copy of the working tree, whose .git, if any, need
+  not be current: an accelerator machine's), else HEAD of the checkout."""
+  if os.environ.get("RELIC_COMMIT"):
+    return os.environ["RELIC_COMMIT"]
   try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=pretrained.REPO_ROOT, timeout=10).stdout.strip()
+    return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=pretrained.REPO_ROOT, timeout=10).stdout.strip() or "unknown"
   except OSError:
-    head = ""
-  return head or os.environ.get("RELIC_COMMIT", "") or "unknown"
+    return "unknown"
 
 
 def _stage_seconds(workdir: str) -> dict:
