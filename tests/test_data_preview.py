@@ -99,6 +99,14 @@ def test_write_video_reads_back(tmp_path):
     preview.write_video(path, frames, 17.5, captions[:3])
 
 
+def test_without_pyav_a_video_write_names_the_fix_and_writes_nothing(tmp_path, monkeypatch):
+  monkeypatch.setitem(__import__("sys").modules, "av", None)  # `import av` raises ImportError
+  path = tmp_path / "v.mp4"
+  with pytest.raises(preview.VideoUnavailable, match="pip install av"):
+    preview.write_video(str(path), np.zeros((3, 8, 8, 3), np.uint8), 10.0)
+  assert not os.listdir(tmp_path)
+
+
 def test_plot_trajectory_draws_something(tmp_path):
   poses, _ = out_and_back()
   rev = preview.find_revisits(poses)

@@ -39,3 +39,10 @@ def test_shipped_assets_reproduce_their_recorded_figures():
   r = assets_lib.check_shipped(demo_assets_config(), ROOT)
   for k in ("vae_psnr", "vae_ssim", "tiny_psnr", "dit_fm_loss"):
     assert r["now"][k] == pytest.approx(r["recorded"][k], rel=1e-4), k
+
+def test_the_recorded_commit_is_relic_commit_where_set(monkeypatch):
+  # an accelerator machine runs a copy of the working tree whose .git may be stale or absent
+  monkeypatch.setenv("RELIC_COMMIT", "0123abcd")
+  assert assets_lib._git_commit() == "0123abcd"
+  monkeypatch.delenv("RELIC_COMMIT")
+  assert assets_lib._git_commit() != "0123abcd"
