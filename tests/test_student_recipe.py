@@ -276,7 +276,7 @@ MEMORY_CHANGES = {"schedule": {"memory__schedule": (4,)}, "mode": {"memory__mode
 
 def test_memory_changes_the_ode_init_loss_and_not_inside_the_window(params):
   gen = params[0]
-  cfg = _small_cfg()
+  cfg = _with(_small_cfg(), ode_init__random_context=False)  # the longest clean context
   batch = _ode_batch(cfg)
   base = _ode_loss(cfg, gen, batch)
   for name, change in MEMORY_CHANGES.items():
@@ -289,6 +289,26 @@ def test_memory_changes_the_ode_init_loss_and_not_inside_the_window(params):
   for name, change in MEMORY_CHANGES.items():
     diff = abs(_ode_loss(_with(inside, **change), gen, batch) - base)
     assert diff <= 1e-6 * base, (name, diff, base)
+
+
+def test_random_context_trains_the_block_after_the_image(params):
+  """ode_init.random_context draws the clean context's length per step, so the first block
+  (what a session generates with only frame 0 before it) is sometimes the noised one and its
+  trajectory states reach the loss; with the fixed split they never do."""
+  gen = params[0]
+  cfg = _small_cfg()
+  batch = _ode_batch(cfg)
+  first = slice(1, 1 + cfg.model.block_frames)
+  moved = dict(batch, states=batch["states"].at[:, :, first].add(1.0))
+
+  def reads_first_block(c, key):
+    loss = jax.jit(oi.ODEInitTask(oi.stage_config(c)).loss_fn)
+    return float(loss(gen, moved, jax.random.key(key))) != float(loss(gen, batch,
+                                                                      jax.random.key(key)))
+
+  assert any(reads_first_block(cfg, k) for k in range(8))
+  fixed = _with(cfg, ode_init__random_context=False)
+  assert not any(reads_first_block(fixed, k) for k in range(8))
 
 
 def _dmd_grads(cfg, params, blocks):

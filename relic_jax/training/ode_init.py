@@ -15,11 +15,13 @@ ODE trajectories, with RELIC's hybrid forcing. In <workdir>/ode_init.
    from the teacher's): the student sees, for each block, the trajectory's state at a random
    one of its timesteps, and regresses the end point: mean squared error of its x0 prediction
    (x - sigma v) on the noised blocks. Hybrid forcing: of B = ode_init.blocks blocks, the first
-   B - K (K = ode_init.noisy_blocks) are clean (the trajectory's end point) and are written
-   into the student's KV cache at t = 0 exactly as generation writes them (the window, and the
-   memory pooled by config.memory's schedule); the last K are noised and run one after another
-   against the cache, each then cached as it was seen (noisy), so attention is block-causal
-   throughout and the loss is taken on the K noised blocks.
+   C are clean (the trajectory's end point) and are written into the student's KV cache at
+   t = 0 exactly as generation writes them (the window, and the memory pooled by
+   config.memory's schedule); the next K = ode_init.noisy_blocks are noised and run one after
+   another against the cache, each then cached as it was seen (noisy), so attention is
+   block-causal throughout and the loss is taken on the K noised blocks. C is B - K, or, with
+   ode_init.random_context (the default), drawn per step from 0..B - K, so that the blocks a
+   session generates first, right after the image, are regressed too.
 """
 
 import glob
@@ -261,7 +263,12 @@ class ODEInitTask(TeacherTask):
     x0, states, text = batch["x0"], batch["states"], batch["text"]
     actions, poses = batch["actions"], _poses44(batch["poses"])
     b = x0.shape[0]
-    n_clean = o.blocks - o.noisy_blocks
+    n_max = o.blocks - o.noisy_blocks
+    ctx_rng, rng = jax.random.split(rng)
+    # hybrid forcing: n_clean clean blocks, then noisy_blocks noised ones; with random_context
+    # n_clean is drawn per step from 0..n_max, so the blocks right after the image (which a
+    # session generates first, with nothing but frame 0 before them) are trained too
+    n_clean = jax.random.randint(ctx_rng, (), 0, n_max + 1) if o.random_context else n_max
 
     def block(j):
       """Block j's latent frames and its video frames (actions, poses)."""
@@ -269,25 +276,27 @@ class ODEInitTask(TeacherTask):
               slice(1 + j * bf * k4, 1 + (j + 1) * bf * k4))
 
     state = st.start(params, spec, x0[:, :1], text, rng)
-    for j in range(n_clean):  # clean context, cached as generation caches it
-      lat, vid = block(j)
-      state = st.commit(params, spec, state, x0[:, lat], actions[:, vid], poses[:, vid])
-    steps = jax.random.randint(rng, (b, o.noisy_blocks), 0, len(spec.sigmas))
-    losses = []
-    for i, j in enumerate(range(n_clean, o.blocks)):  # noised blocks, block-causally
+    steps = jax.random.randint(rng, (b, o.blocks), 0, len(spec.sigmas))
+    total = jnp.zeros((), jnp.float32)
+    # every block runs block-causally against the cache: a clean one at t = 0 (cached as
+    # generation caches a finished block), a noised one at its trajectory state (cached as
+    # seen); the blocks after the noised ones run clean and count nothing
+    for j in range(o.blocks):
       lat, vid = block(j)
       a, pose_in = actions[:, vid], camera.pose_features(poses[:, vid])
-      k = steps[:, i]
-      x = jnp.take_along_axis(states[:, :, lat], k[:, None, None, None, None, None],
-                              axis=1)[:, 0]
-      sigma = self.sigmas[k]
+      k = steps[:, j]
+      noisy = jnp.logical_and(j >= n_clean, j < n_clean + o.noisy_blocks)
+      x_t = jnp.take_along_axis(states[:, :, lat], k[:, None, None, None, None, None],
+                                axis=1)[:, 0]
+      sigma = jnp.where(noisy, self.sigmas[k], 0.0)
+      x = jnp.where(noisy, x_t, x0[:, lat])
       t = jnp.broadcast_to(sigma[:, None] * fm.NUM_TRAIN_TIMESTEPS, (b, bf))
       v, (kk, vv) = st.apply_cached(params, spec, state, x, t, state.cache.frames, a, pose_in,
                                     False)
       pred = x - sigma[:, None, None, None, None] * v
-      losses.append(jnp.mean(jnp.square(pred - x0[:, lat])))
+      total = total + jnp.where(noisy, jnp.mean(jnp.square(pred - x0[:, lat])), 0.0)
       state = state.replace(cache=kv_lib.write(state.cache, spec.cache, kk, vv))
-    return jnp.mean(jnp.stack(losses))
+    return total / o.noisy_blocks
 
 
 def ode_init(cfg: ml_collections.ConfigDict, workdir: str, teacher=None, progress: bool = False):
