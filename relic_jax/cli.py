@@ -72,18 +72,25 @@ USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, D
 
 def _pipeline(cfg, workdir, until=None):
   """`relic pipeline [--until=STAGE]`: every pipeline stage in order (relic_jax/pipeline.py),
-  or those up to STAGE, then a summary."""
+  or those up to STAGE, then a summary. The pose estimator serves only the evaluation, so a
+  pipeline stopped before `evaluate` (`make assets`: --until=train_teacher) skips it."""
   order = list(pipeline.PIPELINE_STAGES)
   if until is not None and until not in order:
     raise PipelineError(f"--until={until} is not a pipeline stage. Fix: use one of "
                         f"{', '.join(order)}.")
-  chosen = order[:order.index(until) + 1] if until else None
+  chosen = None
+  if until:
+    chosen = order[:order.index(until) + 1]
+    if "evaluate" not in chosen:
+      chosen = [s for s in chosen if s != "pose_estimator" or s == until]
   r = pipeline.run_pipeline(cfg, workdir, stages=chosen, progress=cfg.train.progress_bar)
   res = r["results"]
   print("[relic] pipeline stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["stages"].items()))
-  if r["metrics"] is not None:
-    with open(os.path.join(res, "metrics.md")) as f:
-      print(f.read())
+  if r["metrics"] is None:
+    print(f"[relic] pipeline done in {r['seconds'] / 60:.1f} min (stopped after {until}).")
+    return
+  with open(os.path.join(res, "metrics.md")) as f:
+    print(f.read())
   print(f"[relic] pipeline done in {r['seconds'] / 60:.1f} min. Results in {res}: metrics.json "
         f"and metrics.md, videos/*.mp4 (relic | window_sink | window | truth), "
         f"plots/*.png; details per case in details.json")

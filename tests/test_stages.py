@@ -206,3 +206,22 @@ def test_a_stage_run_alone_derives_its_config_as_in_the_pipeline(tmp_path, capsy
   assert (run_cfg.data.source, run_cfg.model.action_dim) == ("latents", 13)
   assert ("[relic] train_teacher runs with data.source='latents', model.action_dim=13"
           in capsys.readouterr().out)
+
+
+def test_a_pipeline_stopped_before_evaluate_skips_the_pose_estimator(monkeypatch, capsys):
+  # the pose estimator serves only the evaluation (`make assets` stops at train_teacher)
+  seen = []
+
+  def fake_run(cfg, workdir, stages=None, progress=True):
+    seen.append(stages)
+    return {"metrics": None, "results": "", "stages": {}, "seconds": 0.0}
+
+  monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+  cfg = get_base_config()
+  cli._pipeline(cfg, "w", until="train_teacher")
+  cli._pipeline(cfg, "w", until="pose_estimator")
+  cli._pipeline(cfg, "w", until="evaluate")
+  assert seen[0] == ["data", "train_vae", "encode", "train_teacher"]
+  assert seen[1] == ["data", "pose_estimator"]
+  assert "pose_estimator" in seen[2] and seen[2][-1] == "evaluate"
+  assert "stopped after train_teacher" in capsys.readouterr().out
