@@ -1,7 +1,10 @@
 """relic_14b: the Wan 2.1 T2V 14B backbone RELIC fine-tunes (dim 5120, FFN 13824, 40 heads,
 40 layers): wan_1_3b's recipe (bf16, full remat, umT5 text, RELIC's curriculum, the student's
-ODE init of 7 blocks and rollouts of 7, 13 and 26 blocks) with the 14B dims, FSDP x tensor
-parallel.
+ODE init of 7 blocks and rollouts of 7, 13 and 26 blocks) with the 14B dims, laid out to fit a
+v5p-64 at every stage (docs/scale.md: `relic compile` on a CPU host): params, EMA and Adam
+state sharded over fsdp x context (all 32 chips), each clip's tokens over its context group of
+4, splash attention, the cache's chunked kernel, block inputs offloaded to host memory between
+forward and backward, the student's KV cache in bf16.
 
 Clip: 21 latent frames of 60x104 (5 s at 480x832). RELIC's horizon curriculum
 (train.horizon_curriculum) extends this to 10 s (41 latent frames) and 20 s (81), with YaRN
@@ -10,6 +13,7 @@ a v5p-64 / 32+ H100s. On a small machine only abstract shapes run (the model_sta
 """
 
 from relic_jax.config import parent_config
+from relic_jax.config.base import DEFAULT_RULES
 
 
 def get_config():
@@ -17,8 +21,20 @@ def get_config():
   c.name = "relic_14b"
   m = c.model
   m.dim, m.ffn_dim, m.num_heads, m.num_layers = 5120, 13824, 40, 40
-  c.mesh.shape = {"data": 1, "fsdp": -1, "context": 1, "tensor": 8}
-  c.train.batch_size = 32
+  # measured on a v5p-64 (relic compile, peak per chip of 95.74 GiB; docs/scale.md): the
+  # teacher at 81 latent frames (20 s), batch 16, 65.3 GiB (batch 32: 102.9, too much; at 41
+  # frames batch 32 fits in 66.3); ODE init (22 latent frames, batch 8) 74.2 GiB; distillation
+  # with the 20 s replayed rollout (26 blocks, 79 latent frames, batch 8) 93.9 GiB
+  c.mesh.shape = {"data": 1, "fsdp": -1, "context": 4, "tensor": 1}
+  c.mesh.rules = tuple((axis, ("fsdp", "context")) if axis == "embed" else (axis, mesh_axes)
+                       for axis, mesh_axes in DEFAULT_RULES)
+  m.attention_impl = "splash"
+  m.cache_attention_impl = "chunked"
+  m.remat_policy = "offload_block_input"
+  c.memory.kv_dtype = "bfloat16"
+  c.train.batch_size = 16
+  c.ode_init.train.batch_size = 8
+  c.distill.batch_size = 8
   c.train.steps = 10000      # without the curriculum; with it, each phase has its own steps
   c.train.checkpoint_every = 250
   return c
