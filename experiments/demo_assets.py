@@ -16,7 +16,8 @@ conditioned, no actions or poses yet), 128 wide, 4 layers: 1.4M params.
 Stages (`make assets`): data -> train_vae (+ its tiny decoder) -> encode -> train_teacher
 (the base DiT, a horizon curriculum of 4, 7 and 13 latent frames), then `relic export-assets`
 writes them in Wan's diffusers layout (bf16 safetensors) with their SHA-256 into assets/demo.
-Hardware: 2 CPU cores, a few hours (README); resumable at every stage.
+Hardware: about 5 hours on 2 CPU cores, 12.5 minutes on one H200 (the shipped assets:
+relic_jax/bench/device_assets.sh, docs/assets.md); resumable at every stage.
 """
 
 from relic_jax.config import get_base_config
