@@ -46,3 +46,14 @@ def test_the_recorded_commit_is_relic_commit_where_set(monkeypatch):
   assert assets_lib._git_commit() == "0123abcd"
   monkeypatch.delenv("RELIC_COMMIT")
   assert assets_lib._git_commit() != "0123abcd"
+
+
+def test_the_manifest_names_the_config_overrides():
+  # the assets record how their config differed from the file (--config.* overrides)
+  cfg = assets_lib.parent_config(os.path.join(REPO, "experiments", "demo_assets.py"),
+                                 "demo_assets")
+  assert assets_lib.config_overrides(cfg, "experiments/demo_assets.py") == {}
+  cfg.vae.init_from = "assets/demo"
+  cfg.train.batch_size = 64
+  assert assets_lib.config_overrides(cfg, "experiments/demo_assets.py") == {
+      "train.batch_size": 64, "vae.init_from": "assets/demo"}
