@@ -35,7 +35,7 @@ from data_pipeline import clips as clips_lib
 from data_pipeline import doom, shards
 from data_pipeline.generate import dataset_dir, episode_plan
 from relic_jax.config.base import parent_config
-from relic_jax.config.derive import phase_config, phases
+from relic_jax.config.derive import flatten_config, phase_config, phases
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.inference import loading
 from relic_jax.io_utils import sha256_file, write_json_atomic
@@ -211,24 +211,16 @@ def _git_commit() -> str:
     return "unknown"
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = json.loads(json.dumps(v, default=str))  # tuples as lists
-  return out
-
-
 def config_overrides(cfg: ml_collections.ConfigDict, config_path: str) -> dict:
   """{field: value} where the run's config differs from its file's: the --config.* overrides
   the assets were made with (e.g. a reused VAE, --config.vae.init_from=assets/demo)."""
   path = config_path if os.path.isabs(config_path) else os.path.join(pretrained.REPO_ROOT,
                                                                      config_path)
-  base = _flat(parent_config(path, os.path.splitext(os.path.basename(path))[0]).to_dict())
-  run = _flat(cfg.to_dict())
-  return {k: v for k, v in sorted(run.items()) if base.get(k, object()) != v}
+  def fields(c):  # tuples as lists, as the manifest's JSON holds them
+    return {k: json.loads(json.dumps(v, default=str)) for k, v in flatten_config(c).items()}
+
+  base = fields(parent_config(path, os.path.splitext(os.path.basename(path))[0]))
+  return {k: v for k, v in sorted(fields(cfg).items()) if base.get(k, object()) != v}
 
 
 def _stage_seconds(workdir: str) -> dict:
