@@ -12,8 +12,7 @@ on the temporal RoPE (factors 41/21 and 81/21). Hardware: the paper trains on 32
 a v5p-64 / 32+ H100s. On a small machine only abstract shapes run (the model_stats benchmark).
 """
 
-from relic_jax.config import parent_config
-from relic_jax.config.base import DEFAULT_RULES
+from relic_jax.config import DEFAULT_RULES, parent_config
 
 
 def get_config():

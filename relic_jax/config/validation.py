@@ -331,7 +331,7 @@ def validate_student(cfg: ml_collections.ConfigDict) -> None:
   if not isinstance(d.same_exit_across_blocks, bool):
     _fail("distill.same_exit_across_blocks", d.same_exit_across_blocks,
           "must be True or False", "use True (Self-Forcing) or False")
-  if not isinstance(o.get("random_context", True), bool):
+  if not isinstance(o.random_context, bool):
     _fail("ode_init.random_context", o.random_context, "must be True or False",
           "use True (every block position trained) or False (always the longest context)")
   if not (_is_int(o.blocks) and _is_int(o.noisy_blocks) and 1 <= o.noisy_blocks <= o.blocks):
