@@ -34,10 +34,9 @@ def get_config():
   d.heldout_episodes = 4
   d.cache_clip_stride = 12
   d.text_len = 96                  # the caption's first 96 bytes: light, level and colours
-  d.encode_batch_size = 64
   g = d.gen
   g.wads = ("freedoom1", "freedoom2")
-  g.num_episodes = 480
+  g.num_episodes = 240
   g.heldout_map_episodes = 4
   g.episodes_per_shard = 8
   # the VAE: Wan's causal 3D-conv architecture, narrower and with 2 downsamplings
@@ -59,12 +58,12 @@ def get_config():
   m.action_dim = m.pose_dim = 0
   m.yarn_original_frames = 13      # the longest horizon it is trained on
   t = c.train
-  t.batch_size = 32
-  t.lr, t.warmup_steps, t.min_lr_ratio = 8e-4, 300, 0.1
+  t.batch_size = 8
+  t.lr, t.warmup_steps, t.min_lr_ratio = 5e-4, 200, 0.1
   t.text_dropout = 0.1             # an unconditional branch, for CFG after fine-tuning
   t.ema_decay = 0.999
   t.checkpoint_every, t.log_every = 250, 50
-  t.horizon_curriculum = ((4, 2500), (7, 2500), (13, 4000))
+  t.horizon_curriculum = ((4, 6000), (7, 2000), (13, 1000))
   # nothing after the teacher reads more than 13 latent frames
   c.ode_init.blocks = 4
   c.distill.rollout_curriculum = ((2, 1), (4, 1))

@@ -34,6 +34,7 @@ from PIL import Image
 from data_pipeline import clips as clips_lib
 from data_pipeline import doom, shards
 from data_pipeline.generate import dataset_dir, episode_plan
+from relic_jax import checkpoint
 from relic_jax.config.base import parent_config
 from relic_jax.config.derive import flatten_config, phase_config, phases
 from relic_jax.evaluation import metrics as img_metrics
@@ -251,6 +252,12 @@ def export_assets(cfg: ml_collections.ConfigDict, workdir: str, out: str,
   vae, vae_params = loading.load_vae(cfg, workdir)
   tiny, tiny_params = loading.load_tiny_decoder(cfg, workdir)
   last = phase_config(cfg, len(phases(cfg)) - 1)
+  step = checkpoint.latest_step(w.teacher)
+  if step is not None and step < last.train.steps:
+    raise AssetsError(
+        f"the teacher's last phase in {w.teacher} stopped at step {step} of "
+        f"{last.train.steps}: its params are not the asset run's. Fix: finish it (rerun "
+        f"`make assets`, or `relic train_teacher` with this config and workdir), then export.")
   key = "ema_params" if cfg.train.ema_decay > 0 else "params"
   dit_params = loading.load_dit_params(base_config(last), w.teacher, key)
   with open(w.latent_stats) as f:

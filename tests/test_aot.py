@@ -185,9 +185,11 @@ SUITE_PARTS = ("small_train_full", "big_train_full", "big_train_dots", "big_stre
                "small_distill_memory")
 
 
-def test_the_device_suite_script_parses():
+@pytest.mark.parametrize("script", ["device_suite.sh", "device_assets.sh", "device_dit_sweep.sh"])
+def test_the_device_scripts_parse(script):
   import subprocess
-  r = subprocess.run(["bash", "-n", SUITE], capture_output=True, text=True)
+  r = subprocess.run(["bash", "-n", os.path.join(REPO, "relic_jax", "bench", script)],
+                     capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
 
 

@@ -83,3 +83,14 @@ def test_an_altered_or_extra_file_is_named(exported, tmp_path):
   open(os.path.join(copy, "vae", "extra.bin"), "w").close()
   with pytest.raises(assets_lib.AssetsError, match="extra.bin is not in"):
     assets_lib.verify(copy)
+
+
+def test_an_unfinished_teacher_is_not_exported(exported, tmp_path):
+  # a run cut during the teacher's last phase keeps a checkpoint of it: exporting that would
+  # ship params of a schedule stopped midway under the run's name
+  cfg, work, _, _ = exported
+  longer = cfg.copy_and_resolve_references()
+  longer.train.steps = cfg.train.steps + 2
+  with pytest.raises(assets_lib.AssetsError, match=r"stopped at step 2 of 4.*Fix: finish it"):
+    assets_lib.export_assets(longer, work, str(tmp_path / "assets"), clips_per_episode=2)
+  assert not os.path.exists(tmp_path / "assets")
