@@ -100,10 +100,11 @@ def chunked_attention(q_BSNH, k_BSNH, v_BSNH, *, scale=None, block_causal=None, 
 
   Masked work is skipped: a (query chunk, key chunk) pair in which no query sees any key (every
   key of the chunk invalid in every batch row, or the block ids of all its keys above those of
-  all its queries) runs no score, softmax or matmul, forward or backward (`jax.lax.cond`, a
-  run-time branch), so attention over a KV cache of fixed capacity costs what its filled part
-  costs. The skip is decided for the whole batch: a chunk that one row sees is computed for
-  all (under `jax.vmap` the branch becomes a select and everything is computed)."""
+  all its queries) runs no score, softmax or matmul, forward or backward (the forward loops
+  over each query chunk's live key chunks only, the backward branches with `jax.lax.cond`), so
+  attention over a KV cache of fixed capacity costs what its filled part costs. The skip is
+  decided for the whole batch: a chunk that one row sees is computed for all (under
+  `jax.vmap` the loop runs to the longest row's count and the branch becomes a select)."""
   b, sq, n, h = q_BSNH.shape
   sk = k_BSNH.shape[1]
   scale = (1.0 / h ** 0.5) if scale is None else float(scale)
@@ -186,13 +187,21 @@ def _flash_fwd(scale, qs, ks, vs, valids, qbs, kbs, live):
       acc = acc * corr[..., None] + jnp.einsum("bnqk,bknh->bnqh", p, vc.astype(jnp.float32))
       return m_new, l, acc
 
-    def body(carry, xs):
-      *xs, is_live = xs
-      # a masked chunk would leave m, l and acc as they are: skip it
-      return jax.lax.cond(is_live, update, lambda carry, _: carry, carry, xs), None
+    # A masked chunk would leave m, l and acc as they are: the loop visits only the live key
+    # chunks, in order. A loop of run-time length (a while loop) rather than a scan over
+    # every chunk with a `lax.cond`: under `jax.checkpoint` in a scanned layer stack (the
+    # models' remat), JAX's partial evaluation of a cond inside a scan saved the scores and
+    # masks of every (query chunk, key chunk) pair as residuals, one full [S, S] score matrix
+    # per head (docs/scale.md); a while loop has no per-iteration residuals to save.
+    order = jnp.nonzero(live_q, size=live_q.shape[0], fill_value=0)[0]
+
+    def body(j, carry):
+      i = order[j]
+      take = lambda x: None if x is None else jax.lax.dynamic_index_in_dim(x, i, 0, False)
+      return update(carry, (take(ks), take(vs), take(valids), take(kbs)))
 
     init = (jnp.full((b, n, cq), -jnp.inf), jnp.zeros((b, n, cq)), jnp.zeros((b, n, cq, h)))
-    (m, l, acc), _ = jax.lax.scan(body, init, (ks, vs, valids, kbs, live_q))
+    m, l, acc = jax.lax.fori_loop(0, live_q.sum(), body, init)
     seen = l > 0  # False for a query that sees no key: output 0, and lse 0 (never used)
     out = acc / jnp.where(seen, l, 1.0)[..., None]
     lse = jnp.where(seen, jnp.where(jnp.isfinite(m), m, 0.0) + jnp.log(jnp.where(seen, l, 1.0)),
