@@ -17,7 +17,6 @@ a session of any length up to the cache's capacity compiles once.
 
 import dataclasses
 
-import math
 
 import flax.linen as nn
 import jax
@@ -32,6 +31,7 @@ from relic_jax.diffusion import flow_matching as fm
 from relic_jax.inference import camera
 from relic_jax.memory import kv_cache as kv_lib
 from relic_jax.models.dit import DiTConfig, WanDiT
+from relic_jax.parallel.mesh import dividing_axes
 
 ACTION_DIM = 13
 STATIC = 12  # the "static" action channel
@@ -94,11 +94,7 @@ class StreamState:
 def _split(mesh, logical: str, dim: int):
   """The mesh axes `logical` maps to under the rules in context, if they divide dim (else
   None: replicated)."""
-  axes = nn.logical_to_mesh_axes((logical,))[0]
-  axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
-  while axes and dim % math.prod(mesh.shape[a] for a in axes):
-    axes = axes[:-1]
-  return axes or None
+  return dividing_axes(mesh, nn.logical_to_mesh_axes((logical,))[0], dim)
 
 
 def state_shardings(spec: StreamSpec, mesh, rules, batch: int, text_ndim: int) -> StreamState:

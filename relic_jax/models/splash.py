@@ -34,8 +34,6 @@ How the model's attention is mapped onto the kernel:
   (a plain single-device call) the kernel is called directly.
 """
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -45,6 +43,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from relic_jax.models.block_causal import BlockCausal
+from relic_jax.parallel.mesh import axis_size, dividing_axes
 
 LANE = 128  # the kernel's tiles are multiples of the TPU lane width
 MAX_TILE = 512
@@ -94,22 +93,6 @@ def _granule(n: int) -> int:
 def _tile(n: int) -> int:
   """The largest of 512 / 256 / 128 that divides n (a multiple of 128)."""
   return next(t for t in (MAX_TILE, 256, LANE) if n % t == 0)
-
-
-def _axis_size(mesh, axes) -> int:
-  if axes is None:
-    return 1
-  axes = axes if isinstance(axes, tuple) else (axes,)
-  return math.prod(mesh.shape[a] for a in axes)
-
-
-def _dividing(mesh, axes, dim: int):
-  """The longest leading part of `axes` whose mesh size divides dim (None: replicate). shard_map
-  needs even splits; e.g. params are initialised with a batch of 1 under the training mesh."""
-  axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
-  while axes and dim % _axis_size(mesh, axes):
-    axes = axes[:-1]
-  return axes or None
 
 
 def make_kernel(q_len: int, kv_len: int, q_len_padded: int, kv_len_padded: int, num_heads: int,
@@ -172,8 +155,8 @@ def splash_attention(q_BSNH, k_BSNH, v_BSNH, *, scale: float | None = None,
   else:
     batch_axes, seq_axes, head_axes, _ = nn.logical_to_mesh_axes(
         ("batch", "act_len", "act_heads", None))
-    batch_axes, head_axes = _dividing(mesh, batch_axes, b), _dividing(mesh, head_axes, n)
-  q_shards, head_shards = _axis_size(mesh, seq_axes), _axis_size(mesh, head_axes)
+    batch_axes, head_axes = dividing_axes(mesh, batch_axes, b), dividing_axes(mesh, head_axes, n)
+  q_shards, head_shards = axis_size(mesh, seq_axes), axis_size(mesh, head_axes)
 
   sq_pad = _round_up(sq, _granule(sq // q_shards) * q_shards)
   skv_pad, h_pad = _round_up(skv, _granule(skv)), _round_up(h, LANE)

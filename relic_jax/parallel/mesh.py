@@ -5,6 +5,8 @@ The mesh has the axes ("data", "fsdp", "context", "tensor"), outermost first; on
 axes that model code names to these mesh axes.
 """
 
+import math
+
 import flax.linen as nn
 import jax
 from jax.experimental import mesh_utils
@@ -65,3 +67,21 @@ def global_batch(mesh: Mesh, rules_, local_batch):
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def axis_size(mesh, axes) -> int:
+  """The number of devices along mesh axes (one name, a tuple of names, or None: 1)."""
+  if axes is None:
+    return 1
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def dividing_axes(mesh, axes, dim: int):
+  """The longest leading part of `axes` (one name, a tuple, or None) whose mesh size divides
+  dim, None when no part does (replicate): shard_map and explicit shardings need even splits
+  (e.g. params are initialised with a batch of 1 under the training mesh)."""
+  axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+  while axes and dim % axis_size(mesh, axes):
+    axes = axes[:-1]
+  return axes or None
