@@ -324,6 +324,8 @@ def _advice(stage: str) -> str:
   return "; ".join(knobs)
 
 
+_GPU_TILING = re.compile(r"Couldn't find output tile sizes")
+GPU_FALLBACK_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|[Oo]ut of memory|exceeds? (the )?(HBM|memory)")
 
 
@@ -366,12 +368,24 @@ def compile_stage(cfg: ml_collections.ConfigDict, topo: Topology, stage: str,
     block_s = report["min_step_s"]
     report["max_fps"] = what["video_frames_per_block"] / block_s if block_s else None
   t0 = time.time()
-  try:
+
+  def build(options):
     if jitted is not None:
       with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        compiled = jitted.lower(*args).compile()
-    else:
-      compiled = compile_step(step, mesh, rules, args)
+        return jitted.lower(*args).compile(options)
+    return compile_step(step, mesh, rules, args, options)
+
+  try:
+    try:
+      compiled = build(None)
+    except Exception as e:
+      if not (topo.platform == "cuda" and _GPU_TILING.search(str(e))):
+        raise
+      # the GPU compiler (jax 0.10's) finds no Triton tiling for some small bf16 dots (the
+      # distillation step's time-embedding backward): compile them with cuBLAS instead
+      report["compiler_options"] = GPU_FALLBACK_OPTIONS
+      report["compiler_note"] = " ".join(str(e).split())[:300]
+      compiled = build(GPU_FALLBACK_OPTIONS)
   except Exception as e:  # the TPU compiler refuses a program that does not fit
     msg = " ".join(str(e).split())
     if not _OOM.search(msg):

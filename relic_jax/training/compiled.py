@@ -12,15 +12,16 @@ from absl import logging
 from relic_jax.parallel import mesh as mesh_lib
 
 
-def compile_step(step_fn, mesh, rules, abstract_args):
+def compile_step(step_fn, mesh, rules, abstract_args, compiler_options=None):
   """step_fn AOT-compiled for abstract_args (ShapeDtypeStruct trees with .sharding; the first
-  is the state): explicit in/out shardings, the state donated."""
+  is the state): explicit in/out shardings, the state donated; compiler_options are XLA's
+  debug options by name (e.g. {"xla_gpu_enable_triton_gemm": False})."""
   in_shardings = tuple(jax.tree.map(lambda a: a.sharding, x) for x in abstract_args)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     jitted = jax.jit(step_fn, in_shardings=in_shardings,
                      out_shardings=(in_shardings[0], mesh_lib.replicated(mesh)),
                      donate_argnums=(0,))
-    return jitted.lower(*abstract_args).compile()
+    return jitted.lower(*abstract_args).compile(compiler_options)
 
 
 def compiled_stats(compiled) -> dict:
