@@ -1,10 +1,11 @@
 """relic_14b: the Wan 2.1 T2V 14B backbone RELIC fine-tunes (dim 5120, FFN 13824, 40 heads,
-40 layers): wan_1_3b's recipe (bf16, full remat, umT5 text, RELIC's curriculum, the student's
-ODE init of 7 blocks and rollouts of 7, 13 and 26 blocks) with the 14B dims, laid out to fit a
-v5p-64 at every stage (docs/scale.md: `relic compile` on a CPU host): params, EMA and Adam
-state sharded over fsdp x context (all 32 chips), each clip's tokens over its context group of
-4, splash attention, the cache's chunked kernel, block inputs offloaded to host memory between
-forward and backward, the student's KV cache in bf16.
+40 layers): wan_1_3b's recipe (bf16, umT5 text, RELIC's curriculum, the student's ODE init of
+7 blocks and rollouts of 7, 13 and 26 blocks; block inputs offloaded to host memory between
+forward and backward, the cache's chunked kernel, the student's KV cache in bf16, ODE init and
+distillation batches of 8) with the 14B dims, laid out to fit a v5p-64 at every stage
+(docs/scale.md: `relic compile` on a CPU host): params, EMA and Adam state sharded over fsdp x
+context (all 32 chips), each clip's tokens over its context group of 4, splash attention for
+the full-sequence passes. 32 H100s: experiments/relic_14b_h100.py.
 
 Clip: 21 latent frames of 60x104 (5 s at 480x832). RELIC's horizon curriculum
 (train.horizon_curriculum) extends this to 10 s (41 latent frames) and 20 s (81), with YaRN
@@ -27,13 +28,8 @@ def get_config():
   c.mesh.shape = {"data": 1, "fsdp": -1, "context": 4, "tensor": 1}
   c.mesh.rules = tuple((axis, ("fsdp", "context")) if axis == "embed" else (axis, mesh_axes)
                        for axis, mesh_axes in DEFAULT_RULES)
-  m.attention_impl = "splash"
-  m.cache_attention_impl = "chunked"
-  m.remat_policy = "offload_block_input"
-  c.memory.kv_dtype = "bfloat16"
+  m.attention_impl = "splash"  # the TPU kernel for the full-sequence passes (wan_1_3b: chunked)
   c.train.batch_size = 16
-  c.ode_init.train.batch_size = 8
-  c.distill.batch_size = 8
   c.train.steps = 10000      # without the curriculum; with it, each phase has its own steps
   c.train.checkpoint_every = 250
   return c

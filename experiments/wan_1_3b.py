@@ -1,14 +1,17 @@
 """wan_1_3b: the Wan 2.1 T2V 1.3B backbone (dim 1536, FFN 8960, 12 heads, 30 layers, umT5
-text embeddings 4096-d x 512 tokens), trained in bf16 with scanned, rematerialised blocks.
+text embeddings 4096-d x 512 tokens), trained in bf16 with scanned blocks whose inputs are
+offloaded to host memory between forward and backward.
 
 Clip: 21 latent frames of 60x104 (5 s at 480x832) = 32,760 tokens. The teacher's horizon
 curriculum (train.horizon_curriculum, RELIC's) then trains 10 s (41 latent frames, ~64k tokens)
 and 20 s (81, ~126k tokens) clips with YaRN on the temporal RoPE (factors 41/21 and 81/21).
 The student: ODE init with hybrid forcing on 22 latent frames, distillation rollouts of 22, 40
 and 79 latent frames (RELIC's 5 s -> 10 s -> 20 s), both past the memory window.
-Hardware: 8+ H100 / a TPU v5p-8 or larger with FSDP; a step on one H100 fits only with a
-shorter clip (the train_step benchmark uses --config.data.latent_frames). Wall-clock: depends
-on the fleet; the train_step benchmark reports step time and MFU.
+Hardware: 8 H100s or a TPU v5p-8 (FSDP over all of them): compiled here for both, every stage
+fits (docs/scale.md; the largest, ODE init, 46.1 GiB per H100 and 79.5 GiB per v5p chip); a
+step on one H100 fits only with a shorter clip (the train_step benchmark uses
+--config.data.latent_frames). Wall-clock: depends on the fleet; the train_step benchmark
+reports step time and MFU.
 """
 
 from relic_jax.config import get_base_config
@@ -21,13 +24,21 @@ def get_config():
   m.dim, m.ffn_dim, m.num_heads, m.num_layers = 1536, 8960, 12, 30
   m.text_dim = 4096
   m.dtype = "bfloat16"
-  m.remat_policy = "full"
+  # memory-efficient attention on every platform (splash is TPU-only and cuDNN cannot be
+  # compiled ahead of time: override them per fleet), block inputs offloaded to host memory
+  # between forward and backward, the student's KV cache in bf16: what fits the 20 s clips on
+  # a v5p-8 and 8 H100s (docs/scale.md)
+  m.attention_impl = "chunked"
+  m.cache_attention_impl = "chunked"
+  m.remat_policy = "offload_block_input"
+  c.memory.kv_dtype = "bfloat16"
   c.data.latent_frames, c.data.latent_height, c.data.latent_width = 21, 60, 104
   c.data.text_len = 512
   # `relic data`'s episodes must hold the latent cache's clips: 81 latent frames = 321 video
   # frames (the teacher's 20 s phase); 600 frames (~34 s at 17.5 fps) leave room for several
   c.data.gen.frames_per_episode = 600
   c.train.batch_size = 8
+  c.distill.batch_size = 8   # a multiple of the 8 H100s (and of a v5p-8's 4 chips)
   c.train.lr = 1e-5
   c.train.warmup_steps = 100
   c.train.steps = 5000       # without the curriculum; with it, each phase has its own steps
