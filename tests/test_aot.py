@@ -210,7 +210,8 @@ SUITE_PARTS = ("small_train_full", "big_train_full", "big_train_dots", "big_stre
                "small_distill_memory")
 
 
-@pytest.mark.parametrize("script", ["device_suite.sh", "device_assets.sh", "device_dit_sweep.sh"])
+@pytest.mark.parametrize("script", ["device_suite.sh", "device_assets.sh", "device_dit_sweep.sh",
+                                    "device_common.sh"])
 def test_the_device_scripts_parse(script):
   import subprocess
   r = subprocess.run(["bash", "-n", os.path.join(REPO, "relic_jax", "bench", script)],

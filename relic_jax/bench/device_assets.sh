@@ -13,14 +13,8 @@
 #   assets.log        the pipeline's and export's output
 #   suite.tgz         the device suite's JSON and logs (when time was left)
 # ASSETS_BUDGET_S (default 470) bounds the pipeline, TOTAL_BUDGET_S (default 575) the whole.
-set -uo pipefail
-OUT=${1:?OUT_DIR}
+source "$(dirname "$0")/device_common.sh" "$@"
 shift
-PY=${PY:-python3}
-W=${ASSETS_WORKDIR:-/tmp/relic_assets}
-CONFIG=${ASSETS_CONFIG:-experiments/demo_assets.py}
-mkdir -p "$OUT" "$W"
-START=$SECONDS
 LOG="$OUT/assets.log"
 
 {

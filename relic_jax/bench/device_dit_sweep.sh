@@ -13,17 +13,11 @@
 # folder, when it finished), logs.tgz (every log and the teachers' metrics) and sweep.log.
 # SWEEP_BUDGET_S (default 560) bounds the whole; the teachers stop SWEEP_EXPORT_S (default 70)
 # before it so that finished ones can still be exported.
-set -uo pipefail
-OUT=${1:?OUT_DIR}
+source "$(dirname "$0")/device_common.sh" "$@"
 shift
-PY=${PY:-python3}
-W=${ASSETS_WORKDIR:-/tmp/relic_assets}
-CONFIG=${ASSETS_CONFIG:-experiments/demo_assets.py}
 read -r -a SHARED <<< "${SHARED_OVERRIDES:-}"
 BUDGET=${SWEEP_BUDGET_S:-560}
 EXPORT_S=${SWEEP_EXPORT_S:-70}
-mkdir -p "$OUT" "$W"
-START=$SECONDS
 LOG="$OUT/sweep.log"
 left() { echo $((BUDGET - (SECONDS - START))); }
 
