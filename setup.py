@@ -35,10 +35,11 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        # torch (CPU) and diffusers: only to check parity with the reference Wan implementation;
+        # torch (CPU), diffusers and transformers: only to check parity with the reference Wan and
+        # umT5 implementations;
         # ruff: the linter `make test` runs first (rules in ruff.toml; PLC0415 is stable from 0.12).
         "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "diffusers>=0.35",
-                 "safetensors>=0.4", "ruff>=0.12"],
+                 "transformers>=4.45", "safetensors>=0.4", "ruff>=0.12"],
         # `relic compile` (relic_jax/bench/aot.py): the TPU compiler (libtpu, matched to jax's
         # version) and the GPU one (the CUDA plugin and ptxas; no driver or card needed). Each
         # is only a compiler here: on a host without the hardware jax still runs on the CPU.

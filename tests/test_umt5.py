@@ -1,0 +1,95 @@
+"""The umT5 / T5 v1.1 text encoder (relic_jax/models/umt5.py) and its import
+(relic_jax/weights/umt5.py): random small `transformers` encoders of several shapes give the
+same hidden states within 1e-4 in float32, padding included; a wrong checkpoint is refused
+naming the tensor."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from relic_jax.models import umt5 as umt5_lib  # noqa: E402
+from relic_jax.weights.umt5 import UMT5ImportError, import_umt5, umt5_encode  # noqa: E402
+
+SHAPES = [  # (d_model, d_kv, d_ff, layers, heads, buckets, max_distance, length)
+    (40, 12, 72, 3, 5, 16, 20, 45),   # past max_distance: the log-spaced and the last buckets
+    (33, 7, 50, 2, 3, 32, 128, 19),   # odd sizes, T5's default buckets
+    (64, 16, 96, 1, 4, 8, 9, 30),
+]
+
+
+def _hf(kind, shape, seed):
+  d, dkv, dff, layers, heads, buckets, maxd, _ = shape
+  torch.manual_seed(seed)
+  cls, cfg_cls = ((transformers.UMT5EncoderModel, transformers.UMT5Config) if kind == "umt5"
+                  else (transformers.T5EncoderModel, transformers.T5Config))
+  cfg = cfg_cls(vocab_size=101, d_model=d, d_kv=dkv, d_ff=dff, num_layers=layers,
+                num_heads=heads, relative_attention_num_buckets=buckets,
+                relative_attention_max_distance=maxd, feed_forward_proj="gated-gelu",
+                dropout_rate=0.0)
+  model = cls(cfg).eval()
+  return model, cfg.to_dict(), {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["umt5", "t5"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"d{s[0]}x{s[3]}L{s[-1]}")
+def test_hidden_states_match_transformers(kind, shape):
+  model, hf_cfg, sd = _hf(kind, shape, seed=shape[0])
+  length = shape[-1]
+  ids = torch.randint(1, 101, (3, length))
+  mask = torch.ones(3, length, dtype=torch.long)
+  mask[1, length // 2:] = 0
+  mask[2, 3:] = 0
+  with torch.no_grad():
+    ref = model(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+  ref = ref * mask.numpy()[..., None]  # Wan zeroes the padding positions
+  cfg, params = import_umt5(sd, hf_cfg)
+  assert cfg.per_layer_bias == (kind == "umt5" or shape[3] == 1)
+  out = np.asarray(umt5_encode(cfg, params, ids.numpy(), mask.numpy()))
+  np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+  assert not out[2, 3:].any()
+
+
+def test_scanned_and_unrolled_layers_agree_and_bf16_stays_close():
+  _, hf_cfg, sd = _hf("umt5", SHAPES[0], seed=1)
+  cfg, params = import_umt5(sd, hf_cfg)
+  ids = np.random.default_rng(0).integers(1, 101, (2, 17)).astype(np.int32)
+  mask = np.ones((2, 17), np.int32)
+  scanned = np.asarray(umt5_encode(cfg, params, ids, mask))
+  unrolled_cfg = dataclasses.replace(cfg, scan_layers=False)
+  layers = params["layers"]
+  unrolled = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(cfg.num_layers):
+    unrolled[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], layers)
+  np.testing.assert_allclose(np.asarray(umt5_encode(unrolled_cfg, unrolled, ids, mask)),
+                             scanned, atol=1e-5)
+  bf16 = np.asarray(umt5_encode(dataclasses.replace(cfg, dtype="bfloat16"), params, ids, mask))
+  assert bf16.dtype == np.float32
+  assert np.abs(bf16 - scanned).max() < 0.05 * np.abs(scanned).max()
+
+
+def test_relative_buckets_are_transformers():
+  from transformers.models.t5.modeling_t5 import T5Attention
+  for buckets, maxd, length in ((32, 128, 300), (16, 20, 45), (8, 9, 12)):
+    rel = torch.arange(length)[None, :] - torch.arange(length)[:, None]
+    ref = T5Attention._relative_position_bucket(rel, bidirectional=True, num_buckets=buckets,
+                                                max_distance=maxd).numpy()
+    np.testing.assert_array_equal(
+        np.asarray(umt5_lib.relative_buckets(length, length, buckets, maxd)), ref)
+
+
+def test_a_wrong_checkpoint_is_refused_naming_the_tensor():
+  _, hf_cfg, sd = _hf("umt5", SHAPES[1], seed=2)
+  missing = dict(sd)
+  del missing["encoder.block.1.layer.1.DenseReluDense.wi_1.weight"]
+  with pytest.raises(UMT5ImportError, match=r"no tensor 'encoder.block.1.layer.1.DenseReluDense"):
+    import_umt5(missing, hf_cfg)
+  with pytest.raises(UMT5ImportError, match=r"'encoder.block.0.layer.0.SelfAttention.q.weight' has "
+                     r"shape \(21, 33\), the config.json implies \(24, 33\)"):
+    import_umt5(sd, {**hf_cfg, "num_heads": 4, "d_kv": 6})
+  with pytest.raises(UMT5ImportError, match="gated GELU"):
+    import_umt5(sd, {**hf_cfg, "feed_forward_proj": "relu", "dense_act_fn": "relu"})
