@@ -33,7 +33,7 @@ from relic_jax.training.teacher import CurriculumError
 from relic_jax.training.trainer import NonFiniteError
 from relic_jax.training.vae_train import VAECurriculumError
 from relic_jax.assets import AssetsError
-from relic_jax.weights import SafetensorsError, WanImportError
+from relic_jax.weights import SafetensorsError, UMT5ImportError, WanImportError
 from relic_jax.weights.export import ExportError
 from relic_jax.weights.pretrained import PretrainedError
 
@@ -64,7 +64,8 @@ flags.DEFINE_integer("latent_frames", None, "compile: the teacher's clip, the di
                      "config's).")
 
 # The errors a stage reports as `relic: error: ...` (exit 2): a wrong config, file or input.
-USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, DataError,
+USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, UMT5ImportError,
+               DataError,
                PretrainedError, AssetsError, ExportError,
                ScriptError, ActionError, CacheCapacityError, DistillError, ODEInitError,
                CurriculumError, PipelineError, PoseEstimatorError, VAECurriculumError)

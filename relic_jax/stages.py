@@ -56,6 +56,7 @@ from relic_jax.training import ode_init as ode_init_lib
 from relic_jax.training import teacher as teacher_lib
 from relic_jax.training import vae_train
 from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
+from relic_jax.weights import import_umt5 as import_umt5_params
 from relic_jax.weights import import_wan_vae as import_wan_vae_params
 from relic_jax.weights.store import save_params
 from relic_jax.workdir import PLACES, Workdir
@@ -324,6 +325,23 @@ def import_wan_vae(cfg, workdir, source, out):
         "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
 
 
+def import_umt5(cfg, workdir, source, out):
+  """A Hugging Face umT5 / T5 v1.1 encoder directory (safetensors, sharded or not, with
+  config.json) -> params of relic_jax.models.umt5, in config.model.param_dtype."""
+  del workdir
+  t0 = time.time()
+  umt5_cfg, params = import_umt5_params(LazyStateDict(source), load_config(source) or {},
+                                        dtype=cfg.model.dtype,
+                                        param_dtype=cfg.model.param_dtype)
+  meta = ckpt_lib.describe_model(dataclasses.asdict(umt5_cfg), params)
+  save_params(out, ml_collections.ConfigDict(dataclasses.asdict(umt5_cfg)), meta, params,
+              extra={"source": os.path.abspath(source)})
+  n = sum(x.size for x in jax.tree.leaves(params))
+  print(f"[relic] imported the {'umT5' if umt5_cfg.per_layer_bias else 'T5'} encoder ({n:,} "
+        f"params, {umt5_cfg.num_layers} layers, d_model {umt5_cfg.d_model}, "
+        f"{umt5_cfg.param_dtype}) in {time.time() - t0:.1f}s into {os.path.abspath(out)}")
+
+
 def export_assets(cfg, workdir, out):
   """`relic export-assets --out=DIR`: the asset run in workdir (its VAE, tiny decoder and base
   DiT) as a diffusers pipeline folder with a manifest (relic_jax/assets.py)."""
@@ -391,6 +409,9 @@ _STAGES = (
     Stage("import-wan-vae", "convert a diffusers Wan 2.1 AutoencoderKLWan (--source) to params "
           "(--out)", import_wan_vae, flags=("source", "out"),
           produces="params for config.vae.init_from"),
+    Stage("import-umt5", "convert a Hugging Face umT5 / T5 v1.1 encoder (--source: safetensors "
+          "and config.json) to params (--out)", import_umt5, flags=("source", "out"),
+          produces="params of the umT5 text encoder"),
     Stage("export-assets", "the asset run of --workdir (VAE, tiny decoder, base DiT) as a "
           "diffusers pipeline folder (--out), with SHA-256s and held-out figures",
           export_assets, flags=("out",), workdir=WorkdirUse.REQUIRED,

@@ -4,6 +4,7 @@ same hidden states within 1e-4 in float32, padding included; a wrong checkpoint 
 naming the tensor."""
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -93,3 +94,32 @@ def test_a_wrong_checkpoint_is_refused_naming_the_tensor():
     import_umt5(sd, {**hf_cfg, "num_heads": 4, "d_kv": 6})
   with pytest.raises(UMT5ImportError, match="gated GELU"):
     import_umt5(sd, {**hf_cfg, "feed_forward_proj": "relu", "dense_act_fn": "relu"})
+
+
+def test_relic_import_umt5_writes_params_that_encode_the_same(tmp_path):
+  """`relic import-umt5 --source=DIR --out=DIR` on a saved transformers checkpoint
+  (safetensors + config.json): the written params encode as the state dict's do; a folder
+  without a umT5 checkpoint is refused with relic's error, not a traceback."""
+  from relic_jax import checkpoint as ckpt_lib
+  from relic_jax.weights.store import load_params
+  from tests.helpers import run_cli
+  model, hf_cfg, sd = _hf("umt5", SHAPES[1], seed=3)
+  src, out = str(tmp_path / "umt5"), str(tmp_path / "imported")
+  model.save_pretrained(src, safe_serialization=True)
+  r = run_cli("import-umt5", "--config=experiments/tiny.py", f"--source={src}", f"--out={out}")
+  assert r.returncode == 0, r.stderr
+  assert "imported the umT5 encoder" in r.stdout
+  cfg, want = import_umt5(sd, hf_cfg)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), want)
+  got = load_params(out, abstract, ckpt_lib.describe_model(dataclasses.asdict(cfg), abstract))
+  ids = np.arange(1, 11, dtype=np.int32)[None]
+  mask = np.ones_like(ids)
+  np.testing.assert_array_equal(np.asarray(umt5_encode(cfg, got, ids, mask)),
+                                np.asarray(umt5_encode(cfg, want, ids, mask)))
+  bad = run_cli("import-umt5", "--config=experiments/tiny.py", f"--source={tmp_path}",
+                f"--out={out}2")
+  assert bad.returncode == 2 and "relic: error:" in bad.stderr, bad.stderr[-500:]
+  os.remove(os.path.join(src, "config.json"))
+  bad = run_cli("import-umt5", "--config=experiments/tiny.py", f"--source={src}",
+                f"--out={out}3")
+  assert bad.returncode == 2 and "config.json has no 'vocab_size'" in bad.stderr, bad.stderr[-500:]

@@ -43,15 +43,15 @@ def config_from_hf(hf_config: Mapping, per_layer_bias: bool, dtype: str = "float
                           "config.json (a transformers UMT5Config / T5Config).") from None
 
 
-def _get(sd: Mapping, name: str, shape: tuple) -> np.ndarray:
+def _get(sd: Mapping, name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
   if name not in sd:
     raise UMT5ImportError(f"the checkpoint has no tensor {name!r}. Fix: point at a umT5 / T5 "
                           "v1.1 encoder checkpoint (UMT5EncoderModel or T5EncoderModel).")
-  w = np.asarray(sd[name], np.float32)
+  w = np.asarray(sd[name])
   if w.shape != shape:
     raise UMT5ImportError(f"tensor {name!r} has shape {tuple(w.shape)}, the config.json implies "
                           f"{shape}. Fix: use the config.json that came with these weights.")
-  return w
+  return w.astype(dtype)  # one tensor at a time, straight to the params' dtype
 
 
 def import_umt5(state_dict: Mapping, hf_config: Mapping, dtype: str = "float32",
@@ -65,11 +65,13 @@ def import_umt5(state_dict: Mapping, hf_config: Mapping, dtype: str = "float32",
   bias = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
   per_layer = bias.format(1) in sd or int(hf_config.get("num_layers", 1)) == 1
   c = config_from_hf(hf_config, per_layer, dtype, param_dtype)
+  pdt = jnp.dtype(param_dtype)
+  get = lambda name, shape: _get(sd, name, shape, pdt)  # noqa: E731
   inner = c.num_heads * c.d_kv
   block = "encoder.block.{}.layer.{}.{}.weight"
 
   def stack(layer: int, name: str, shape: tuple, t: bool = True):
-    ws = [_get(sd, block.format(i, layer, name), shape) for i in range(c.num_layers)]
+    ws = [get(block.format(i, layer, name), shape) for i in range(c.num_layers)]
     return np.stack([w.T if t else w for w in ws])
 
   layers = {
@@ -83,17 +85,15 @@ def import_umt5(state_dict: Mapping, hf_config: Mapping, dtype: str = "float32",
       "wo": {"kernel": stack(1, "DenseReluDense.wo", (c.d_model, c.d_ff))},
   }
   table = (c.num_buckets, c.num_heads)
-  params = {"token_embedding": {"embedding": _get(sd, "shared.weight",
-                                                  (c.vocab_size, c.d_model))},
-            "final_norm": {"scale": _get(sd, "encoder.final_layer_norm.weight", (c.d_model,))}}
+  params = {"token_embedding": {"embedding": get("shared.weight", (c.vocab_size, c.d_model))},
+            "final_norm": {"scale": get("encoder.final_layer_norm.weight", (c.d_model,))}}
   if per_layer:
     layers["relative_attention_bias"] = np.stack(
-        [_get(sd, bias.format(i), table) for i in range(c.num_layers)])
+        [get(bias.format(i), table) for i in range(c.num_layers)])
   else:
-    params["relative_attention_bias"] = _get(sd, bias.format(0), table)
+    params["relative_attention_bias"] = get(bias.format(0), table)
   params["layers"] = layers
-  pdt = jnp.dtype(param_dtype)
-  return c, jax.tree.map(lambda w: jnp.asarray(w, pdt), params)
+  return c, jax.tree.map(jnp.asarray, params)
 
 
 def umt5_encode(config: UMT5Config, params, input_ids, attention_mask):
