@@ -311,15 +311,21 @@ def import_wan(cfg, workdir, source, out):
           + "; train it with a config whose model matches (see model_config.json).")
 
 
+def _save_imported(out: str, model_cfg, params, source: str) -> int:
+  """Params imported from `source` with their model config (a dataclass) -> `out` (Orbax
+  params, model_config.json, meta.json); returns the parameter count."""
+  meta = ckpt_lib.describe_model(dataclasses.asdict(model_cfg), params)
+  save_params(out, ml_collections.ConfigDict(dataclasses.asdict(model_cfg)), meta, params,
+              extra={"source": os.path.abspath(source)})
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
 def import_wan_vae(cfg, workdir, source, out):
   """A diffusers AutoencoderKLWan (Wan 2.1) directory -> params for config.vae.init_from."""
   del workdir
   vae_cfg, params = import_wan_vae_params(LazyStateDict(source), load_config(source),
                                           param_dtype=cfg.vae.param_dtype)
-  meta = ckpt_lib.describe_model(dataclasses.asdict(vae_cfg), params)
-  save_params(out, ml_collections.ConfigDict(dataclasses.asdict(vae_cfg)), meta, params,
-              extra={"source": os.path.abspath(source)})
-  n = sum(x.size for x in jax.tree.leaves(params))
+  n = _save_imported(out, vae_cfg, params, source)
   print(f"[relic] imported the Wan VAE ({n:,} params, base_dim {vae_cfg.base_dim}, z_dim "
         f"{vae_cfg.z_dim}, dim_mult {vae_cfg.dim_mult}) into {os.path.abspath(out)}; "
         "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
@@ -333,10 +339,7 @@ def import_umt5(cfg, workdir, source, out):
   umt5_cfg, params = import_umt5_params(LazyStateDict(source), load_config(source) or {},
                                         dtype=cfg.model.dtype,
                                         param_dtype=cfg.model.param_dtype)
-  meta = ckpt_lib.describe_model(dataclasses.asdict(umt5_cfg), params)
-  save_params(out, ml_collections.ConfigDict(dataclasses.asdict(umt5_cfg)), meta, params,
-              extra={"source": os.path.abspath(source)})
-  n = sum(x.size for x in jax.tree.leaves(params))
+  n = _save_imported(out, umt5_cfg, params, source)
   print(f"[relic] imported the {'umT5' if umt5_cfg.per_layer_bias else 'T5'} encoder ({n:,} "
         f"params, {umt5_cfg.num_layers} layers, d_model {umt5_cfg.d_model}, "
         f"{umt5_cfg.param_dtype}) in {time.time() - t0:.1f}s into {os.path.abspath(out)}")
