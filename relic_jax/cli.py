@@ -65,8 +65,7 @@ flags.DEFINE_integer("latent_frames", None, "compile: the teacher's clip, the di
 
 # The errors a stage reports as `relic: error: ...` (exit 2): a wrong config, file or input.
 USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, UMT5ImportError,
-               DataError,
-               PretrainedError, AssetsError, ExportError,
+               DataError, PretrainedError, AssetsError, ExportError,
                ScriptError, ActionError, CacheCapacityError, DistillError, ODEInitError,
                CurriculumError, PipelineError, PoseEstimatorError, VAECurriculumError)
 

@@ -50,6 +50,11 @@ def test_hidden_states_match_transformers(kind, shape):
   ref = ref * mask.numpy()[..., None]  # Wan zeroes the padding positions
   cfg, params = import_umt5(sd, hf_cfg)
   assert cfg.per_layer_bias == (kind == "umt5" or shape[3] == 1)
+  # an encoder saved without the shared table keeps it as encoder.embed_tokens
+  renamed = {("encoder.embed_tokens.weight" if k == "shared.weight" else k): v
+             for k, v in sd.items() if k != "encoder.embed_tokens.weight"}
+  np.testing.assert_array_equal(import_umt5(renamed, hf_cfg)[1]["token_embedding"]["embedding"],
+                                params["token_embedding"]["embedding"])
   out = np.asarray(umt5_encode(cfg, params, ids.numpy(), mask.numpy()))
   np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
   assert not out[2, 3:].any()

@@ -17,7 +17,6 @@ a session of any length up to the cache's capacity compiles once.
 
 import dataclasses
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

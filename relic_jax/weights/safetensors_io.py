@@ -132,6 +132,9 @@ class LazyStateDict(Mapping):
       raw = f.read(end - start)
     return np.frombuffer(raw, dtype=np.dtype(DTYPES[dtype_name])).reshape(shape)
 
+  def __contains__(self, name) -> bool:  # from the headers: Mapping's would read the tensor
+    return name in self._specs
+
   def __iter__(self):
     return iter(self._specs)
 

@@ -43,7 +43,7 @@ def config_from_hf(hf_config: Mapping, per_layer_bias: bool, dtype: str = "float
                           "config.json (a transformers UMT5Config / T5Config).") from None
 
 
-def _get(sd: Mapping, name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
+def _get(sd: Mapping, name: str, shape: tuple, dtype) -> np.ndarray:
   if name not in sd:
     raise UMT5ImportError(f"the checkpoint has no tensor {name!r}. Fix: point at a umT5 / T5 "
                           "v1.1 encoder checkpoint (UMT5EncoderModel or T5EncoderModel).")
@@ -59,9 +59,9 @@ def import_umt5(state_dict: Mapping, hf_config: Mapping, dtype: str = "float32",
   """A Hugging Face umT5 / T5 v1.1 encoder state dict (torch-free: name -> array) and its
   config.json dict -> (our config, params for `UMT5Encoder`). umT5 is recognised by a
   relative-position table in every layer; T5 v1.1 has one, in layer 0."""
-  sd = dict(state_dict)
-  if "shared.weight" not in sd and "encoder.embed_tokens.weight" in sd:
-    sd["shared.weight"] = sd["encoder.embed_tokens.weight"]
+  sd = state_dict  # read tensor by tensor (a LazyStateDict reads each only when asked)
+  embedding = ("encoder.embed_tokens.weight" if "shared.weight" not in sd
+               and "encoder.embed_tokens.weight" in sd else "shared.weight")
   bias = "encoder.block.{}.layer.0.SelfAttention.relative_attention_bias.weight"
   per_layer = bias.format(1) in sd or int(hf_config.get("num_layers", 1)) == 1
   c = config_from_hf(hf_config, per_layer, dtype, param_dtype)
@@ -85,7 +85,7 @@ def import_umt5(state_dict: Mapping, hf_config: Mapping, dtype: str = "float32",
       "wo": {"kernel": stack(1, "DenseReluDense.wo", (c.d_model, c.d_ff))},
   }
   table = (c.num_buckets, c.num_heads)
-  params = {"token_embedding": {"embedding": get("shared.weight", (c.vocab_size, c.d_model))},
+  params = {"token_embedding": {"embedding": get(embedding, (c.vocab_size, c.d_model))},
             "final_norm": {"scale": get("encoder.final_layer_norm.weight", (c.d_model,))}}
   if per_layer:
     layers["relative_attention_bias"] = np.stack(
