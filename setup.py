@@ -33,6 +33,8 @@ setup(
         "pillow>=10",
         "av>=12",
         "matplotlib>=3.8",
+        # umT5's tokenizer (tokenizer.json) for model.text_encoder='umt5'
+        "tokenizers>=0.19",
     ],
     extras_require={
         # torch (CPU), diffusers and transformers: only to check parity with the reference Wan and

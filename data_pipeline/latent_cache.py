@@ -13,6 +13,11 @@ Layout of a cache directory (config.data.latent_dir, or <workdir>/latents):
                   a prefix's actions and poses are recomputed exactly as the clip loader does
   action_scale/   [N] float32: the whole clip's metres per action unit (its mean displacement)
   text_tokens/    [N, L] int32, byte tokens of the episode's caption
+  (with a text encoder, model.text_encoder='umt5':)
+  text_embeddings/ [U, L, D] bfloat16: the embedding of each distinct caption of the dataset,
+                  row 0 the empty caption's (the null text of caption dropout and guidance)
+  text_id/        [N] int32: the row of text_embeddings holding clip i's caption
+  captions.json   the U captions, in row order
   clip/           [N, 3] int32: episode index, start frame, palindrome turn (-1 = none)
   done/           [N] uint8: 1 once every array of clip i is written
 
@@ -33,6 +38,11 @@ its turn drawn for one of the horizons (clips.ClipAugment's turn_frames) so that
 is a forward clip, a palindrome or a multi-turn one; the centre crop and resize. So the cache
 holds a fixed, deterministic augmentation of every clip. Clips start every
 data.cache_clip_stride video frames (0: data.clip_stride).
+
+Captions, with a text encoder: each distinct caption is encoded once, before the first clip
+(a dataset has far fewer captions than clips), and stored in bfloat16, the DiT's compute
+dtype; cache.json is written after them, so an interrupted table is rebuilt. The
+text entry of cache.json names the encoder (its params and tokenizer) or "bytes".
 
 Resumable and atomic: a clip's `done` flag is written after all its arrays, so an interrupted
 `relic encode` redoes only clips without the flag. A cache built from another VAE checkpoint,
@@ -60,6 +70,9 @@ ALIGNMENT = ("latent frame 0 <- video frame 0; latent frame k >= 1 <- video fram
              "actions and poses per video frame")
 ARRAYS = ("latents", "actions", "poses", "camera", "action_scale", "text_tokens", "clip",
           "done")
+TEXT_ARRAYS = ("text_embeddings", "text_id")  # with a text encoder only
+CAPTIONS = "captions.json"
+BYTES = "bytes"  # cache.json's text entry without a text encoder (byte tokens only)
 
 CACHE_META = "cache.json"  # what the cache was built from; its presence marks a cache
 
@@ -90,7 +103,7 @@ def cache_stride(cfg) -> int:
   return int(stride or d.clip_stride)
 
 
-def cache_description(cfg, data_dir: str, vae_fingerprint: str) -> dict:
+def cache_description(cfg, data_dir: str, vae_fingerprint: str, text: str = BYTES) -> dict:
   """What the cache must match: the VAE, the data and the clip definition. The clip length is
   derive.cache_frames(cfg) and the horizons derive.cache_horizons(cfg), not the stage's
   data.latent_frames: a stage reading a shorter prefix finds the cache as fresh as encode
@@ -108,12 +121,14 @@ def cache_description(cfg, data_dir: str, vae_fingerprint: str) -> dict:
                    "width": d.latent_width * d.spatial_stride, "stride": cache_stride(cfg),
                    "palindrome_prob": d.palindrome_prob, "text_len": d.text_len,
                    "seed": cfg.seed},
-          "alignment": ALIGNMENT}
+          "text": text, "alignment": ALIGNMENT}
 
 
 def _difference(old: dict, new: dict) -> str:
   if old.get("vae") != new["vae"]:
     return f"the VAE checkpoint changed ({old.get('vae')} -> {new['vae']})"
+  if old.get("text", BYTES) != new.get("text", BYTES):
+    return f"the text encoder changed ({old.get('text', BYTES)} -> {new.get('text', BYTES)})"
   for key in ("data", "clip", "format"):
     if old.get(key) != new[key]:
       return f"the {key} changed ({old.get(key)} -> {new[key]})"
@@ -123,15 +138,18 @@ def _difference(old: dict, new: dict) -> str:
 def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], np.ndarray],
           vae_fingerprint: str, latent_channels: int, batch_size: int = 4,
           progress: bool = True, stop_after: int | None = None,
-          stats: dict | None = None) -> dict:
+          stats: dict | None = None, text_fn: Callable[[list[str]], np.ndarray] | None = None,
+          text_fingerprint: str = BYTES) -> dict:
   """Encodes every clip not yet in the cache. encode_fn: frames uint8 [B, F, H, W, 3] ->
   latents [B, T, h, w, C] float32. Returns a summary (clips encoded now, skipped, seconds,
   whether and why an old cache was rebuilt, the clips' latent frames and horizons). The last
   batch is padded to batch_size (its last clip repeated, the extra latents dropped), so a
   jitted encode_fn compiles once. stats: the per-channel latent {"mean", "std"} to normalise
   by (a pretrained VAE's own, as Wan's config carries them); None: computed from the cache.
-  stop_after: stop after this many batches (tests of interruption)."""
-  desc = cache_description(cfg, data_dir, vae_fingerprint)
+  stop_after: stop after this many batches (tests of interruption). text_fn: captions ->
+  embeddings float32 [n, L, D] (a text encoder, named by text_fingerprint), or None (byte
+  tokens only)."""
+  desc = cache_description(cfg, data_dir, vae_fingerprint, text_fingerprint)
   meta_path = os.path.join(cache_dir, CACHE_META)
   rebuilt = ""
   if os.path.exists(meta_path):
@@ -155,21 +173,29 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
   fresh = rebuilt or not os.path.exists(meta_path)
   if fresh:
     if os.path.isdir(cache_dir):
-      for name in ARRAYS:
-        shutil.rmtree(os.path.join(cache_dir, name), ignore_errors=True)
       if os.path.exists(meta_path):
         os.remove(meta_path)
+      for name in ARRAYS + TEXT_ARRAYS + (CAPTIONS,):
+        path = os.path.join(cache_dir, name)
+        if os.path.isfile(path):
+          os.remove(path)
+        shutil.rmtree(path, ignore_errors=True)
     os.makedirs(cache_dir, exist_ok=True)
     arrays = {k: _open(os.path.join(cache_dir, k), shape=s, chunks=ch, dtype=dt)
               for k, (s, ch, dt) in shapes.items()}
+    if text_fn is not None:
+      arrays["text_id"] = _write_captions(cfg, data_dir, cache_dir, n, text_fn)
     write_json_atomic(meta_path, {**desc, "num_clips": n})
   else:
     arrays = {k: _open(os.path.join(cache_dir, k)) for k in ARRAYS}
+    if text_fn is not None:
+      arrays["text_id"] = _open(os.path.join(cache_dir, "text_id"))
   done = np.asarray(arrays["done"].read().result())
   todo = np.flatnonzero(done == 0)
   augment = clips_lib.ClipAugment(
       c["height"], c["width"], d.palindrome_prob, Crop.CENTER, camera_dtype=np.float64,
       turn_frames=[clips_lib.clip_frames(k, c["frames_per_latent"]) for k in c["horizons"]])
+  caption_row = _caption_rows(cache_dir, data_dir) if text_fn is not None else None
   t0 = time.perf_counter()
   bar = None
   if progress:
@@ -197,8 +223,12 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
                   arrays["text_tokens"][i].write(x["text_tokens"]),
                   arrays["clip"][i].write(np.array([x["episode"], x["start"], x["turn"]],
                                                    np.int32))]
+
     for f in futures:
       f.result()
+    if "text_id" in arrays:  # one chunk for many clips: written one at a time, as done
+      for j, i in enumerate(idx):
+        arrays["text_id"][i].write(np.int32(caption_row[int(clips[j]["episode"])])).result()
     for i in idx:  # after every array of the batch is written
       arrays["done"][i].write(np.uint8(1)).result()
     if bar is not None:
@@ -222,6 +252,43 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
           "latent_stats": stats, "latent_frames": t, "horizons": c["horizons"]}
 
 
+def _episode_captions(data_dir: str) -> list[str]:
+  """Every episode's caption, in the dataset's episode order (the clips' episode index)."""
+  manifest = shards_lib.read_manifest(data_dir)
+  return [entry["caption"] for _, entry in shards_lib.episode_entries(manifest)]
+
+
+def _write_captions(cfg, data_dir: str, cache_dir: str, num_clips: int, text_fn):
+  """Encodes the dataset's distinct captions (row 0: the empty caption) into text_embeddings
+  and writes captions.json; returns the created, empty text_id array [num_clips]."""
+  captions = [""] + sorted(set(_episode_captions(data_dir)) - {""})
+  emb = np.asarray(text_fn(captions), np.float32)
+  if emb.ndim != 3 or emb.shape[:2] != (len(captions), cfg.data.text_len):
+    raise DataError(f"the text encoder gave embeddings of shape {emb.shape} for "
+                    f"{len(captions)} captions, expected [{len(captions)}, "
+                    f"{cfg.data.text_len}, D]. Fix: use a text encoder that pads to "
+                    "config.data.text_len.")
+  if emb.shape[2] != cfg.model.text_dim:
+    raise DataError(f"the text encoder's embeddings are {emb.shape[2]}-d, but "
+                    f"config.model.text_dim={cfg.model.text_dim}. Fix: set model.text_dim to "
+                    f"{emb.shape[2]} (umT5-XXL: 4096), or use the text encoder the DiT expects.")
+  import ml_dtypes  # noqa: PLC0415
+  u, length, dim = emb.shape
+  table = _open(os.path.join(cache_dir, "text_embeddings"), shape=(u, length, dim),
+                chunks=(1, length, dim), dtype="bfloat16")
+  table.write(emb.astype(ml_dtypes.bfloat16)).result()
+  write_json_atomic(os.path.join(cache_dir, CAPTIONS), captions)
+  return _open(os.path.join(cache_dir, "text_id"), shape=(num_clips,),
+               chunks=(min(num_clips, 4096),), dtype="<i4")
+
+
+def _caption_rows(cache_dir: str, data_dir: str) -> list[int]:
+  """The text_embeddings row of every episode's caption (captions.json), by episode index."""
+  with open(os.path.join(cache_dir, CAPTIONS)) as f:
+    row = {c: i for i, c in enumerate(json.load(f))}
+  return [row[c] for c in _episode_captions(data_dir)]
+
+
 def latent_stats(latents, max_clips: int = 256) -> dict:
   """Per-channel mean and std of the cached latents (over up to max_clips evenly spread clips),
   for normalising them before the DiT, (z - mean) / std, as Wan does with its own constants."""
@@ -236,7 +303,8 @@ def latent_stats(latents, max_clips: int = 256) -> dict:
 class LatentCacheSource:
   """A grain random-access source over a complete latent cache: {"latents" [T, h, w, C],
   "actions" [F, 13], "poses" [F, 12], "camera" [F, 4, 4] float64, "action_scale" (),
-  "text_tokens" [L], "clip" [3]}.
+  "text_tokens" [L], "clip" [3]}, and with a text encoder's table "text_embedding" [L, D]
+  float32 (the clip's caption; `null_text()` is the empty caption's).
 
   latent_frames: read every clip's prefix of that many latent frames (T' <= the cache's T):
   latents[:T'], camera[:F'] with F' = 1 + 4 (T' - 1), and the actions, action scale and poses
@@ -279,6 +347,16 @@ class LatentCacheSource:
       raise DataError(f"the latent cache at {cache_dir} is incomplete ({int(done.sum())} of "
                       f"{len(done)} clips encoded). Fix: run `relic encode` to finish it.")
     self._n = len(done)
+    self.text = self.meta.get("text", BYTES)
+
+  def null_text(self) -> np.ndarray:
+    """The empty caption's embedding [L, D] float32 (row 0 of text_embeddings)."""
+    if self.text == BYTES:
+      raise DataError(f"the latent cache at {self._dir} holds no text embeddings (it was built "
+                      "with byte captions). Fix: re-run `relic encode` with "
+                      "config.model.text_encoder='umt5'.")
+    table = _open(os.path.join(self._dir, "text_embeddings"))
+    return np.asarray(table[0].read().result(), np.float32)
 
   def __getstate__(self):
     return {**self.__dict__, "_arrays": None}
@@ -288,14 +366,23 @@ class LatentCacheSource:
 
   def __getitem__(self, index: int) -> dict:
     if self._arrays is None:
-      self._arrays = {k: _open(os.path.join(self._dir, k)) for k in ARRAYS if k != "done"}
+      names = ARRAYS[:-1] + (TEXT_ARRAYS if self.text != BYTES else ())
+      self._arrays = {k: _open(os.path.join(self._dir, k)) for k in names}
     i, t, f = int(index), self.latent_frames, self.video_frames
+    per_clip = {k: a for k, a in self._arrays.items() if k != "text_embeddings"}
     if not self._prefix:
-      futures = {k: a[i].read() for k, a in self._arrays.items()}
-      return {k: np.asarray(fut.result()) for k, fut in futures.items()}
-    futures = {"latents": self._arrays["latents"][i, :t].read(),
-               "camera": self._arrays["camera"][i, :f].read(),
-               "text_tokens": self._arrays["text_tokens"][i].read(),
-               "clip": self._arrays["clip"][i].read()}
-    out = {k: np.asarray(fut.result()) for k, fut in futures.items()}
-    return {**out, **clips_lib.clip_inputs(out["camera"])}
+      futures = {k: a[i].read() for k, a in per_clip.items()}
+      out = {k: np.asarray(fut.result()) for k, fut in futures.items()}
+    else:
+      futures = {"latents": self._arrays["latents"][i, :t].read(),
+                 "camera": self._arrays["camera"][i, :f].read(),
+                 "text_tokens": self._arrays["text_tokens"][i].read(),
+                 "clip": self._arrays["clip"][i].read()}
+      if "text_id" in per_clip:
+        futures["text_id"] = per_clip["text_id"][i].read()
+      out = {k: np.asarray(fut.result()) for k, fut in futures.items()}
+      out |= clips_lib.clip_inputs(out["camera"])
+    if "text_id" in out:
+      row = self._arrays["text_embeddings"][int(out["text_id"])].read().result()
+      out["text_embedding"] = np.asarray(row, np.float32)
+    return out

@@ -26,9 +26,10 @@ from data_pipeline.clips import (ClipAugment, ClipSource, clip_frames, crop_box,
                                  detokenize_caption, make_clip_source, palindrome_indices,
                                  tokenize_caption)
 from data_pipeline.episode import DataError
+from data_pipeline import latent_cache
 from data_pipeline.latent_cache import LatentCacheSource
 from data_pipeline.synthetic import SyntheticLatents
-from relic_jax.config.choices import DataSource
+from relic_jax.config.choices import DataSource, TextEncoder
 
 
 def make_source(cfg: ml_collections.ConfigDict, latent_dir: str = ""):
@@ -46,9 +47,11 @@ def make_source(cfg: ml_collections.ConfigDict, latent_dir: str = ""):
 class CachedLatents:
   """The latent cache as DiT examples of config.data.latent_frames latent frames (a prefix of
   the cache's longer clips, see latent_cache.LatentCacheSource): latents normalised per
-  channel by the cache's latent_stats, (z - mean) / std (data.normalize_latents), caption
-  byte tokens as "text", the per-video-frame actions and poses of the prefix, and its
-  "action_scale" (metres per action unit, float32: what integrates actions back to poses)."""
+  channel by the cache's latent_stats, (z - mean) / std (data.normalize_latents), the caption
+  as "text" (byte tokens [L] int32, or with model.text_encoder='umt5' its umT5 embedding
+  [L, D] float32, and then "null_text", the empty caption's, for caption dropout and
+  guidance), the per-video-frame actions and poses of the prefix, and its "action_scale"
+  (metres per action unit, float32: what integrates actions back to poses)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, cache_dir: str):
     if not cache_dir:
@@ -73,6 +76,17 @@ class CachedLatents:
                         "`relic encode` to complete it.")
       self._norm = (np.asarray(self.stats["mean"], np.float32),
                     np.asarray(self.stats["std"], np.float32))
+    self._null = None
+    if cfg.model.text_encoder == TextEncoder.UMT5:
+      if self._source.text == latent_cache.BYTES:
+        raise DataError(f"config.model.text_encoder='umt5' but the latent cache at {cache_dir} "
+                        "holds byte captions only. Fix: re-run `relic encode` with this config "
+                        "(it encodes the captions with config.model.text_encoder_from).")
+      self._null = self._source.null_text()
+      if self._null.shape[-1] != cfg.model.text_dim:
+        raise DataError(f"the latent cache at {cache_dir} holds {self._null.shape[-1]}-d text "
+                        f"embeddings, but model.text_dim={cfg.model.text_dim}. Fix: set "
+                        f"model.text_dim={self._null.shape[-1]}, or re-run `relic encode`.")
     channels = len(self.stats["mean"]) if self.stats else cfg.model.in_channels
     if channels != cfg.model.in_channels:
       raise DataError(f"the latent cache at {cache_dir} has {channels} latent channels, but "
@@ -87,9 +101,12 @@ class CachedLatents:
     z = x["latents"]
     if self._norm is not None:
       z = (z - self._norm[0]) / self._norm[1]
-    return {"latents": z.astype(np.float32), "text": x["text_tokens"].astype(np.int32),
-            "actions": x["actions"], "poses": x["poses"],
-            "action_scale": np.float32(x["action_scale"])}
+    out = {"latents": z.astype(np.float32), "text": x["text_tokens"].astype(np.int32),
+           "actions": x["actions"], "poses": x["poses"],
+           "action_scale": np.float32(x["action_scale"])}
+    if self._null is not None:
+      out["text"], out["null_text"] = x["text_embedding"], self._null
+    return out
 
 
 def per_process_batch_size(global_batch: int, process_count: int) -> int:

@@ -1,6 +1,8 @@
-"""wan_1_3b: the Wan 2.1 T2V 1.3B backbone (dim 1536, FFN 8960, 12 heads, 30 layers, umT5
-text embeddings 4096-d x 512 tokens), trained in bf16 with scanned blocks whose inputs are
-offloaded to host memory between forward and backward.
+"""wan_1_3b: RELIC on the Wan 2.1 T2V 1.3B backbone (dim 1536, FFN 8960, 12 heads, 30 layers,
+umT5 text embeddings 4096-d x 512 tokens), with RELIC's 13-d actions and 12-d poses, trained in
+bf16 with scanned blocks whose inputs are offloaded to host memory between forward and
+backward. Starting from Wan's weights: README "Training RELIC from Wan 2.1" (relic import-wan,
+import-wan-vae and import-umt5, then relic pipeline with the three init paths).
 
 Clip: 21 latent frames of 60x104 (5 s at 480x832) = 32,760 tokens. The teacher's horizon
 curriculum (train.horizon_curriculum, RELIC's) then trains 10 s (41 latent frames, ~64k tokens)
@@ -22,7 +24,13 @@ def get_config():
   c.name = "wan_1_3b"
   m = c.model
   m.dim, m.ffn_dim, m.num_heads, m.num_layers = 1536, 8960, 12, 30
+  # RELIC's conditioning: Wan's umT5-XXL text (4096-d, cached by `relic encode` with the umT5
+  # that `relic import-umt5` wrote: --config.model.text_encoder_from=DIR), 13-d actions and
+  # 12-d poses (camera-to-first-frame extrinsics) per video frame, from the latent cache
+  c.data.source = "latents"
+  m.text_encoder = "umt5"
   m.text_dim = 4096
+  m.action_dim, m.pose_dim = 13, 12
   m.dtype = "bfloat16"
   # memory-efficient attention on every platform (splash is TPU-only and cuDNN cannot be
   # compiled ahead of time: override them per fleet), block inputs offloaded to host memory

@@ -21,6 +21,7 @@ from relic_jax.checkpoint import CheckpointError
 from relic_jax.config import ConfigError, validate
 from relic_jax.evaluation.pose_estimation import PoseEstimatorError
 from relic_jax.inference.scripts import ScriptError
+from relic_jax.inference.text import TextEncoderError
 from relic_jax.inference.streaming import ActionError
 from relic_jax.memory.kv_cache import CacheCapacityError
 from relic_jax.parallel.mesh import maybe_initialize_distributed
@@ -67,7 +68,8 @@ flags.DEFINE_integer("latent_frames", None, "compile: the teacher's clip, the di
 USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, UMT5ImportError,
                DataError, PretrainedError, AssetsError, ExportError,
                ScriptError, ActionError, CacheCapacityError, DistillError, ODEInitError,
-               CurriculumError, PipelineError, PoseEstimatorError, VAECurriculumError)
+               CurriculumError, PipelineError, PoseEstimatorError, VAECurriculumError,
+               TextEncoderError)
 
 
 def _pipeline(cfg, workdir, until=None):

@@ -45,6 +45,7 @@ from relic_jax.config.derive import flatten_config
 from relic_jax.evaluation import evaluate as evaluate_lib
 from relic_jax.evaluation import pose_estimation
 from relic_jax.inference import generate as generate_lib
+from relic_jax.inference import text as text_lib
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.inference.loading import STUDENT_STAGES, dit_init
 from relic_jax.models.dit import DiTConfig
@@ -58,6 +59,7 @@ from relic_jax.training import vae_train
 from relic_jax.weights import LazyStateDict, import_wan_transformer, infer_model_config, load_config
 from relic_jax.weights import import_umt5 as import_umt5_params
 from relic_jax.weights import import_wan_vae as import_wan_vae_params
+from relic_jax.weights import pretrained as pretrained_lib
 from relic_jax.weights.store import save_params
 from relic_jax.workdir import PLACES, Workdir
 
@@ -311,21 +313,26 @@ def import_wan(cfg, workdir, source, out):
           + "; train it with a config whose model matches (see model_config.json).")
 
 
-def _save_imported(out: str, model_cfg, params, source: str) -> int:
+def _save_imported(out: str, model_cfg, params, source: str,
+                   files: dict[str, str] | None = None, extra: dict | None = None) -> int:
   """Params imported from `source` with their model config (a dataclass) -> `out` (Orbax
-  params, model_config.json, meta.json); returns the parameter count."""
+  params, model_config.json, meta.json with `extra`, and `files` {path in out: source file});
+  returns the parameter count."""
   meta = ckpt_lib.describe_model(dataclasses.asdict(model_cfg), params)
   save_params(out, ml_collections.ConfigDict(dataclasses.asdict(model_cfg)), meta, params,
-              extra={"source": os.path.abspath(source)})
+              extra={"source": os.path.abspath(source), **(extra or {})}, files=files)
   return sum(x.size for x in jax.tree.leaves(params))
 
 
 def import_wan_vae(cfg, workdir, source, out):
   """A diffusers AutoencoderKLWan (Wan 2.1) directory -> params for config.vae.init_from."""
   del workdir
-  vae_cfg, params = import_wan_vae_params(LazyStateDict(source), load_config(source),
+  hf = load_config(source)
+  vae_cfg, params = import_wan_vae_params(LazyStateDict(source), hf,
                                           param_dtype=cfg.vae.param_dtype)
-  n = _save_imported(out, vae_cfg, params, source)
+  # Wan's latent normalisation constants travel with the params (pretrained.vae_params)
+  extra = {"latent_stats": pretrained_lib.latent_stats_of(hf, source)}
+  n = _save_imported(out, vae_cfg, params, source, extra=extra)
   print(f"[relic] imported the Wan VAE ({n:,} params, base_dim {vae_cfg.base_dim}, z_dim "
         f"{vae_cfg.z_dim}, dim_mult {vae_cfg.dim_mult}) into {os.path.abspath(out)}; "
         "train or encode with --config.vae.init_from=<that dir> and matching config.vae fields")
@@ -333,16 +340,32 @@ def import_wan_vae(cfg, workdir, source, out):
 
 def import_umt5(cfg, workdir, source, out):
   """A Hugging Face umT5 / T5 v1.1 encoder directory (safetensors, sharded or not, with
-  config.json) -> params of relic_jax.models.umt5, in config.model.param_dtype."""
+  config.json), or a diffusers Wan pipeline root (its text_encoder/), -> params of
+  relic_jax.models.umt5 in config.model.param_dtype, with the tokenizer files found beside it
+  (text_lib.find_tokenizer) copied to <out>/tokenizer/: config.model.text_encoder_from."""
   del workdir
   t0 = time.time()
+  if os.path.isfile(os.path.join(source, "text_encoder", "config.json")):
+    source = os.path.join(source, "text_encoder")  # a diffusers pipeline root
+  tok_dir = text_lib.find_tokenizer(source)
+  if tok_dir is None:
+    raise text_lib.TextEncoderError(
+        f"no tokenizer.json in {source}, {source}/tokenizer or its sibling tokenizer/: the "
+        "umT5's tokenizer must come with it. Fix: copy the checkpoint's tokenizer files "
+        "(tokenizer.json, special_tokens_map.json; google/umt5-xxl's, or a diffusers Wan "
+        "pipeline's tokenizer/) into the --source folder.")
+  text_lib.Tokenizer(tok_dir)  # readable, before the weights are read
   umt5_cfg, params = import_umt5_params(LazyStateDict(source), load_config(source) or {},
                                         dtype=cfg.model.dtype,
                                         param_dtype=cfg.model.param_dtype)
-  n = _save_imported(out, umt5_cfg, params, source)
+  files = {os.path.join(text_lib.TOKENIZER_DIR, n): p
+           for n, p in text_lib.tokenizer_files(tok_dir).items()}
+  n = _save_imported(out, umt5_cfg, params, source, files)
   print(f"[relic] imported the {'umT5' if umt5_cfg.per_layer_bias else 'T5'} encoder ({n:,} "
         f"params, {umt5_cfg.num_layers} layers, d_model {umt5_cfg.d_model}, "
-        f"{umt5_cfg.param_dtype}) in {time.time() - t0:.1f}s into {os.path.abspath(out)}")
+        f"{umt5_cfg.param_dtype}) and its tokenizer in {time.time() - t0:.1f}s into "
+        f"{os.path.abspath(out)}; use it with --config.model.text_encoder=umt5 "
+        "--config.model.text_encoder_from=<that dir>")
 
 
 def export_assets(cfg, workdir, out):

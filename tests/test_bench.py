@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.helpers import REPO
+from tests.test_counts import relic_additions_count
 
 MODEL_STATS_KEYS = {"param_count", "backbone_param_count", "flops_per_token_fwd", "layers", "dim"}
 TRAIN_STEP_KEYS = {"step_time_s", "tokens_per_s", "tflops_per_device", "mfu", "peak_bytes",
@@ -39,7 +40,8 @@ def test_model_stats(tmp_path, name, layers, dim, backbone):
   assert MODEL_STATS_KEYS <= set(s), sorted(s)
   assert s["config"] == name
   assert s["backbone_param_count"] == backbone
-  assert s["param_count"] == backbone  # no RELIC additions (action/pose encoders) yet
+  # RELIC's action and pose conditioning on top (tests/test_counts.py has the formula)
+  assert s["param_count"] == backbone + relic_additions_count(dim, layers)
   assert (s["layers"], s["dim"]) == (layers, dim)
   # forward matmuls alone cost ~2 FLOPs per backbone param per video token, attention adds more
   assert 1.5 * backbone < s["flops_per_token_fwd"] < 20 * backbone

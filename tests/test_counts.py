@@ -9,7 +9,7 @@ import pytest
 
 from relic_jax.config.base import parent_config
 from relic_jax.models import flops
-from relic_jax.models.dit import DiTConfig, WanDiT
+from relic_jax.models.dit import RELIC_ADDITIONS, DiTConfig, WanDiT
 from relic_jax.training.teacher import TeacherTask
 from tests.helpers import REPO
 
@@ -36,11 +36,25 @@ def wan_t2v_param_count(D, F, layers, text_dim=4096, freq_dim=256, c_in=16, c_ou
   return stem + layers * block + head
 
 
+def relic_additions_count(D, layers, action_dim=13, pose_dim=12, frames_per_latent=4):
+  """What RELIC's conditioning adds: an action and a pose encoder (temporal patchify by 4, then
+  Linear(4c -> D), SiLU, Linear(D -> D)) and, per block, the zero-initialised projections of
+  the action embedding onto the hidden states and of the pose embedding onto Q and K:
+  3 * (D*D + D)."""
+  enc = lambda c: frames_per_latent * c * D + D + D * D + D  # noqa: E731
+  return enc(action_dim) + enc(pose_dim) + layers * 3 * (D * D + D)
+
+
 def abstract_count(config_file):
+  """(all params, backbone params: those not in dit.RELIC_ADDITIONS) of a config's DiT."""
   cfg = _load(config_file)
   task = TeacherTask(cfg)
   shapes = jax.eval_shape(task.init_params, jax.random.key(0))
-  return sum(x.size for x in jax.tree.leaves(shapes))
+  leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  extra = sum(x.size for path, x in leaves
+              if any(getattr(k, "key", None) in RELIC_ADDITIONS for k in path))
+  total = sum(x.size for _, x in leaves)
+  return total, total - extra
 
 
 def _load(name):
@@ -50,13 +64,14 @@ def _load(name):
 def test_wan_1_3b_param_count():
   expected = wan_t2v_param_count(D=1536, F=8960, layers=30)
   assert expected == 1_418_996_800  # the figure of the released Wan2.1-T2V-1.3B
-  assert abstract_count("wan_1_3b") == expected
+  # the flagship config is RELIC: Wan's backbone plus action and pose conditioning
+  assert abstract_count("wan_1_3b") == (expected + relic_additions_count(1536, 30), expected)
 
 
 def test_relic_14b_backbone_param_count():
   expected = wan_t2v_param_count(D=5120, F=13824, layers=40)
   assert expected == 14_288_491_584  # Wan2.1-T2V-14B
-  assert abstract_count("relic_14b") == expected
+  assert abstract_count("relic_14b") == (expected + relic_additions_count(5120, 40), expected)
 
 
 def _xla_forward_flops(cfg, frames, h, w, text_len):

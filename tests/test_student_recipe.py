@@ -133,7 +133,8 @@ def test_ode_trajectories_and_dmd_use_the_same_guidance(monkeypatch, tmp_path):
   cfg.ode_init.num_trajectories, cfg.train.batch_size = 2, 2
   seen = []
 
-  def fake_trajectory(teacher, dit, sigmas, keep, latent0, text, actions, poses, rng, guidance):
+  def fake_trajectory(teacher, dit, sigmas, keep, latent0, text, actions, poses, rng, guidance,
+                      null=None):
     seen.append(guidance)
     b, t = latent0.shape[0], oi.clip_frames(cfg)
     return (jnp.zeros((b, len(keep), t) + latent0.shape[2:]),

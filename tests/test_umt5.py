@@ -1,7 +1,9 @@
-"""The umT5 / T5 v1.1 text encoder (relic_jax/models/umt5.py) and its import
-(relic_jax/weights/umt5.py): random small `transformers` encoders of several shapes give the
-same hidden states within 1e-4 in float32, padding included; a wrong checkpoint is refused
-naming the tensor."""
+"""The umT5 / T5 v1.1 text encoder (relic_jax/models/umt5.py), its import
+(relic_jax/weights/umt5.py) and the captions -> embeddings path (relic_jax/inference/text.py):
+random small `transformers` encoders of several shapes give the same hidden states within 1e-4
+in float32, padding included; a wrong checkpoint is refused naming the tensor; the tokenizer
+gives the ids `transformers` gives with Wan's call; the imported encoder with its tokenizer
+encodes captions as transformers does, on one device and sharded over a mesh."""
 
 import dataclasses
 import os
@@ -21,6 +23,27 @@ SHAPES = [  # (d_model, d_kv, d_ff, layers, heads, buckets, max_distance, length
     (33, 7, 50, 2, 3, 32, 128, 19),   # odd sizes, T5's default buckets
     (64, 16, 96, 1, 4, 8, 9, 30),
 ]
+
+
+CORPUS = ["a red door in a grey corridor", "the camera turns left toward a lit room",
+          "stone walls, a wooden crate and a blue light", "first-person view of a maze"]
+
+
+def save_tokenizer(directory: str, vocab_size: int = 90) -> str:
+  """A small Unigram tokenizer (umT5's kind: Metaspace, <pad> 0, </s> 1 appended, <unk> 2),
+  trained on CORPUS and saved by transformers as a tokenizer directory."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+  tok = Tokenizer(models.Unigram())
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.decoder = decoders.Metaspace()
+  tok.train_from_iterator(CORPUS * 20, trainers.UnigramTrainer(
+      vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+  tok.post_processor = processors.TemplateProcessing(
+      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+  transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
+      unk_token="<unk>").save_pretrained(directory)
+  return directory
 
 
 def _hf(kind, shape, seed):
@@ -111,6 +134,7 @@ def test_relic_import_umt5_writes_params_that_encode_the_same(tmp_path):
   model, hf_cfg, sd = _hf("umt5", SHAPES[1], seed=3)
   src, out = str(tmp_path / "umt5"), str(tmp_path / "imported")
   model.save_pretrained(src, safe_serialization=True)
+  save_tokenizer(src)
   r = run_cli("import-umt5", "--config=experiments/tiny.py", f"--source={src}", f"--out={out}")
   assert r.returncode == 0, r.stderr
   assert "imported the umT5 encoder" in r.stdout
@@ -128,3 +152,78 @@ def test_relic_import_umt5_writes_params_that_encode_the_same(tmp_path):
   bad = run_cli("import-umt5", "--config=experiments/tiny.py", f"--source={src}",
                 f"--out={out}3")
   assert bad.returncode == 2 and "config.json has no 'vocab_size'" in bad.stderr, bad.stderr[-500:]
+
+
+def test_tokenizer_is_wans_call_of_transformers(tmp_path):
+  """Our tokenizer (the `tokenizers` library on tokenizer.json) gives the ids and mask that
+  transformers' AutoTokenizer gives with Wan's call (max_length padding, truncation, </s>),
+  on Wan's cleaned text; a long caption keeps </s> as its last token."""
+  from relic_jax.inference.text import Tokenizer, TextEncoderError, clean
+  d = save_tokenizer(str(tmp_path / "tok"))
+  texts = ["a red door", "", "  the camera\n turns &amp;amp; left ", " ".join(CORPUS)]
+  ours = Tokenizer(d)
+  ids, mask = ours(texts, 16)
+  ref = transformers.AutoTokenizer.from_pretrained(d)(
+      [clean(t) for t in texts], padding="max_length", truncation=True, max_length=16,
+      add_special_tokens=True)
+  np.testing.assert_array_equal(ids, np.asarray(ref["input_ids"]))
+  np.testing.assert_array_equal(mask, np.asarray(ref["attention_mask"]))
+  assert clean("  the camera\n turns &amp;amp; left ") == "the camera turns & left"
+  assert ids[1].tolist() == [1] + [0] * 15 and ids[3, -1] == 1 and mask[3].all()
+  assert ours.pad_id == 0 and ids.dtype == np.int32
+  os.remove(os.path.join(d, "tokenizer.json"))
+  with pytest.raises(TextEncoderError, match="no tokenizer.json"):
+    Tokenizer(d)
+
+
+def test_text_encoder_encodes_captions_as_transformers_on_one_device_and_sharded(tmp_path):
+  """`relic import-umt5` with the tokenizer beside the weights, then TextEncoder: captions ->
+  the transformers model's hidden states of the tokenized captions (padding zeroed), the same
+  on a (fsdp 4, tensor 2) mesh with the params sharded by their logical axes."""
+  from relic_jax.inference.text import TextEncoder
+  from relic_jax.parallel import mesh as mesh_lib
+  from relic_jax.config import get_base_config
+  from tests.helpers import run_cli
+  model, _, _ = _hf("umt5", (40, 10, 72, 3, 4, 16, 20, 0), seed=5)  # 4 heads: 2 per shard
+  src = str(tmp_path / "pipe" / "text_encoder")
+  model.save_pretrained(src, safe_serialization=True)
+  save_tokenizer(str(tmp_path / "pipe" / "tokenizer"))  # a diffusers pipeline's layout
+  out = str(tmp_path / "umt5")
+  r = run_cli("import-umt5", "--config=experiments/tiny.py", f"--source={tmp_path / 'pipe'}",
+              f"--out={out}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert sorted(os.listdir(os.path.join(out, "tokenizer"))) == ["tokenizer.json",
+                                                               "tokenizer_config.json"]
+  captions = ["a red door in a grey corridor", "", "stone walls"]
+  enc = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "pipe" / "tokenizer"))(
+      captions, padding="max_length", truncation=True, max_length=24, return_tensors="pt")
+  ids, mask = enc["input_ids"], enc["attention_mask"]
+  with torch.no_grad():
+    ref = model(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+  ref = ref * mask.numpy()[..., None]
+
+  def encoder(shape):
+    ms = get_base_config().mesh
+    ms.shape.update(shape)
+    return TextEncoder(out, 24, mesh_lib.make_mesh(ms), mesh_lib.rules(ms), batch_size=2)
+
+  one = encoder({"data": 8, "fsdp": 1, "context": 1, "tensor": 1})  # params replicated
+  got = one(captions)
+  np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+  assert got.shape == (3, 24, 40) and not got[1, 1:].any() and got[1, 0].any()
+  sharded = encoder({"data": 1, "fsdp": 4, "context": 1, "tensor": 2})
+  q = sharded.params["layers"]["q"]["kernel"]
+  assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.shape == (3, 10, 20)
+  np.testing.assert_allclose(sharded(captions), got, atol=1e-5, rtol=0)
+  assert sharded.fingerprint == one.fingerprint
+
+
+def test_import_umt5_needs_its_tokenizer(tmp_path):
+  model, _, _ = _hf("umt5", SHAPES[1], seed=6)
+  src = str(tmp_path / "umt5")
+  model.save_pretrained(src, safe_serialization=True)
+  from tests.helpers import run_cli
+  r = run_cli("import-umt5", "--config=experiments/tiny.py", f"--source={src}",
+              f"--out={tmp_path / 'out'}")
+  assert r.returncode == 2 and "no tokenizer.json in" in r.stderr, r.stderr[-800:]
+  assert not os.path.exists(tmp_path / "out")

@@ -68,10 +68,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   m.out_channels = 16
   m.patch_size = (1, 2, 2)
   m.text_dim = 32          # umT5 gives 4096; tiny configs use a small random embedding
-  # "none": text arrives as precomputed embeddings [B, L, text_dim] (umT5 for real Wan weights,
-  # the synthetic source's random ones); "bytes": as byte tokens [B, L] (our captions), embedded
-  # by a small built-in transformer trained with the DiT (models/text_encoder.py).
+  # "none": text arrives as embeddings [B, L, text_dim] made elsewhere (the synthetic source's
+  # random ones); "bytes": as byte tokens [B, L] (our captions), embedded by a small built-in
+  # transformer trained with the DiT (models/text_encoder.py); "umt5": as Wan's umT5
+  # embeddings (text_dim = its d_model, 4096 for umT5-XXL), which `relic encode` stores in the
+  # latent cache and `relic generate` computes for its caption, with the umT5 imported by
+  # `relic import-umt5` into text_encoder_from (inference/text.py).
   m.text_encoder = "none"
+  m.text_encoder_from = ""
   m.text_encoder_width = 64
   m.text_encoder_layers = 2
   m.freq_dim = 256         # sinusoidal timestep embedding width

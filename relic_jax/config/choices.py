@@ -15,7 +15,7 @@ implementation can import this module without a cycle. A value in a `ConfigDict`
   model.attention_mode           AttentionMode      models/dit.py (the block-causal layout)
   model.remat_policy             RematPolicy        models/dit.py (REMAT_POLICIES)
   model.dtype, model.param_dtype Dtype              models/dit.py (jnp.dtype of the name)
-  model.text_encoder             TextEncoder        models/dit.py (ByteTextEncoder)
+  model.text_encoder             TextEncoder        models/dit.py, inference/text.py (umt5)
   model.pose_format              PoseFormat         models/dit.py (plucker_rays)
   memory.mode                    MemoryMode         memory/kv_cache.py (spec_from_config)
   memory.pool                    MemoryPool         memory/kv_cache.py (_pool)
@@ -83,6 +83,7 @@ class Dtype(Choice):
 class TextEncoder(Choice):
   NONE = "none"    # text arrives as embeddings [B, L, text_dim]
   BYTES = "bytes"  # byte tokens [B, L], embedded by the built-in encoder
+  UMT5 = "umt5"    # umT5 embeddings [B, L, text_dim] (inference/text.py), cached by encode
 
 
 class PoseFormat(Choice):

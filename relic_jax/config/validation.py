@@ -518,9 +518,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   validate_generation(cfg)
   if cfg.data.source == DataSource.LATENTS:
     m = cfg.model
-    if m.text_encoder != TextEncoder.BYTES:
+    if m.text_encoder not in (TextEncoder.BYTES, TextEncoder.UMT5):
       _fail("model.text_encoder", m.text_encoder, "the latent cache holds captions as byte "
-            "tokens, which need the built-in text encoder", "set model.text_encoder='bytes'")
+            "tokens (the built-in text encoder) or umT5 embeddings",
+            "set model.text_encoder='bytes', or 'umt5' with model.text_encoder_from")
     if m.action_dim not in (0, 13):
       _fail("model.action_dim", m.action_dim, "the latent cache holds RELIC's 13-d actions",
             "use 13 (or 0 to train without actions)")

@@ -60,8 +60,9 @@ def generate(cfg, workdir: str, script: str, image_path: str | None = None,
   decoder = load_decoder(cfg, workdir)
   image, caption = start_image(cfg, workdir, image_path)
   text = text if text is not None else (caption or "")
-  if cfg.model.text_encoder != "bytes":
-    # the model reads precomputed embeddings (umT5 for Wan) that this command cannot make
+  if cfg.model.text_encoder == "none":
+    # the model reads embeddings made elsewhere (the synthetic source's), which this command
+    # cannot make; 'bytes' and 'umt5' encode the caption (Session.text_input)
     print("[relic] note: model.text_encoder='none' takes precomputed text embeddings; "
           "generating with an all-zero text context")
     text = np.zeros((cfg.data.text_len, cfg.model.text_dim), np.float32)

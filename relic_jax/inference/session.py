@@ -20,6 +20,7 @@ import numpy as np
 from data_pipeline.loader import tokenize_caption
 from relic_jax.config import choices
 from relic_jax.inference import streaming as st
+from relic_jax.inference import text as text_lib
 from relic_jax.parallel import mesh as mesh_lib
 from relic_jax.parallel.sharding import abstract_params
 from relic_jax.memory import kv_cache as kv_lib
@@ -102,6 +103,7 @@ class Session:
       text_ndim = 2 if self.spec.dit.text_encoder == "bytes" else 3
       self._state_sh = st.state_shardings(self.spec, mesh, self.rules, batch, text_ndim)
     self.params = params
+    self._text_encoder = None  # umT5, loaded at the first caption (text_input)
     self.traces = 0  # how many times the step was traced (= compiled), for tests and benchmarks
     self._start = jax.jit(self._start_fn)
     self._step = jax.jit(self._step_fn)
@@ -143,9 +145,16 @@ class Session:
     return None if self.decoder is None else self.decoder.params
 
   def text_input(self, text) -> np.ndarray:
-    """A caption (str) -> byte tokens for model.text_encoder='bytes'; arrays pass through."""
+    """A caption (str) -> byte tokens for model.text_encoder='bytes', its umT5 embedding for
+    'umt5' (the encoder of config.model.text_encoder_from, loaded at the first caption);
+    arrays pass through."""
     if isinstance(text, str):
-      if self.spec.dit.text_encoder != "bytes":
+      kind = self.spec.dit.text_encoder
+      if kind == "umt5":
+        if self._text_encoder is None:
+          self._text_encoder = text_lib.from_config(self.cfg, batch_size=1)
+        return self.text_input(self._text_encoder([text])[0])
+      if kind != "bytes":
         raise ValueError("this model takes precomputed text embeddings [L, text_dim] "
                          "(model.text_encoder='none'), not a string")
       text = tokenize_caption(text, self.cfg.data.text_len)

@@ -154,8 +154,11 @@ def to_distill_batch(cfg, batch: dict, blocks: int) -> dict:
   else:
     actions = np.zeros((b, f, st.ACTION_DIM), np.float32)
     actions[..., st.STATIC] = 1.0
-  return {"latent0": latents[:, :1], "text": np.asarray(batch["text"]), "actions": actions,
-          "action_scale": scale}
+  out = {"latent0": latents[:, :1], "text": np.asarray(batch["text"]), "actions": actions,
+         "action_scale": scale}
+  if "null_text" in batch:  # umT5 captions: the empty caption's embedding for guidance
+    out["null_text"] = np.asarray(batch["null_text"])
+  return out
 
 
 def generator_update(state: DistillState, teacher, batch, spec: sf.DistillSpec, tx_gen,

@@ -98,10 +98,11 @@ def validate_ode(cfg) -> None:
 
 
 def teacher_trajectory(teacher, dit: DiTConfig, sigmas, keep_idx, latent0, text, actions, poses,
-                       rng, guidance: float):
+                       rng, guidance: float, null=None):
   """Euler integration of the teacher's flow from noise -> (states at keep_idx [B, S, T, ...],
   x0 [B, T, ...]). latent0 [B, 1, ...] is frame 0 (clean); T is actions' latent length.
-  guidance: a standard CFG scale (1 = none; config.validation.standard_guidance)."""
+  guidance: a standard CFG scale (1 = none; config.validation.standard_guidance), whose
+  unconditional branch gets `null` (teacher.null_text; None: zeros)."""
   b = latent0.shape[0]
   t_len = (actions.shape[1] - 1) // dit.cond_frames_per_latent + 1
   shape = (b, t_len) + latent0.shape[2:]
@@ -116,7 +117,7 @@ def teacher_trajectory(teacher, dit: DiTConfig, sigmas, keep_idx, latent0, text,
                                         poses=poses if dit.pose_dim else None)
     v = run(text)
     if guidance != 1.0:
-      v0 = run(jnp.zeros_like(text))
+      v0 = run(jnp.zeros_like(text) if null is None else null)
       v = v0 + guidance * (v - v0)
     return v
 
@@ -134,8 +135,8 @@ def teacher_trajectory(teacher, dit: DiTConfig, sigmas, keep_idx, latent0, text,
 
 
 def _conditioning(cfg, batch: dict, frames: int):
-  """(latent0, text, actions [B, F, 13], poses [B, F, 12]) of a data batch, cut to `frames`
-  latent frames; the synthetic source has no actions: static, and identity poses."""
+  """(latent0, text, null text, actions [B, F, 13], poses [B, F, 12]) of a data batch, cut to
+  `frames` latent frames; the synthetic source has no actions: static, and identity poses."""
   lat = np.asarray(batch["latents"])
   if lat.shape[1] < frames:
     raise ODEInitError(f"the data's clips have {lat.shape[1]} latent frames but ode_init.blocks="
@@ -150,7 +151,9 @@ def _conditioning(cfg, batch: dict, frames: int):
     actions = np.zeros((b, f, st.ACTION_DIM), np.float32)
     actions[..., st.STATIC] = 1.0
     poses = np.broadcast_to(np.eye(4, dtype=np.float32)[:3].reshape(12), (b, f, 12)).copy()
-  return lat[:, :1], np.asarray(batch["text"]), actions, poses
+  text = np.asarray(batch["text"])
+  null = np.asarray(batch["null_text"]) if "null_text" in batch else np.zeros_like(text)
+  return lat[:, :1], text, null, actions, poses
 
 
 def write_trajectories(cfg, workdir: str, teacher, iterator, progress: bool = False) -> str:
@@ -165,8 +168,8 @@ def write_trajectories(cfg, workdir: str, teacher, iterator, progress: bool = Fa
   per_part = cfg.train.batch_size
   parts = -(-o.num_trajectories // per_part)
   guidance = standard_guidance(cfg)
-  fn = jax.jit(lambda p, l0, tx, a, ps, r: teacher_trajectory(p, dit, sigmas, keep, l0, tx, a, ps,
-                                                               r, guidance))
+  fn = jax.jit(lambda p, l0, tx, nl, a, ps, r: teacher_trajectory(
+      p, dit, sigmas, keep, l0, tx, a, ps, r, guidance, nl))
   bar = None
   if progress:
     bar = tqdm(total=parts, unit="part", desc="teacher ODE trajectories")
@@ -174,8 +177,8 @@ def write_trajectories(cfg, workdir: str, teacher, iterator, progress: bool = Fa
     batch = next(iterator)  # drawn for every part, done or not: the same clips on resume
     path = os.path.join(out, f"part_{i:05d}.npz")
     if not os.path.exists(path):
-      latent0, text, actions, poses = _conditioning(cfg, batch, frames)
-      states, x0 = fn(teacher, latent0, text, actions, poses,
+      latent0, text, null, actions, poses = _conditioning(cfg, batch, frames)
+      states, x0 = fn(teacher, latent0, text, null, actions, poses,
                       jax.random.fold_in(jax.random.key(cfg.seed + 1), i))
       write_npz_atomic(path, states=np.asarray(states), x0=np.asarray(x0), text=text,
                        actions=actions, poses=poses)

@@ -214,16 +214,19 @@ def _random_noised(spec: DistillSpec, video, rng):
   return noise, _noised(video, sigma, noise)
 
 
-def dmd_direction(teacher, critic, spec: DistillSpec, video, text, actions, poses, rng):
+def dmd_direction(teacher, critic, spec: DistillSpec, video, text, actions, poses, rng,
+                  null=None):
   """Step (b): the DMD direction g [B, T, h, w, C] for the whole sequence (zero on frame 0)
-  and metrics. No gradient flows into teacher or critic."""
+  and metrics. No gradient flows into teacher or critic. null: the unconditional branch's text
+  (the batch's "null_text", teacher.null_text; None: zeros)."""
   teacher, critic, video = jax.lax.stop_gradient((teacher, critic, video))
   t = video.shape[1]
   noise, (x_t, ts, s, weight) = _random_noised(spec, video, rng)
   v_real = _bidirectional(teacher, spec.teacher, x_t, ts, text, actions, poses)
   teacher_fm = fm.velocity_loss(v_real, noise - video, weight)
   if spec.guidance != 1.0:
-    v_null = _bidirectional(teacher, spec.teacher, x_t, ts, jnp.zeros_like(text), actions, poses)
+    null = jnp.zeros_like(text) if null is None else null
+    v_null = _bidirectional(teacher, spec.teacher, x_t, ts, null, actions, poses)
     v_real = v_null + spec.guidance * (v_real - v_null)
   v_fake = _bidirectional(critic, spec.teacher, x_t, ts, text, actions, poses)
   x0_real = x_t - s * v_real
@@ -316,22 +319,23 @@ def generator_grads(params, teacher, critic, spec: DistillSpec, batch: dict, rng
   (video, actions, poses) for the critic). batch: latent0 [B, 1, h, w, C], text, actions
   [B, N F, 13] (the rollout's video frames, frame 0 excluded), optionally action_scale [B]
   (each example's metres per action unit for its poses; default generate.action_scale).
-  exits: the blocks' sampler exit steps [N] (default: drawn from rng)."""
+  exits: the blocks' sampler exit steps [N] (default: drawn from rng); null_text, when the
+  batch has it, is the guidance's unconditional text (else zeros)."""
   k_exit, k_roll, k_dmd = jax.random.split(rng, 3)
   exits = sample_exits(spec, k_exit) if exits is None else jnp.asarray(exits, jnp.int32)
   latent0, text, actions = batch["latent0"], batch["text"], batch["actions"]
-  scale = batch.get("action_scale")
+  scale, null = batch.get("action_scale"), batch.get("null_text")
   if spec.backprop == "replayed":
     record = rollout(params, spec, latent0, text, actions, exits, k_roll, scale)
     video, acts, poses = sequence(spec, latent0, record["x0"], actions, record["poses"])
-    g, metrics = dmd_direction(teacher, critic, spec, video, text, acts, poses, k_dmd)
+    g, metrics = dmd_direction(teacher, critic, spec, video, text, acts, poses, k_dmd, null)
     grads = replay(params, spec, latent0, text, actions, exits, record, _cotangent(spec, g),
                    k_roll, scale)
   else:
     def objective(p):
       x0, poses_n = naive_rollout(p, spec, latent0, text, actions, exits, k_roll, scale)
       video, acts, poses = sequence(spec, latent0, jax.lax.stop_gradient(x0), actions, poses_n)
-      g, metrics = dmd_direction(teacher, critic, spec, video, text, acts, poses, k_dmd)
+      g, metrics = dmd_direction(teacher, critic, spec, video, text, acts, poses, k_dmd, null)
       cot = jax.lax.stop_gradient(_cotangent(spec, g))
       return jnp.sum(cot * x0), (metrics, (video, acts, poses))
     grads, (metrics, (video, acts, poses)) = jax.grad(objective, has_aux=True)(params)

@@ -10,7 +10,8 @@ video frames (each phase reads a T-frame prefix of the cache's longer clips); ac
 are used when model.action_dim / pose_dim are set, the action scale is not (the student's
 rollout integrates poses with it).
 
-config.train.text_dropout replaces an example's text by the null text (zeros) so that the
+config.train.text_dropout replaces an example's text by the null text (`null_text`: the empty
+caption's umT5 embedding, or zeros for byte captions) so that the
 teacher learns the unconditional velocity classifier-free guidance needs.
 
 The horizon curriculum (config.train.horizon_curriculum, RELIC: 5 s -> 10 s -> 20 s) runs in
@@ -58,12 +59,22 @@ class CurriculumError(ValueError):
   """<workdir>/teacher was trained with another horizon curriculum; the message says how."""
 
 
-def drop_text(rng, text, p: float):
-  """Replaces each example's text ([B, L] tokens or [B, L, D] embeddings) by the null text,
-  zeros, with probability p: the same null text ode_init and distill give the unconditional
-  branch of classifier-free guidance."""
+def null_text(batch: dict):
+  """The null text of a batch's examples: the latent cache's empty-caption embedding
+  ("null_text", with model.text_encoder='umt5': what Wan's pipeline feeds the unconditional
+  branch), else zeros (byte tokens: all padding; the synthetic source's embeddings). The same
+  null text for caption dropout here and for the unconditional branch of classifier-free
+  guidance in ode_init and distill."""
+  null = batch.get("null_text")
+  return jnp.zeros_like(batch["text"]) if null is None else jnp.asarray(null, jnp.float32)
+
+
+def drop_text(rng, text, p: float, null=None):
+  """Replaces each example's text ([B, L] tokens or [B, L, D] embeddings) by the null text
+  (`null`, shaped as text; None: zeros) with probability p."""
   drop_B = jax.random.bernoulli(rng, p, (text.shape[0],))
-  return jnp.where(drop_B.reshape((-1,) + (1,) * (text.ndim - 1)), jnp.zeros_like(text), text)
+  null = jnp.zeros_like(text) if null is None else null
+  return jnp.where(drop_B.reshape((-1,) + (1,) * (text.ndim - 1)), null, text)
 
 
 class TeacherTask:
@@ -85,6 +96,8 @@ class TeacherTask:
       batch["text"] = np.zeros((batch_size, d.text_len), np.int32)
     else:
       batch["text"] = np.zeros((batch_size, d.text_len, c.text_dim), np.float32)
+    if c.text_encoder == "umt5" and d.source == "latents":
+      batch["null_text"] = np.zeros_like(batch["text"])
     frames = 1 + c.cond_frames_per_latent * (t - 1)
     if d.source != "latents":  # only the latent cache has actions and poses (else zeros)
       return batch
@@ -106,7 +119,8 @@ class TeacherTask:
     tc = self.cfg.train
     text = batch["text"]
     if tc.text_dropout > 0:
-      text = drop_text(jax.random.fold_in(rng, _TEXT_DROPOUT_STREAM), text, tc.text_dropout)
+      text = drop_text(jax.random.fold_in(rng, _TEXT_DROPOUT_STREAM), text, tc.text_dropout,
+                       null_text(batch))
     x_t, t, target, weight = fm.noisy_inputs(
         rng, batch["latents"], shift=tc.timestep_shift, sampling=tc.timestep_sampling,
         clean_first_frame=tc.clean_first_frame, per_frame_noise=tc.per_frame_noise)

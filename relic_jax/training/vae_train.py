@@ -28,8 +28,10 @@ from data_pipeline import latent_cache, loader
 from data_pipeline.generate import dataset_dir
 from data_pipeline.preview import VideoUnavailable, write_video
 from relic_jax.config import derive
+from relic_jax.config.choices import TextEncoder
 from relic_jax.evaluation import metrics as img_metrics
 from relic_jax.inference import loading
+from relic_jax.inference import text as text_lib
 from relic_jax import checkpoint as ckpt_lib
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.models import tiny_decoder as tiny_lib
@@ -416,8 +418,9 @@ def params_fingerprint(params) -> str:
 def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool = True,
                    stop_after: int | None = None) -> dict:
   """`relic encode`: the latest VAE checkpoint of <workdir>/vae encodes every training clip into
-  the latent cache (config.data.latent_dir or <workdir>/latents); resumable, rebuilt when the
-  VAE checkpoint changes."""
+  the latent cache (config.data.latent_dir or <workdir>/latents), and with
+  model.text_encoder='umt5' the umT5 of model.text_encoder_from every distinct caption;
+  resumable, rebuilt when the VAE checkpoint or the text encoder changes."""
   vae, params = loading.load_vae(cfg, workdir)
   encode = jax.jit(lambda p, f: vae_lib.encode(p, vae, to_unit(f))[0])
   stats = None  # a pretrained VAE's own latent statistics (as Wan's), else computed
@@ -428,8 +431,12 @@ def encode_dataset(cfg: ml_collections.ConfigDict, workdir: str, progress: bool 
 
   def encode_fn(frames):
     return np.asarray(encode(params, frames))
+  text = {}
+  if cfg.model.text_encoder == TextEncoder.UMT5:  # the captions' umT5 embeddings, cached too
+    encoder = text_lib.from_config(cfg)
+    text = {"text_fn": encoder, "text_fingerprint": encoder.fingerprint}
   cache_dir = Workdir.of(cfg, workdir).latents
   return latent_cache.build(cfg, dataset_dir(cfg, workdir), cache_dir, encode_fn,
                             params_fingerprint(params), vae.z_dim,
                             batch_size=cfg.data.encode_batch_size, progress=progress,
-                            stop_after=stop_after, stats=stats)
+                            stop_after=stop_after, stats=stats, **text)

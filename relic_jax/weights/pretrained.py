@@ -15,17 +15,22 @@ A relative path is looked up from the working directory, then from the repositor
 """
 
 import dataclasses
+import functools
+import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config.base import NO_INIT
+from relic_jax.models import vae as vae_lib
 from relic_jax.models.tiny_decoder import TinyDecoderConfig
 from relic_jax.models.vae import VAEConfig
 from relic_jax.weights import export
 from relic_jax.weights.safetensors_io import LazyStateDict, load_config
+from relic_jax.weights.store import load_params
 from relic_jax.weights.wan import WanImportError, import_wan_transformer
 from relic_jax.weights.wan_vae import import_wan_vae
 
@@ -126,9 +131,20 @@ def vae_folder(path: str) -> str:
   return _folder(path, "vae", "AutoencoderKLWan", "vae.init_from")
 
 
+def latent_stats_of(hf: dict | None, source: str) -> dict | None:
+  """The per-channel latent statistics a diffusers AutoencoderKLWan config carries
+  (latents_mean / latents_std: Wan's normalisation constants), or None."""
+  if not hf or hf.get("latents_mean") is None:
+    return None
+  return {"mean": [float(x) for x in hf["latents_mean"]],
+          "std": [float(x) for x in hf["latents_std"]], "source": os.path.abspath(source)}
+
+
 def vae_params(path: str, cfg: VAEConfig) -> tuple[dict, dict | None]:
   """(params, latent stats {"mean", "std"} or None) of the diffusers AutoencoderKLWan folder
-  (or pipeline root) `path`, checked against `cfg`."""
+  (or pipeline root) `path`, or of `relic import-wan-vae`'s output, checked against `cfg`."""
+  if not is_diffusers(path):
+    return _imported_vae(path, cfg)
   folder = vae_folder(path)
   hf = load_config(folder)
   try:
@@ -144,11 +160,17 @@ def vae_params(path: str, cfg: VAEConfig) -> tuple[dict, dict | None]:
     raise PretrainedError(f"config.vae.init_from={folder} is another VAE: it has "
                           + ", ".join(diffs) + ". Fix: set config.vae (and data.spatial_stride) "
                           "to its architecture, or change init_from.")
-  stats = None
-  if hf.get("latents_mean") is not None:
-    stats = {"mean": [float(x) for x in hf["latents_mean"]],
-             "std": [float(x) for x in hf["latents_std"]], "source": folder}
-  return params, stats
+  return params, latent_stats_of(hf, folder)
+
+
+def _imported_vae(path: str, cfg: VAEConfig) -> tuple[dict, dict | None]:
+  """(params, latent stats) of `relic import-wan-vae`'s output (weights.store), restored for
+  cfg's architecture (CheckpointError naming the differences otherwise)."""
+  want = jax.eval_shape(functools.partial(vae_lib.init_params, cfg), jax.random.key(0))
+  params = load_params(path, want, ckpt_lib.describe_model(dataclasses.asdict(cfg), want))
+  with open(os.path.join(path, "meta.json")) as f:
+    stats = json.load(f).get("latent_stats")
+  return jax.tree.map(np.asarray, params), stats
 
 
 def tiny_decoder_params(path: str, cfg: TinyDecoderConfig) -> dict | None:
