@@ -107,6 +107,25 @@ def test_gradient_sees_only_the_exit_step_and_a_detached_context(models):
     np.testing.assert_allclose(np.asarray(a_), np.asarray(b_), atol=1e-7, rtol=1e-4)
 
 
+def test_guidance_reads_the_batchs_null_text(models):
+  """DMD's unconditional branch gets the batch's null_text (umT5: the empty caption's
+  embedding), not zeros: with null_text = the text, guidance changes nothing (the direction
+  equals guidance 1's); with zeros it does."""
+  cfg, gen, teacher, critic = models
+  batch = _batch(2)
+  key = jax.random.key(9)
+  out = {}
+  for name, guidance, extra in (("none", 1.0, {}), ("same", 3.0, {"null_text": batch["text"]}),
+                                ("zeros", 3.0, {})):
+    cfg.generate.cfg_convention, cfg.generate.guidance = "standard", guidance
+    spec = sf.spec_from_config(cfg, 2)
+    _, m, _ = jax.jit(lambda g, b, spec=spec: sf.generator_grads(
+        g, teacher, critic, spec, b, key, exits=(1, 1)))(gen, {**batch, **extra})
+    out[name] = float(m["dmd_loss"])
+  assert out["same"] == pytest.approx(out["none"], rel=1e-5)
+  assert abs(out["zeros"] - out["none"]) > 1e-3 * out["none"]
+
+
 def test_updates_touch_only_their_own_params_and_never_the_teacher(models):
   cfg, gen, teacher, critic = models
   cfg.generate.cfg_convention, cfg.generate.guidance = "standard", 1.0

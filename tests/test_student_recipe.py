@@ -4,6 +4,8 @@ gradient (and stop changing them once the recipe stays inside the window), the m
 variants train different students, and Self-Forcing's DMD details (timestep sampling, CFG
 convention, one guidance, EMA start, one exit step, per-clip action scale)."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -137,8 +139,8 @@ def test_ode_trajectories_and_dmd_use_the_same_guidance(monkeypatch, tmp_path):
                       null=None):
     seen.append(guidance)
     b, t = latent0.shape[0], oi.clip_frames(cfg)
-    return (jnp.zeros((b, len(keep), t) + latent0.shape[2:]),
-            jnp.zeros((b, t) + latent0.shape[2:]))
+    return (jnp.zeros((b, len(keep), t) + latent0.shape[2:]),  # x0: the null text's mean
+            jnp.full((b, t) + latent0.shape[2:], jnp.mean(null)))
 
   monkeypatch.setattr(oi, "teacher_trajectory", fake_trajectory)
   data = cfg.copy_and_resolve_references()
@@ -146,6 +148,15 @@ def test_ode_trajectories_and_dmd_use_the_same_guidance(monkeypatch, tmp_path):
   batch = TeacherTask(data).example_batch(2)
   oi.write_trajectories(data, str(tmp_path), None, iter([batch]))
   assert seen == [sf.spec_from_config(cfg, 2).guidance] == [4.0]
+
+  def null_mean(work):
+    return float(np.load(os.path.join(work, "ode_init", "trajectories", "part_00000.npz"))
+                 ["x0"].mean())
+  assert null_mean(str(tmp_path)) == 0.0  # byte captions: the null text is zeros
+  # umT5 captions: the batch's empty-caption embedding is the unconditional text
+  null = np.full_like(batch["text"], 0.5)
+  oi.write_trajectories(data, str(tmp_path / "umt5"), None, iter([{**batch, "null_text": null}]))
+  assert null_mean(str(tmp_path / "umt5")) == 0.5
 
 
 # ------------------------------------------------------------------ DMD details

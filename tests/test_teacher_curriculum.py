@@ -215,6 +215,23 @@ def test_text_dropout_one_makes_the_loss_text_independent(loss_setup):
   assert losses(1.0) == [null, null, null]  # every example sees the null text (zeros)
 
 
+def test_dropped_text_is_the_batchs_null_text(loss_setup):
+  """With umT5 captions the batch carries the empty caption's embedding ("null_text"): a
+  dropped example sees it, not zeros (the loss with every text dropped equals the loss of
+  that embedding as the text)."""
+  params, latents, (text_a, text_b) = loss_setup
+  c = _base()
+  c.train.text_dropout = 1.0
+  fn = jax.jit(TeacherTask(c).loss_fn)
+  dropped = float(fn(params, {"latents": latents, "text": text_a, "null_text": text_b},
+                     jax.random.key(3)))
+  c.train.text_dropout = 0.0
+  as_text = float(jax.jit(TeacherTask(c).loss_fn)(params, {"latents": latents, "text": text_b},
+                                                  jax.random.key(3)))
+  zeros = float(fn(params, {"latents": latents, "text": text_a}, jax.random.key(3)))
+  assert dropped == as_text and dropped != zeros
+
+
 def test_drop_text_is_per_example():
   tokens = np.arange(1, 1 + 256 * 8, dtype=np.int32).reshape(256, 8)
   out = np.asarray(drop_text(jax.random.key(0), tokens, 0.3))

@@ -174,7 +174,10 @@ def _imported_vae(path: str, cfg: VAEConfig) -> tuple[dict, dict | None]:
 
 
 def tiny_decoder_params(path: str, cfg: TinyDecoderConfig) -> dict | None:
-  """The tiny decoder beside a pretrained VAE (root/tiny_decoder), or None if there is none."""
+  """The tiny decoder beside a pretrained VAE (root/tiny_decoder), or None if there is none
+(an imported Wan VAE has none)."""
+  if not is_diffusers(path):
+    return None
   folder = vae_folder(path)
   tiny = _sibling(folder, path, "tiny_decoder")
   hf = load_config(tiny) if tiny else None
