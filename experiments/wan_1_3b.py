@@ -45,6 +45,9 @@ def get_config():
   # `relic data`'s episodes must hold the latent cache's clips: 81 latent frames = 321 video
   # frames (the teacher's 20 s phase); 600 frames (~34 s at 17.5 fps) leave room for several
   c.data.gen.frames_per_episode = 600
+  # and at the model's 480x832: rendered 16:9 (1024x576), centre-cropped and resized (your own
+  # posed videos instead: `relic data ingest`, docs/data.md)
+  c.data.gen.height, c.data.gen.width, c.data.gen.render_resolution = 480, 832, "1024x576"
   c.train.batch_size = 8
   c.distill.batch_size = 8   # a multiple of the 8 H100s (and of a v5p-8's 4 chips)
   c.train.lr = 1e-5

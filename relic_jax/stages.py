@@ -341,8 +341,9 @@ def import_wan_vae(cfg, workdir, source, out):
 def import_umt5(cfg, workdir, source, out):
   """A Hugging Face umT5 / T5 v1.1 encoder directory (safetensors, sharded or not, with
   config.json), or a diffusers Wan pipeline root (its text_encoder/), -> params of
-  relic_jax.models.umt5 in config.model.param_dtype, with the tokenizer files found beside it
-  (text_lib.find_tokenizer) copied to <out>/tokenizer/: config.model.text_encoder_from."""
+  relic_jax.models.umt5 in config.model.dtype (the encoder is frozen), with the tokenizer
+  files found beside it (text_lib.find_tokenizer) copied to <out>/tokenizer/: what
+  config.model.text_encoder_from names."""
   del workdir
   t0 = time.time()
   if os.path.isfile(os.path.join(source, "text_encoder", "config.json")):
@@ -355,9 +356,9 @@ def import_umt5(cfg, workdir, source, out):
         "(tokenizer.json, special_tokens_map.json; google/umt5-xxl's, or a diffusers Wan "
         "pipeline's tokenizer/) into the --source folder.")
   text_lib.Tokenizer(tok_dir)  # readable, before the weights are read
+  # frozen: stored in the compute dtype (bf16 for the flagships, as Wan ships umT5-XXL)
   umt5_cfg, params = import_umt5_params(LazyStateDict(source), load_config(source) or {},
-                                        dtype=cfg.model.dtype,
-                                        param_dtype=cfg.model.param_dtype)
+                                        dtype=cfg.model.dtype, param_dtype=cfg.model.dtype)
   files = {os.path.join(text_lib.TOKENIZER_DIR, n): p
            for n, p in text_lib.tokenizer_files(tok_dir).items()}
   n = _save_imported(out, umt5_cfg, params, source, files)

@@ -127,3 +127,19 @@ def test_wan_checkpoints_imported_then_the_pipeline_runs_with_umt5_and_resumes(t
     metrics = json.load(f)
   assert metrics["_meta"]["distilled"]
   assert isinstance(metrics["relic"]["psnr"], float)
+
+  # 3. `relic generate --text` encodes its caption with the imported umT5
+  script = tmp_path / "short.txt"
+  script.write_text("0.7 pan_left\n")
+  r = _relic("generate", f"--config={config}", f"--workdir={work}", f"--actions={script}",
+             "--text=a red door in a grey corridor", timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert [f for f in os.listdir(os.path.join(work, "generate")) if f.endswith(".mp4")]
+  from relic_jax.config.base import parent_config
+  from relic_jax.inference import text as text_lib
+  from relic_jax.inference.session import Session
+  cfg = parent_config(str(config), "wan_micro")
+  got = Session(cfg, None).text_input("a red door in a grey corridor")
+  want = text_lib.from_config(cfg)(["a red door in a grey corridor", ""])
+  np.testing.assert_allclose(got[0], want[0], atol=1e-5, rtol=0)  # batch 1 vs 2
+  assert got.shape == (1, TEXT_LEN, TEXT_DIM) and np.abs(want[0] - want[1]).max() > 1e-3

@@ -212,7 +212,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   gen.fps = 17.5             # video frames per second (the data's)
   # The one classifier-free guidance of the distribution the student learns: the teacher's ODE
   # trajectories of `relic ode_init` and DMD's real score in `relic distill` both read it, so
-  # the ODE-init targets and DMD pull to the same distribution (null text: zeros). What the
+  # the ODE-init targets and DMD pull to the same distribution (null text: zeros for byte
+  # captions, the empty caption's umT5 embedding: training/teacher.null_text). What the
   # number means is `cfg_convention`'s: "self_forcing" (Self-Forcing's code, the default):
   # v_cond + guidance (v_cond - v_null), so 0 = no guidance and Self-Forcing's 3.0 = standard
   # 4; "standard": v_null + guidance (v_cond - v_null), 1 = no guidance. Any guidance needs a
@@ -375,9 +376,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   t.timestep_sampling = "uniform"  # "uniform" or "logit_normal"
   t.clean_first_frame = True       # image conditioning: frame 0 is the clean latent, t=0
   t.per_frame_noise = False        # diffusion forcing: an independent timestep per frame
-  # Probability that an example's text is replaced by the null text (zeros: all-zero byte
-  # tokens or zero embeddings), so the teacher also learns the unconditional velocity that
-  # classifier-free guidance (ode_init.guidance, distill.guidance) subtracts. 0 = off.
+  # Probability that an example's text is replaced by the null text (all-zero byte tokens;
+  # umT5: the empty caption's embedding, the latent cache's null_text), so the teacher also
+  # learns the unconditional velocity that classifier-free guidance (ode_init.guidance,
+  # distill.guidance) subtracts. 0 = off.
   t.text_dropout = 0.0
   # The teacher's horizon curriculum (training/teacher.py train_teacher): ((latent_frames,
   # steps), ...) phases in order, each starting from the previous phase's params (RELIC: 5 s

@@ -69,6 +69,9 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "model") -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
       _fail(f"{prefix}.{f}", v, "must be a non-negative integer", "use 0 (off) or the vector size")
   _choice(m, "text_encoder", TextEncoder, prefix)
+  if not isinstance(m.get("text_encoder_from", ""), str):
+    _fail(f"{prefix}.text_encoder_from", m.text_encoder_from, "must be a path (a string)",
+          "set it to the --out of `relic import-umt5`, or '' for none")
   _choice(m, "pose_format", PoseFormat, prefix)
   if m.pose_format == PoseFormat.PLUCKER and m.pose_dim not in (0, 12):
     _fail(f"{prefix}.pose_dim", m.pose_dim, "Pluecker rays are computed from the 12-d "

@@ -8,8 +8,8 @@ ODE trajectories, with RELIC's hybrid forcing. In <workdir>/ode_init.
    clean image latent, sigma 0 throughout) with Euler steps on the grid of
    ode_init.solver_steps uniform timesteps joined with the student's timesteps
    (config.generate.timesteps), all shifted by generate.shift, with classifier-free guidance
-   generate.guidance on the text (null text: zeros; the same guidance as DMD's real score,
-   in the convention generate.cfg_convention). Stored: the states at the student's
+   generate.guidance on the text (null text: teacher.null_text; the same guidance as DMD's
+   real score, in the convention generate.cfg_convention). Stored: the states at the student's
    timesteps [S, T, h, w, C], the end point x0, the text, actions and poses.
 2. Regression (the generic trainer, config.train overridden by ode_init.train; params start
    from the teacher's): the student sees, for each block, the trajectory's state at a random

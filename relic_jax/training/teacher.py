@@ -11,8 +11,8 @@ are used when model.action_dim / pose_dim are set, the action scale is not (the 
 rollout integrates poses with it).
 
 config.train.text_dropout replaces an example's text by the null text (`null_text`: the empty
-caption's umT5 embedding, or zeros for byte captions) so that the
-teacher learns the unconditional velocity classifier-free guidance needs.
+caption's umT5 embedding, or zeros for byte captions) so that the teacher learns the
+unconditional velocity classifier-free guidance needs.
 
 The horizon curriculum (config.train.horizon_curriculum, RELIC: 5 s -> 10 s -> 20 s) runs in
 `train_teacher`: phase i trains clips of its own latent_frames for its own steps, starting from
