@@ -206,3 +206,68 @@ def test_latent_source_errors_are_clear(data, tmp_path):
   other.model.action_dim = 7
   with pytest.raises(ConfigError, match=r"config.model.action_dim=7.*13-d actions"):
     validate(other)
+
+
+def fake_text_encoder(length, dim=6):
+  """A stand-in text encoder: each caption's embedding is a fixed random function of it,
+  zero past its word count + 1 (as umT5's padding)."""
+  def encode(captions):
+    out = np.zeros((len(captions), length, dim), np.float32)
+    for i, c in enumerate(captions):
+      n = min(len(c.split()) + 1, length)
+      out[i, :n] = np.random.default_rng(list(c.encode()) or [0]).normal(size=(n, dim))
+    return out
+  return encode
+
+
+def test_captions_are_cached_once_each_with_the_empty_caption_first(data, tmp_path):
+  """With a text encoder, each distinct caption is encoded once (row 0: the empty caption,
+  the null text) and every clip points at its episode's row; the table survives an
+  interrupted build, another encoder rebuilds the cache, and the loader serves the embedding
+  as "text" with the null text beside it."""
+  from data_pipeline import shards
+  import ml_dtypes
+  bytes_cfg, out = data
+  cfg = bytes_cfg.copy_and_resolve_references()
+  cfg.model.text_dim = 6
+  cache = str(tmp_path / "cache")
+  length = cfg.data.text_len
+  encode, seen = fake_text_encoder(length), []
+
+  def text_fn(captions):
+    seen.append(list(captions))
+    return encode(captions)
+  first = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=2, progress=False,
+                   stop_after=1, text_fn=text_fn, text_fingerprint="fake-1")
+  lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, batch_size=2, progress=False,
+           text_fn=text_fn, text_fingerprint="fake-1")
+  episode_captions = [e["caption"] for _, e in shards.episode_entries(shards.read_manifest(out))]
+  assert first["encoded_now"] == 2 and seen == [[""] + sorted(set(episode_captions))]
+  src = lc.LatentCacheSource(cache)
+  assert src.meta["text"] == "fake-1"
+  bf16 = lambda x: x.astype(ml_dtypes.bfloat16).astype(np.float32)  # noqa: E731
+  np.testing.assert_array_equal(src.null_text(), bf16(encode([""])[0]))
+  for i in range(len(src)):
+    caption = episode_captions[int(src[i]["clip"][0])]
+    np.testing.assert_array_equal(src[i]["text_embedding"], bf16(encode([caption])[0]))
+  # the DiT's examples: the caption's embedding as "text", the empty caption's as "null_text"
+  c = latent_teacher_config(cfg, steps=1)
+  c.model.text_encoder, c.model.text_dim = "umt5", 6
+  example = loader.make_source(c, cache)[0]
+  assert example["text"].shape == (length, 6) and example["text"].dtype == np.float32
+  np.testing.assert_array_equal(example["null_text"], src.null_text())
+  c.model.text_dim = 4096
+  with pytest.raises(DataError, match=r"holds 6-d text embeddings, but model.text_dim=4096"):
+    loader.make_source(c, cache)
+  # another text encoder rebuilds the cache
+  r = lc.build(cfg, out, cache, pool_encoder(), "vae-a", 8, progress=False,
+               text_fn=fake_text_encoder(length, dim=6), text_fingerprint="fake-2")
+  assert r["rebuilt"] == "the text encoder changed (fake-1 -> fake-2)"
+  # a cache of byte captions cannot serve umT5 text
+  lc.build(bytes_cfg, out, cache, pool_encoder(), "vae-a", 8, progress=False)
+  c.model.text_dim = 6
+  with pytest.raises(DataError, match=r"holds byte captions only. Fix: re-run `relic encode`"):
+    loader.make_source(c, cache)
+  with pytest.raises(DataError, match=r"6-d, but config.model.text_dim=32"):
+    lc.build(bytes_cfg, out, str(tmp_path / "c2"), pool_encoder(), "vae-a", 8, progress=False,
+             text_fn=encode, text_fingerprint="fake-1")

@@ -227,3 +227,16 @@ def test_import_umt5_needs_its_tokenizer(tmp_path):
               f"--out={tmp_path / 'out'}")
   assert r.returncode == 2 and "no tokenizer.json in" in r.stderr, r.stderr[-800:]
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_missing_or_wrong_text_encoder_from_is_named(tmp_path):
+  import experiments.tiny as tiny
+  from relic_jax.inference.text import TextEncoderError, from_config
+  cfg = tiny.get_config()
+  cfg.model.text_encoder = "umt5"
+  with pytest.raises(TextEncoderError, match=r"needs config.model.text_encoder_from.*Fix: run "
+                                             r"`relic import-umt5"):
+    from_config(cfg)
+  cfg.model.text_encoder_from = str(tmp_path)
+  with pytest.raises(TextEncoderError, match=r"holds no imported umT5"):
+    from_config(cfg)
