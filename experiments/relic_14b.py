@@ -21,10 +21,10 @@ def get_config():
   c.name = "relic_14b"
   m = c.model
   m.dim, m.ffn_dim, m.num_heads, m.num_layers = 5120, 13824, 40, 40
-  # measured on a v5p-64 (relic compile, peak per chip of 95.74 GiB; docs/scale.md): the
-  # teacher at 81 latent frames (20 s), batch 16, 65.3 GiB (batch 32: 102.9, too much; at 41
-  # frames batch 32 fits in 66.3); ODE init (22 latent frames, batch 8) 81.6 GiB; distillation
-  # with the 20 s replayed rollout (26 blocks, 79 latent frames, batch 8) 81.6 GiB
+  # measured on a v5p-64 with RELIC's conditioning (relic compile, peak per chip of 95.74 GiB;
+  # docs/scale.md): the teacher at 81 latent frames (20 s), batch 16, 72.6 GiB (backbone only:
+  # 65.3; batch 32 needed 102.9, too much); ODE init (22 latent frames, batch 8) 84.1 GiB;
+  # distillation with the 20 s replayed rollout (26 blocks, 79 latent frames, batch 8) 88.6
   c.mesh.shape = {"data": 1, "fsdp": -1, "context": 4, "tensor": 1}
   c.mesh.rules = tuple((axis, ("fsdp", "context")) if axis == "embed" else (axis, mesh_axes)
                        for axis, mesh_axes in DEFAULT_RULES)

@@ -10,10 +10,10 @@ and 20 s (81, ~126k tokens) clips with YaRN on the temporal RoPE (factors 41/21 
 The student: ODE init with hybrid forcing on 22 latent frames, distillation rollouts of 22, 40
 and 79 latent frames (RELIC's 5 s -> 10 s -> 20 s), both past the memory window.
 Hardware: 8 H100s or a TPU v5p-8 (FSDP over all of them): compiled here for both, every stage
-fits (docs/scale.md; the largest, ODE init, 46.1 GiB per H100 and 79.5 GiB per v5p chip); a
+fits (docs/scale.md; the largest, ODE init, 47.3 GiB per H100 and 81.5 GiB per v5p chip); a
 step on one H100 fits only with a shorter clip (the train_step benchmark uses
---config.data.latent_frames). Wall-clock: depends on the fleet; the train_step benchmark
-reports step time and MFU.
+--config.data.latent_frames). Wall-clock: the README's "Training RELIC from Wan 2.1" gives
+each stage's bound at peak FLOPs (>= 13 h for the teacher's curriculum on 8 H100s).
 """
 
 from relic_jax.config import get_base_config
