@@ -35,19 +35,24 @@ setup(
         "matplotlib>=3.8",
         # umT5's tokenizer (tokenizer.json) for model.text_encoder='umt5'
         "tokenizers>=0.19",
+        # `relic play`: the web server and its websockets
+        "aiohttp>=3.9",
     ],
     extras_require={
         # torch (CPU), diffusers and transformers: only to check parity with the reference Wan and
         # umT5 implementations;
         # ruff: the linter `make test` runs first (rules in ruff.toml; PLC0415 is stable from 0.12).
         "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "diffusers>=0.35",
-                 "transformers>=4.45", "safetensors>=0.4", "ruff>=0.12"],
+                 "transformers>=4.45", "safetensors>=0.4", "ruff>=0.12",
+                 # the browser test of `relic play` (Debian's chromium and chromium-driver)
+                 "selenium>=4.20"],
         # `relic compile` (relic_jax/bench/aot.py): the TPU compiler (libtpu, matched to jax's
         # version) and the GPU one (the CUDA plugin and ptxas; no driver or card needed). Each
         # is only a compiler here: on a host without the hardware jax still runs on the CPU.
         "tpu": [f"jax[tpu]=={JAX}"],
         "gpu": [f"jax=={JAX}", f"jax-cuda12-plugin=={JAX}", "nvidia-cuda-nvcc-cu12"],
     },
-    package_data={"relic_jax.bench": ["gpu_targets/*.txtpb"]},
+    package_data={"relic_jax.bench": ["gpu_targets/*.txtpb"],
+                  "relic_jax.play": ["static/*.html", "static/*.js", "static/*.css"]},
     entry_points={"console_scripts": ["relic=relic_jax.cli:run"]},
 )

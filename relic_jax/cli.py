@@ -56,6 +56,10 @@ flags.DEFINE_string("actions", None, "generate: a built-in action script "
 flags.DEFINE_string("image", None, "generate: the start image (default: frame 0 of the first "
                     "held-out episode).")
 flags.DEFINE_string("text", None, "generate: the caption (default: the episode's).")
+flags.DEFINE_string("host", "127.0.0.1", "play: the address to serve on (127.0.0.1: this "
+                    "machine only; 0.0.0.0 exposes it to the network).")
+flags.DEFINE_integer("port", 8000, "play: the HTTP port.")
+flags.DEFINE_integer("max_sessions", 2, "play: players at once (more get a busy message).")
 flags.DEFINE_string("topology", None, "compile: the TPU or GPU topology compiled for "
                     "(v5p-64, v6e-32, h100x8, h100x32, ...; relic_jax/bench/aot.py TOPOLOGIES).")
 flags.DEFINE_string("stage", "teacher", "compile: the stage whose step is compiled (teacher, "

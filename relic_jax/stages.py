@@ -277,6 +277,12 @@ def generate(cfg, workdir, actions, image=None, text=None, out=None):
         f"{r['memory']}, {r['decoder']} decoder) at {r['fps']:.1f} frames/s: {r['video']}")
 
 
+def play(cfg, workdir, host="127.0.0.1", port=8000, max_sessions=2):
+  """`relic play`: relic_jax/play/server.py."""
+  from relic_jax.play import server  # noqa: PLC0415 (aiohttp: only when serving)
+  server.serve(cfg, workdir, host=host, port=port, max_sessions=max_sessions)
+
+
 def import_wan(cfg, workdir, source, out):
   """Streams a diffusers Wan 2.1 T2V transformer into an Orbax params checkpoint, converted to
   config.model.param_dtype and laid out for config.model.scan_layers, sharded over cfg's mesh."""
@@ -449,6 +455,11 @@ _STAGES = (
           dirs=("generate",), flags=("actions",), options=("image", "text", "out"),
           derive=latent_cache_config,
           produces="<workdir>/generate: an MP4 and its metadata", workdir=WorkdirUse.REQUIRED),
+    Stage("play", "the student in a browser, steered with the keyboard, in real time "
+          "(--host, --port, --max_sessions): a web server for the run's student", play,
+          dirs=("play",), options=("host", "port", "max_sessions"), derive=latent_cache_config,
+          produces="<workdir>/play/recordings: what its record button wrote",
+          workdir=WorkdirUse.REQUIRED),
     # the pose estimator's inputs: its split, the frames' size and its motion normalisers
     Stage("pose_estimator", "train the pose estimator behind the action-following metrics on "
           "real frames", pose_estimator, dirs=("pose_estimator",),

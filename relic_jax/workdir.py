@@ -82,7 +82,7 @@ class Workdir:
 # The places of a run (the module docstring says what each holds); every one but data and
 # latents (above) is <root>/<its name>.
 PLACES = ("data", "pose_estimator", "vae", "vae_tiny", "latents", "teacher", "ode_init",
-          "distill", "evaluate", "results", "generate", "pipeline")
+          "distill", "evaluate", "results", "generate", "pipeline", "play")
 for _name in PLACES:
   if not hasattr(Workdir, _name):
     setattr(Workdir, _name, property(lambda self, name=_name: self._under(name),

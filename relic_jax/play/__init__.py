@@ -1,0 +1,1 @@
+"""`relic play`: the world model in a browser, steered with the keyboard (server.py)."""
