@@ -48,7 +48,7 @@ assets: $(STAMP)
 # see docs/testing.md).
 test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n 2 --dist loadscope -q tests
+	$(PY) -m pytest -n 2 --dist loadscope -q -rs tests
 
 # Only the tests marked slow (whole-pipeline and kill-and-resume subprocess runs, multi-process
 # training, long compiles); CI runs it after `make test`.

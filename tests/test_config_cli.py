@@ -342,7 +342,8 @@ def test_every_experiment_config_validates(path):
 # ------------------------------------------------------------------------------ the CLI
 
 STAGE_LIST = ("data, train_vae, encode, train_teacher, ode_init, distill, info, import-wan, "
-              "import-wan-vae, import-umt5, export-assets, generate, pose_estimator, evaluate, "
+              "import-wan-vae, import-umt5, export-assets, generate, play, pose_estimator, "
+              "evaluate, "
               "pipeline, "
               "compile, sweep")
 FAST_CLI_ERRORS = [

@@ -422,3 +422,26 @@ def test_the_page_in_a_headless_chromium(engine):
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
+def test_soak_four_clients_one_sending_garbage(trained_run):  # noqa: F811
+  """Bounded and local: 3 well-behaved clients and one sending garbage ten times a second,
+  for 2 minutes; the server stays up, every garbage message is answered with an error and its
+  connection kept, the good clients see no error and keep their frame rate within 2x of a
+  single client's (30 s alone first), nothing compiles, and every game is freed."""
+  from relic_jax.bench import play as bench
+  cfg, workdir = trained_run
+  cfg = cfg.copy_and_resolve_references()
+  cfg.generate.decoder = "tiny"
+  cfg.memory.window, cfg.memory.max_frames, cfg.memory.overflow = 3, 121, "drop"
+  single = bench.run(cfg, workdir, clients=1, seconds=30)["clients"][0]
+  soak = bench.run(cfg, workdir, clients=3, garbage=1, seconds=120, rss_at=(60,))
+  for c in soak["clients"]:
+    assert c["error_count"] == 0 or all("KV cache is full" in e for e in c["errors"]), c
+    assert c["frames_per_s"] > single["frames_per_s"] / 2, (c, single)
+    assert c["compiles"][0] == c["compiles"][1]
+  g = soak["garbage"][0]
+  assert g["sent"] > 500 and g["error_answers"] >= g["sent"] - 2 and g["connection_kept"]
+  assert soak["games_freed"]
+  assert soak["rss_mb"]["end"] - soak["rss_mb"]["60s"] < 100, soak["rss_mb"]
