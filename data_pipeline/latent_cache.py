@@ -223,7 +223,6 @@ def build(cfg, data_dir: str, cache_dir: str, encode_fn: Callable[[np.ndarray], 
                   arrays["text_tokens"][i].write(x["text_tokens"]),
                   arrays["clip"][i].write(np.array([x["episode"], x["start"], x["turn"]],
                                                    np.int32))]
-
     for f in futures:
       f.result()
     if "text_id" in arrays:  # one chunk for many clips: written one at a time, as done
@@ -258,25 +257,31 @@ def _episode_captions(data_dir: str) -> list[str]:
   return [entry["caption"] for _, entry in shards_lib.episode_entries(manifest)]
 
 
-def _write_captions(cfg, data_dir: str, cache_dir: str, num_clips: int, text_fn):
-  """Encodes the dataset's distinct captions (row 0: the empty caption) into text_embeddings
-  and writes captions.json; returns the created, empty text_id array [num_clips]."""
-  captions = [""] + sorted(set(_episode_captions(data_dir)) - {""})
-  emb = np.asarray(text_fn(captions), np.float32)
-  if emb.ndim != 3 or emb.shape[:2] != (len(captions), cfg.data.text_len):
-    raise DataError(f"the text encoder gave embeddings of shape {emb.shape} for "
-                    f"{len(captions)} captions, expected [{len(captions)}, "
-                    f"{cfg.data.text_len}, D]. Fix: use a text encoder that pads to "
-                    "config.data.text_len.")
-  if emb.shape[2] != cfg.model.text_dim:
-    raise DataError(f"the text encoder's embeddings are {emb.shape[2]}-d, but "
-                    f"config.model.text_dim={cfg.model.text_dim}. Fix: set model.text_dim to "
-                    f"{emb.shape[2]} (umT5-XXL: 4096), or use the text encoder the DiT expects.")
+def _write_captions(cfg, data_dir: str, cache_dir: str, num_clips: int, text_fn,
+                    chunk: int = 64):
+  """Encodes the dataset's distinct captions (row 0: the empty caption) into text_embeddings,
+  `chunk` captions at a time (umT5-XXL's embeddings are 8 MiB a caption in float32), and
+  writes captions.json; returns the created, empty text_id array [num_clips]."""
   import ml_dtypes  # noqa: PLC0415
-  u, length, dim = emb.shape
-  table = _open(os.path.join(cache_dir, "text_embeddings"), shape=(u, length, dim),
-                chunks=(1, length, dim), dtype="bfloat16")
-  table.write(emb.astype(ml_dtypes.bfloat16)).result()
+  captions = [""] + sorted(set(_episode_captions(data_dir)) - {""})
+  table = None
+  for s in range(0, len(captions), chunk):
+    part = captions[s:s + chunk]
+    emb = np.asarray(text_fn(part), np.float32)
+    if emb.ndim != 3 or emb.shape[:2] != (len(part), cfg.data.text_len):
+      raise DataError(f"the text encoder gave embeddings of shape {emb.shape} for "
+                      f"{len(part)} captions, expected [{len(part)}, {cfg.data.text_len}, D]. "
+                      "Fix: use a text encoder that pads to config.data.text_len.")
+    if emb.shape[2] != cfg.model.text_dim:
+      raise DataError(f"the text encoder's embeddings are {emb.shape[2]}-d, but "
+                      f"config.model.text_dim={cfg.model.text_dim}. Fix: set model.text_dim to "
+                      f"{emb.shape[2]} (umT5-XXL: 4096), or use the text encoder the DiT "
+                      "expects.")
+    if table is None:
+      table = _open(os.path.join(cache_dir, "text_embeddings"),
+                    shape=(len(captions),) + emb.shape[1:], chunks=(1,) + emb.shape[1:],
+                    dtype="bfloat16")
+    table[s:s + len(part)].write(emb.astype(ml_dtypes.bfloat16)).result()
   write_json_atomic(os.path.join(cache_dir, CAPTIONS), captions)
   return _open(os.path.join(cache_dir, "text_id"), shape=(num_clips,),
                chunks=(min(num_clips, 4096),), dtype="<i4")
