@@ -56,14 +56,12 @@ def _env():
   return {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", "PYTHONPATH": ROOT}
 
 
-@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
-def test_pipeline_resumes_after_a_kill_and_skips_what_is_done(tmp_path):
-  config, work = _config(tmp_path), str(tmp_path / "run")
-  # 1. killed (SIGKILL) inside train_teacher, once it has written a checkpoint
-  proc = subprocess.Popen(_cmd(config, work), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+def kill_in_teacher(cmd, work: str, timeout: float = 600, stdout=subprocess.DEVNULL) -> None:
+  """Runs `relic pipeline` (cmd) and SIGKILLs it inside train_teacher, once the teacher has
+  written a checkpoint; fails if it ends first."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=stdout, stderr=subprocess.STDOUT)
   ckpt = os.path.join(work, "teacher", "checkpoints")
-  deadline = time.time() + 500
+  deadline = time.time() + timeout
   try:
     while time.time() < deadline and proc.poll() is None:
       if os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt)):
@@ -73,6 +71,13 @@ def test_pipeline_resumes_after_a_kill_and_skips_what_is_done(tmp_path):
     proc.send_signal(signal.SIGKILL)
   finally:
     proc.wait()
+
+
+@pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)
+def test_pipeline_resumes_after_a_kill_and_skips_what_is_done(tmp_path):
+  config, work = _config(tmp_path), str(tmp_path / "run")
+  # 1. killed (SIGKILL) inside train_teacher, once it has written a checkpoint
+  kill_in_teacher(_cmd(config, work), work, timeout=500)
   markers = os.path.join(work, "pipeline")
   done = sorted(f[:-5] for f in os.listdir(markers))
   assert done == sorted(["data", "pose_estimator", "train_vae", "encode"])  # killed mid-teacher

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import struct
-import threading
 import time
 import weakref
 import zlib
@@ -376,17 +375,10 @@ def test_the_page_in_a_headless_chromium(engine):
   """The page loads, starts a game, the held arrow key turns the reported camera left, the
   memory switches live to `window`, frames keep arriving; a screenshot is kept
   (test-artifacts/play.png)."""
-  from aiohttp import web
-  from relic_jax.play.server import Server
+  from relic_jax.play.server import Background, Server
   browser = _browser()
-  loop = asyncio.new_event_loop()
-  runner = web.AppRunner(Server(engine).app())
-  loop.run_until_complete(runner.setup())
-  site = web.TCPSite(runner, "127.0.0.1", 0)
-  loop.run_until_complete(site.start())
-  port = site._server.sockets[0].getsockname()[1]
-  thread = threading.Thread(target=loop.run_forever, daemon=True)
-  thread.start()
+  background = Background(Server(engine))
+  port = background.__enter__()
   from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.common.by import By
   from selenium.webdriver.common.keys import Keys
@@ -419,9 +411,7 @@ def test_the_page_in_a_headless_chromium(engine):
     assert os.path.getsize(os.path.join(out, "play.png")) > 10_000
   finally:
     browser.quit()
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    background.__exit__()
 
 
 @pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)

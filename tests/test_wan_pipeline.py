@@ -7,11 +7,9 @@ to the evaluation's table."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 
-from tests.test_pipeline import MICRO, ROOT, _env  # noqa: E402
+from tests.test_pipeline import MICRO, ROOT, _env, kill_in_teacher  # noqa: E402
 from tests.test_umt5 import save_tokenizer  # noqa: E402
 
 TEXT_DIM, TEXT_LEN = 24, 16
@@ -89,20 +87,11 @@ def test_wan_checkpoints_imported_then_the_pipeline_runs_with_umt5_and_resumes(t
   cmd = [sys.executable, "-m", "relic_jax.cli", "pipeline", f"--config={config}",
          f"--workdir={work}"]
   # 1. killed (SIGKILL) inside train_teacher, once it has written a checkpoint
-  log = open(tmp_path / "first.log", "w")
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-  ckpt = os.path.join(work, "teacher", "checkpoints")
-  deadline = time.time() + 600
-  try:
-    while time.time() < deadline and proc.poll() is None:
-      if os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt)):
-        break
-      time.sleep(0.2)
-    assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-    proc.send_signal(signal.SIGKILL)
-  finally:
-    proc.wait()
-    log.close()
+  with open(tmp_path / "first.log", "w") as log:
+    try:
+      kill_in_teacher(cmd, work, stdout=log)
+    except AssertionError:
+      raise AssertionError((tmp_path / "first.log").read_text()[-3000:]) from None
 
   # the latent cache holds the captions' umT5 embeddings: row 0 the empty caption
   cache = os.path.join(work, "latents")

@@ -15,7 +15,6 @@ seconds, and whether every game was freed at the end.
 
 import asyncio
 import json
-import threading
 import time
 
 import numpy as np
@@ -114,26 +113,16 @@ async def garbage_client(url: str, seconds: float) -> dict:
 
 def run(cfg, workdir: str, clients: int = 1, garbage: int = 0, seconds: float = 60.0,
         rss_at=()) -> dict:
-  from aiohttp import web  # noqa: PLC0415
   from relic_jax.play.engine import Engine  # noqa: PLC0415
-  from relic_jax.play.server import Server  # noqa: PLC0415
+  from relic_jax.play.server import Background, Server  # noqa: PLC0415
   t0 = time.perf_counter()
   engine = Engine(cfg, workdir)
   load_s = time.perf_counter() - t0
   warm_s = engine.warmup()
   server = Server(engine, max_sessions=clients + garbage)
-  loop = asyncio.new_event_loop()
-  runner = web.AppRunner(server.app())
-  loop.run_until_complete(runner.setup())
-  site = web.TCPSite(runner, "127.0.0.1", 0)
-  loop.run_until_complete(site.start())
-  port = site._server.sockets[0].getsockname()[1]
-  thread = threading.Thread(target=loop.run_forever, daemon=True)
-  thread.start()
-  url = f"http://127.0.0.1:{port}/ws"
   rss = {"start": rss_mb()}
 
-  async def main():
+  async def main(url):
     async def sample():
       t = time.monotonic()
       for at in sorted(rss_at):
@@ -145,18 +134,14 @@ def run(cfg, workdir: str, clients: int = 1, garbage: int = 0, seconds: float = 
     out = await asyncio.gather(*tasks)
     sampler.cancel()
     return out
-  try:
-    results = asyncio.run(main())
+  with Background(server) as port:
+    results = asyncio.run(main(f"http://127.0.0.1:{port}/ws"))
     for _ in range(100):
       if server.active == 0:
         break
       time.sleep(0.05)
     rss["end"] = rss_mb()
     freed = server.active == 0
-  finally:
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
   return {"config": cfg.name, "workdir": workdir, "weights_from": engine.source,
           "clients": results[:clients], "garbage": results[clients:], "seconds": seconds,
           "load_s": load_s, "warmup_s": warm_s, "rss_mb": rss, "games_freed": freed,

@@ -27,6 +27,7 @@ import io
 import json
 import os
 import struct
+import threading
 import time
 
 import numpy as np
@@ -261,6 +262,29 @@ class Server:
     app.router.add_static("/static", STATIC)
     app.router.add_static("/recordings", self.recordings)
     return app
+
+
+class Background:
+  """A Server's app on its own event loop in a daemon thread (the bench, the tests):
+  `with Background(server) as port: ...` serves on 127.0.0.1:port (a free one)."""
+
+  def __init__(self, server: Server, host: str = "127.0.0.1"):
+    self.server, self.host = server, host
+
+  def __enter__(self) -> int:
+    self.loop = asyncio.new_event_loop()
+    self.runner = web.AppRunner(self.server.app())
+    self.loop.run_until_complete(self.runner.setup())
+    site = web.TCPSite(self.runner, self.host, 0)
+    self.loop.run_until_complete(site.start())
+    self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+    self.thread.start()
+    return site._server.sockets[0].getsockname()[1]
+
+  def __exit__(self, *exc) -> None:
+    asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+    self.loop.call_soon_threadsafe(self.loop.stop)
+    self.thread.join(10)
 
 
 def serve(cfg, workdir: str, host: str = "127.0.0.1", port: int = 8000,
