@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-relic_jax
 WORKDIR ?= runs/demo
 
-.PHONY: demo assets test test-slow test-all venv clean
+.PHONY: demo play assets test test-slow test-all venv clean
 
 TEST_STAMP := $(VENV)/.installed-relic_jax-test
 
@@ -31,6 +31,10 @@ venv: $(STAMP)
 # videos (experiments/demo.py; experiments/tiny.py is the from-scratch variant).
 demo: $(STAMP)
 	$(VENV)/bin/relic pipeline --config=experiments/demo.py --workdir=$(WORKDIR)
+
+# Play the demo's student in a browser (after `make demo`): http://127.0.0.1:8000/
+play: $(STAMP)
+	$(VENV)/bin/relic play --config=experiments/demo.py --workdir=$(WORKDIR)
 
 # The demo's pretrained base models (experiments/demo_assets.py): 244 ViZDoom episodes, the VAE
 # and its tiny decoder, the latent cache and the base DiT, exported with their SHA-256s and
