@@ -15,7 +15,7 @@ LAYERS = (
     ("data_pipeline",),
     ("relic_jax.checkpoint", "relic_jax.weights"),
     ("relic_jax.inference",),
-    ("relic_jax.evaluation",),
+    ("relic_jax.evaluation", "relic_jax.play"),
     ("relic_jax.training",),
     ("relic_jax.stages", "relic_jax.pipeline", "relic_jax.sweep", "relic_jax.cli",
      "relic_jax.bench", "relic_jax.assets"),

@@ -10,7 +10,8 @@ import pytest
 from tests.helpers import REPO
 
 INFERENCE_MODULES = ("relic_jax.inference.session", "relic_jax.inference.generate",
-                     "relic_jax.inference.loading", "relic_jax.evaluation.evaluate")
+                     "relic_jax.inference.loading", "relic_jax.evaluation.evaluate",
+                     "relic_jax.play.server")
 
 
 @pytest.mark.parametrize("module", INFERENCE_MODULES)

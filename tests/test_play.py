@@ -349,6 +349,24 @@ def test_a_full_cache_stops_the_game_until_reset(trained_run):  # noqa: F811
   assert ref and all(r() is None for r in ref)  # every game's state was freed
 
 
+def test_past_a_full_cache_the_history_is_let_go(trained_run):  # noqa: F811
+  """memory.overflow='drop': once the cache drops frames, the latents kept for rebuilding
+  another mode are freed (the game's memory stays flat) and a switch is refused, saying why."""
+  from relic_jax.play.engine import Engine, Game
+  cfg, workdir = trained_run
+  cfg = cfg.copy_and_resolve_references()
+  cfg.generate.decoder = "tiny"
+  cfg.memory.window, cfg.memory.overflow = 3, "drop"  # max_frames 16: 5 blocks
+  game = Game(Engine(cfg, workdir), np.zeros((8, 8, 3), np.uint8), "a caption")
+  for _ in range(5):
+    game.step(frozenset({"KeyW"}), 1.0)
+  assert len(game.blocks_x0) == 5
+  game.step(frozenset({"KeyW"}), 1.0)  # the sixth block: 19 frames > 16, one dropped
+  assert game.blocks_x0 is None and game.memory()["dropped"] > 0
+  with pytest.raises(protocol.ProtocolError, match="the memory is full"):
+    game.switch("window")
+
+
 # ------------------------------------------------------------------ a real browser
 
 

@@ -12,9 +12,11 @@ latency, the memory's fill (frames in the window and in the memory, attended tok
 and the camera path, per latent frame, with the frames the memory holds. `switch(mode)`
 changes the memory live: the new mode's cache is rebuilt from the frames generated so far
 (frame 0, then each block committed as generation commits it), so the next block sees what
-that memory would hold of the same past. `record(on)` writes, when turned off, the frames
-since it was turned on to MP4, and the whole session's actions as a script with the start
-image and the command that replays it exactly (`relic generate`).
+that memory would hold of the same past; once a full cache drops frames
+(memory.overflow='drop') the latents kept for that are let go and a switch is refused.
+`record(on)` writes, when turned off, the frames since it was turned on to MP4, and the whole
+session's actions as a script with the start image and the command that replays it exactly
+(`relic generate`).
 """
 
 import dataclasses
@@ -39,7 +41,7 @@ from relic_jax.inference.session import Session, SessionState
 from relic_jax.io_utils import write_json_atomic
 from relic_jax.memory import kv_cache as kv_lib
 from relic_jax.play import controls
-from relic_jax.play.protocol import MODES
+from relic_jax.play.protocol import MODES, ProtocolError
 
 MAX_STARTS = 8
 
@@ -156,8 +158,14 @@ class Game:
     video = out["video"][0]
     latency = time.perf_counter() - t0
     self.latencies.append(latency)
-    self.blocks_x0.append(out["latents"])
     self.actions.append(actions)
+    if self.blocks_x0 is not None:
+      self.blocks_x0.append(np.asarray(out["latents"]))
+      if int(self.state.stream.cache.dropped):
+        # the cache is full and drops what leaves the window (memory.overflow='drop'): no
+        # other mode could be rebuilt within its max_frames either, so the latents kept for
+        # that are let go, and the game's memory stays flat from here
+        self.blocks_x0 = None
     self._move(actions)
     if self.recording is not None:
       self.recording.frames.append(video)
@@ -210,6 +218,11 @@ class Game:
     committed as generation commits them. Returns the seconds it took."""
     if mode == self.mode:
       return 0.0
+    if self.blocks_x0 is None:
+      raise ProtocolError(f"the memory is full (memory.max_frames="
+                          f"{self.session.spec.cache.max_frames} latent frames) and drops what "
+                          "leaves the window: another mode cannot be rebuilt from here. Fix: "
+                          "reset, or switch earlier.")
     t0 = time.perf_counter()
     new = self.engine.sessions[mode]
     total = self.state.frames
