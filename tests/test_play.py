@@ -301,7 +301,6 @@ def test_server_plays_refuses_bad_input_keeps_going_and_frees_the_game(engine):
     assert stats[-1]["compiles"] == stats[0]["compiles"] == engine.traces
     assert c.frames >= 1 + 12 * len(stats)
     assert server.active == 2
-    conn_games = []
     await ws2.close()
     await ws.close()
     for _ in range(100):
@@ -309,7 +308,6 @@ def test_server_plays_refuses_bad_input_keeps_going_and_frees_the_game(engine):
         break
       await asyncio.sleep(0.05)
     assert server.active == 0
-    del conn_games
   _serve(engine, scenario, max_sessions=2)
 
 

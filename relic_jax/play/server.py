@@ -117,8 +117,7 @@ class Connection:
                              f"{self.server.rate:g} a second)")
           continue
         try:
-          m = protocol.parse(msg.data if msg.type == WSMsgType.TEXT else msg.data,
-                             len(self.engine.starts))
+          m = protocol.parse(msg.data, len(self.engine.starts))  # binary: refused there
           await self.handle(m)
         except protocol.ProtocolError as e:
           await self.error(str(e))
