@@ -87,6 +87,8 @@ class Engine:
     self.size = (self.cfg.data.latent_height * self.cfg.data.spatial_stride,
                  self.cfg.data.latent_width * self.cfg.data.spatial_stride)
     self._commit = {m: jax.jit(self._commit_fn(s)) for m, s in self.sessions.items()}
+    # the minimap's camera path: compiled once, not dispatched op by op every block
+    self.integrate = jax.jit(camera.integrate)
 
   @staticmethod
   def _commit_fn(session: Session):
@@ -173,8 +175,7 @@ class Game:
 
   def _move(self, actions: np.ndarray) -> None:
     scale = float(self.state.stream.action_scale[0])
-    poses = np.asarray(camera.integrate(jnp.asarray(self.c2w)[None], jnp.asarray(actions)[None],
-                                        scale))[0]
+    poses = np.asarray(self.engine.integrate(self.c2w[None], actions[None], scale))[0]
     k = self.engine.cfg.model.cond_frames_per_latent
     for p in poses[k - 1::k]:  # latent frame j >= 1 ends at video frame 4j
       fwd = p[:3, 2]
