@@ -31,6 +31,13 @@ from relic_jax.io_utils import write_json_atomic
 from relic_jax.workdir import Workdir
 
 
+def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> the model's size: centre crop to its aspect, then bilinear resize."""
+  y0, x0, ch, cw = loader.crop_box(image.shape[0], image.shape[1], height, width)
+  return np.asarray(Image.fromarray(image[y0:y0 + ch, x0:x0 + cw]).resize(
+      (width, height), Image.Resampling.BILINEAR))
+
+
 def start_image(cfg, workdir: str, image_path: str | None):
   """(uint8 [H, W, 3] at the model's size, caption or None)."""
   h = cfg.data.latent_height * cfg.data.spatial_stride
@@ -46,10 +53,7 @@ def start_image(cfg, workdir: str, image_path: str | None):
     src = loader.make_clip_source(cfg, dataset_dir(cfg, workdir), split="heldout")
     clip = src[0]
     img, caption = clip["frames"][0], loader.detokenize_caption(clip["text_tokens"])
-  y0, x0, ch, cw = loader.crop_box(img.shape[0], img.shape[1], h, w)
-  img = np.asarray(Image.fromarray(img[y0:y0 + ch, x0:x0 + cw]).resize((w, h),
-                                                                       Image.Resampling.BILINEAR))
-  return img, caption
+  return fit_image(img, h, w), caption
 
 
 def generate(cfg, workdir: str, script: str, image_path: str | None = None,

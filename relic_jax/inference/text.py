@@ -136,12 +136,11 @@ def read_config(path: str) -> UMT5Config:
 def load_umt5(path: str, mesh, rules, dtype: str | None = None):
   """(UMT5Config, params) of an imported umT5, restored straight into the mesh's shardings
   (the umT5's logical axes under `rules`); dtype overrides the compute dtype."""
-  cfg = read_config(path)
-  if dtype:
-    cfg = dataclasses.replace(cfg, dtype=dtype)
+  saved = read_config(path)
+  cfg = dataclasses.replace(saved, dtype=dtype) if dtype else saved
   init = functools.partial(_init, cfg)
   abstract = abstract_params(init, mesh, rules)
-  meta = ckpt_lib.describe_model(dataclasses.asdict(read_config(path)), abstract)
+  meta = ckpt_lib.describe_model(dataclasses.asdict(saved), abstract)
   return cfg, load_params(path, abstract, meta)
 
 

@@ -36,6 +36,7 @@ from data_pipeline.preview import write_video
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.inference import camera
 from relic_jax.inference import streaming as st
+from relic_jax.inference.generate import fit_image
 from relic_jax.inference.loading import load_decoder, load_dit
 from relic_jax.inference.session import Session, SessionState
 from relic_jax.io_utils import write_json_atomic
@@ -44,14 +45,6 @@ from relic_jax.play import controls
 from relic_jax.play.protocol import MODES, ProtocolError
 
 MAX_STARTS = 8
-
-
-def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """uint8 [H, W, 3] -> the model's size: centre crop to its aspect, then bilinear resize (as
-  `relic generate --image` does)."""
-  y0, x0, ch, cw = clips_lib.crop_box(image.shape[0], image.shape[1], height, width)
-  return np.asarray(Image.fromarray(image[y0:y0 + ch, x0:x0 + cw]).resize(
-      (width, height), Image.Resampling.BILINEAR))
 
 
 def start_images(cfg, workdir: str, limit: int = MAX_STARTS) -> list[tuple[np.ndarray, str]]:

@@ -70,7 +70,7 @@ def decode_image(data: str) -> np.ndarray:
     w, h = img.size  # read from the header, before any pixel is decoded
     if w * h > MAX_IMAGE_PIXELS:
       raise ProtocolError(f"the image is {w}x{h}, over {MAX_IMAGE_PIXELS:,} pixels")
-    if img.mode == "I;16" or img.mode.startswith("I;16"):
+    if img.mode.startswith("I;16"):
       img = Image.fromarray((np.asarray(img, np.uint16) >> 8).astype(np.uint8))
     return np.asarray(img.convert("RGB"))
   except ProtocolError:
