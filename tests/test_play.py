@@ -169,8 +169,8 @@ def test_engine_compiles_once_per_mode_and_switches_memory_live(engine):
   assert (mem["frames"], mem["window_frames"], mem["memory_frames"]) == (13, 3, 10)
   assert 0 < mem["kv_bytes_used"] < mem["kv_bytes"]
   assert stats["path_from"] + len(stats["path"]) == 13 == len(game.path)
-  assert game.path[6][2] < -0.5  # yaw after two blocks turning left
-  assert game.path[12][1] > game.path[9][1]  # then forward along the view
+  assert game.path.array[6, 2] < -0.5  # yaw after two blocks turning left
+  assert game.path.array[12, 1] > game.path.array[9, 1]  # then forward along the view
   before = game.state.stream.cache
   game.switch("window")
   assert game.memory()["memory_frames"] == 0 and game.state.frames == 13
@@ -428,6 +428,15 @@ def test_the_page_in_a_headless_chromium(engine):
   finally:
     browser.quit()
     background.__exit__()
+
+
+def test_the_play_benchmark_imports_beside_the_cli():
+  """The soak test calls `relic_jax.bench.play.run` in the test process, where `relic_jax.cli`
+  defines `--config`: importing the benchmark must define no flag (CI once failed on this)."""
+  import relic_jax.cli  # noqa: F401, PLC0415
+  from relic_jax.bench import play as bench  # noqa: PLC0415
+  assert callable(bench.run)
+  assert "rss_at" not in bench.FLAGS
 
 
 @pytest.mark.slow  # `make test-slow` (CI runs it after `make test`)

@@ -23,12 +23,20 @@ from absl import app, flags
 from relic_jax.bench.common import FLAGS, define_flags, emit
 from relic_jax.stages import latent_cache_config
 
-define_flags("experiments/demo.py")
-flags.DEFINE_string("workdir", "runs/demo", "The run to serve.")
-flags.DEFINE_integer("clients", 1, "Well-behaved clients.")
-flags.DEFINE_integer("garbage", 0, "Clients sending malformed messages.")
-flags.DEFINE_float("seconds", 60.0, "How long the clients play.")
-flags.DEFINE_string("rss_at", "", "Comma-separated seconds at which to read the RSS.")
+
+
+def define_play_flags() -> None:
+  """The command line's flags; defined only when run as a program, because `run` is also
+  called from the soak test, in a process where `relic_jax.cli` already defines `--config`."""
+  define_flags("experiments/demo.py")
+  flags.DEFINE_string("workdir", "runs/demo", "The run to serve.")
+  flags.DEFINE_integer("clients", 1, "Well-behaved clients.")
+  flags.DEFINE_integer("garbage", 0, "Clients sending malformed messages.")
+  flags.DEFINE_float("seconds", 60.0, "How long the clients play.")
+  flags.DEFINE_string("rss_at", "", "Comma-separated seconds at which to read the RSS.")
+  flags.DEFINE_integer("malloc_arenas", 1, "glibc malloc arenas, as `relic play` caps them "
+                       "(0: glibc's default, for comparison).")
+
 
 CYCLE = ((["ArrowLeft"], 3.0), (["KeyW"], 2.0), (["ArrowRight"], 3.0), ([], 1.0),
          (["KeyD", "ShiftLeft"], 1.0))
@@ -112,9 +120,10 @@ async def garbage_client(url: str, seconds: float) -> dict:
 
 
 def run(cfg, workdir: str, clients: int = 1, garbage: int = 0, seconds: float = 60.0,
-        rss_at=()) -> dict:
-  from relic_jax.play.engine import Engine  # noqa: PLC0415
+        rss_at=(), malloc_arenas: int = 1) -> dict:
+  from relic_jax.play.engine import Engine, limit_malloc_arenas  # noqa: PLC0415
   from relic_jax.play.server import Background, Server  # noqa: PLC0415
+  arenas = limit_malloc_arenas(malloc_arenas)  # as `relic play` does
   t0 = time.perf_counter()
   engine = Engine(cfg, workdir)
   load_s = time.perf_counter() - t0
@@ -145,15 +154,18 @@ def run(cfg, workdir: str, clients: int = 1, garbage: int = 0, seconds: float = 
   return {"config": cfg.name, "workdir": workdir, "weights_from": engine.source,
           "clients": results[:clients], "garbage": results[clients:], "seconds": seconds,
           "load_s": load_s, "warmup_s": warm_s, "rss_mb": rss, "games_freed": freed,
-          "realtime_fps": engine.fps, "frames_per_block": engine.frames_per_block}
+          "realtime_fps": engine.fps, "malloc_arenas_capped": arenas,
+          "frames_per_block": engine.frames_per_block}
 
 
 def main(argv):
   del argv
   cfg = latent_cache_config(FLAGS.config, FLAGS.workdir)
   rss_at = [float(x) for x in FLAGS.rss_at.split(",") if x]
-  emit(run(cfg, FLAGS.workdir, FLAGS.clients, FLAGS.garbage, FLAGS.seconds, rss_at))
+  emit(run(cfg, FLAGS.workdir, FLAGS.clients, FLAGS.garbage, FLAGS.seconds, rss_at,
+                FLAGS.malloc_arenas))
 
 
 if __name__ == "__main__":
+  define_play_flags()
   app.run(main)
