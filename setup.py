@@ -44,6 +44,8 @@ setup(
         # ruff: the linter `make test` runs first (rules in ruff.toml; PLC0415 is stable from 0.12).
         "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "diffusers>=0.35",
                  "transformers>=4.45", "safetensors>=0.4", "ruff>=0.12",
+                 # the property-based fuzz tests (tests/test_fuzz.py)
+                 "hypothesis>=6",
                  # the browser test of `relic play` (Debian's chromium and chromium-driver)
                  "selenium>=4.20"],
         # `relic compile` (relic_jax/bench/aot.py): the TPU compiler (libtpu, matched to jax's

@@ -33,9 +33,13 @@ class Episode:
     return len(self.frames)
 
   def metadata(self) -> dict:
-    """Everything but the per-frame arrays (goes into the shard index and the manifest)."""
+    """Everything but the per-frame arrays (goes into the shard index and the manifest).
+    translation_per_frame: the mean camera displacement per frame in metres (0 for a camera
+    that only turns; action_scale is then 1.0, a unit, not a measurement)."""
+    dp, _ = poses_lib.relative_motion(np.asarray(self.poses, np.float64))
     return {"name": self.name, "num_frames": len(self), "height": int(self.frames.shape[1]),
             "width": int(self.frames.shape[2]), "action_scale": float(self.action_scale),
+            "translation_per_frame": float(np.linalg.norm(dp, axis=-1).mean()),
             "caption": self.caption, "fps": float(self.fps), "source": self.source,
             "map": self.map, "seed": int(self.seed)}
 
@@ -49,13 +53,16 @@ def make_episode(name, frames, poses, caption, fps, source, map_name="", seed=-1
                     f"{list(frames.shape)}. Fix: give RGB frames with values 0..255.")
   if len(frames) < 2:
     raise DataError(f"episode {name}: {len(frames)} frame(s); an episode needs at least 2.")
-  poses = poses_lib.check_poses(poses, f"episode {name}: pose")
+  try:
+    poses = poses_lib.check_poses(poses, f"episode {name}: pose")
+    derived, scale = poses_lib.checked_actions(poses, f"episode {name}: pose")
+  except poses_lib.PoseError as e:
+    raise DataError(str(e)) from e
   if len(poses) != len(frames):
     raise DataError(f"episode {name}: {len(frames)} frames but {len(poses)} poses. Fix: give "
                     "exactly one camera-to-world pose per frame.")
   if not (np.isfinite(fps) and fps > 0):
     raise DataError(f"episode {name}: fps={fps} must be a positive number.")
-  derived, scale = poses_lib.actions_from_poses(poses)
   if actions is None:
     actions = derived
   else:

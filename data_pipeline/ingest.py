@@ -19,39 +19,58 @@ Details:
   * Every sub-directory of SOURCE not starting with "." is an episode, named after it.
   * The video is the one file named `frames.<ext>` (its first video stream is decoded); an image
     directory holds only png/jpg/jpeg files (hidden files aside), sorted by plain file name, so
-    zero-pad the numbers (000009.png, 000010.png).
+    zero-pad the numbers (000009.png, 000010.png; names of one numbered pattern whose numbers
+    are out of order in name order are refused). Images of every Pillow mode are converted to
+    8-bit RGB by their range (data_pipeline/images.py: 16-bit values * 255 / 65535, alpha
+    dropped, ...).
   * episode.json overrides dataset.json, which overrides the defaults: `fps` has none (it must
     be given in one of the two), `caption` "A static scene." ("" is allowed), `convention`
     "opencv", `world_up` "+z", `units_per_metre` 100 for "unreal" (centimetres) and 1 otherwise.
-    For "unreal", `world_up` is ignored (Unreal is z up). Any other key is an error.
+    For "unreal", `world_up` is ignored (Unreal is z up). Any other key is an error. Limits:
+    0 < fps <= MAX_FPS, MIN_UNITS_PER_METRE <= units_per_metre <= MAX_UNITS_PER_METRE.
   * Conventions (data_pipeline/poses.py): "opencv" camera x right, y down, z forward; "opengl"
     x right, y up, z backward (Blender, NeRF); "unreal" Unreal Engine's left-handed world and
     camera (x forward, y right, z up; rotations as column-vector matrices, i.e. the transpose
     of Unreal's FMatrix); "ours" is opencv with a z-up world in metres. The rotations must be
-    proper rotations (orthonormal, determinant +1) in the declared convention.
+    proper rotations (orthonormal, determinant +1) in the declared convention, the camera
+    centres within +-1e5 m of the origin once converted (poses.MAX_TRANSLATION), and the
+    actions derived from them finite.
+  * .npy files hold one plain array of real numbers (float or integer; not an .npz archive, a
+    pickle, strings, booleans or complex numbers). Given actions are at most MAX_ACTION.
   * Frames are centre-cropped to the target aspect ratio and resized (box filter).
 
-Every problem is a `DataError` naming the episode directory or file, what is wrong and the fix.
-`ingest` checks all episodes (files, json, poses, actions, frame counts from the container)
-before anything is written; it then writes through `data_pipeline.writer.write_dataset`, so a
-run is resumable and a directory holding another dataset is refused.
+Every problem is a `DataError` (one line) naming the episode directory or file, what is wrong
+and the fix. `ingest` validates everything before the first shard is written: the settings,
+the files, the poses and actions, and every frame, decoded (each image or video frame must be
+readable and convertible to RGB at the target size, and their number must match the poses).
+Frames are decoded twice, once to validate and once to write, so memory holds one frame at a
+time while validating and one shard's episodes while writing. It then writes through
+`data_pipeline.writer.write_dataset`, so a run is resumable (each shard's SHA-256 is checked
+on resume and a damaged one rewritten) and a directory holding another dataset, or this
+dataset from a source that changed since, is refused, naming the files that changed.
 """
 
 import fractions
 import functools
 import hashlib
 import json
+import math
+import multiprocessing
 import os
+import re
 import warnings
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from data_pipeline import poses as poses_lib
 from data_pipeline import shards as shards_lib
 from data_pipeline.doom import resize_frame
 from data_pipeline.episode import DataError, Episode, make_episode
+from data_pipeline.images import to_rgb8
 from data_pipeline.preview import pyav
+from data_pipeline.shards import one_line
 from data_pipeline.writer import write_dataset
 
 DATASET_JSON = "dataset.json"
@@ -62,6 +81,12 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 POSE_FILES = ("poses.npy", "poses.txt")
 ACTIONS_FILE = "actions.npy"
 FRAMES = "frames"
+MAX_FPS = 1000.0                # frames per second: more is a unit mistake (e.g. milliseconds)
+MIN_UNITS_PER_METRE = 1e-6      # 1 unit = 1000 km
+MAX_UNITS_PER_METRE = 1e6       # 1 unit = 1 micrometre
+MAX_ACTION = 1e6                # per channel: translations are ~1, rotations radians per frame
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 # ------------------------------------------------------------------ settings
@@ -69,11 +94,11 @@ FRAMES = "frames"
 
 def _read_json(path: str) -> dict:
   try:
-    with open(path) as f:
-      obj = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise DataError(f"{path} cannot be read as JSON ({e}). Fix: write a JSON object such as "
-                    '{"fps": 16, "caption": "..."}.') from e
+    with open(path, "rb") as f:
+      obj = json.loads(f.read().decode("utf-8"))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise DataError(f"{path} cannot be read as JSON ({one_line(e)}). Fix: write a UTF-8 JSON "
+                    'object such as {"fps": 16, "caption": "..."}.') from None
   if not isinstance(obj, dict):
     raise DataError(f"{path} holds a {type(obj).__name__}, not a JSON object. Fix: write an "
                     'object such as {"fps": 16, "caption": "..."}.')
@@ -81,34 +106,69 @@ def _read_json(path: str) -> dict:
 
 
 def _is_number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+  if isinstance(v, bool) or not isinstance(v, (int, float)):
+    return False
+  try:
+    return math.isfinite(float(v))
+  except OverflowError:  # an int beyond float's range
+    return False
+
+
+def _short(v, limit: int = 60) -> str:
+  text = repr(v)
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_settings(s: dict, where: str) -> dict:
   unknown = sorted(set(s) - set(SETTINGS_KEYS))
   if unknown:
-    raise DataError(f"{where}: unknown key {unknown[0]!r}. Fix: use only the keys "
+    raise DataError(f"{where}: unknown key {_short(unknown[0])}. Fix: use only the keys "
                     f"{', '.join(SETTINGS_KEYS)}.")
-  for key in ("fps", "units_per_metre"):
-    if key in s and not (_is_number(s[key]) and s[key] > 0):
-      raise DataError(f"{where}: {key}={s[key]!r} must be a positive number. Fix: e.g. "
-                      f'"{key}": {16 if key == "fps" else 1.0}.')
-  if "caption" in s and not isinstance(s["caption"], str):
-    raise DataError(f"{where}: caption={s['caption']!r} must be a string. Fix: write the scene "
-                    "description as a JSON string.")
+  limits = {"fps": (0.0, MAX_FPS, 16), "units_per_metre": (MIN_UNITS_PER_METRE,
+                                                           MAX_UNITS_PER_METRE, 1.0)}
+  for key, (low, high, example) in limits.items():
+    if key not in s:
+      continue
+    v = s[key]
+    if not (_is_number(v) and v > 0):
+      raise DataError(f"{where}: {key}={_short(v)} must be a positive number. Fix: e.g. "
+                      f'"{key}": {example}.')
+    if not low <= v <= high:
+      raise DataError(f"{where}: {key}={_short(v)} is outside {low:g}..{high:g}. Fix: give "
+                      f'the real value, e.g. "{key}": {example}.')
+  if "caption" in s:
+    caption = s["caption"]
+    if not isinstance(caption, str):
+      raise DataError(f"{where}: caption={_short(caption)} must be a string. Fix: write the "
+                      "scene description as a JSON string.")
+    try:
+      caption.encode("utf-8")
+    except UnicodeEncodeError:
+      raise DataError(f"{where}: the caption holds an unpaired UTF-16 surrogate "
+                      f"({_short(caption)}), which is not text. Fix: write it as plain UTF-8 "
+                      "text.") from None
   if "convention" in s and s["convention"] not in poses_lib.CONVENTIONS:
-    raise DataError(f"{where}: convention {s['convention']!r} is unknown. Fix: use one of "
-                    f"{', '.join(poses_lib.CONVENTIONS)}.")
+    raise DataError(f"{where}: convention {_short(s['convention'])} is unknown. Fix: use one "
+                    f"of {', '.join(poses_lib.CONVENTIONS)}.")
   if "world_up" in s and s["world_up"] not in poses_lib.WORLD_UPS:
-    raise DataError(f"{where}: world_up {s['world_up']!r} is unknown. Fix: use one of "
+    raise DataError(f"{where}: world_up {_short(s['world_up'])} is unknown. Fix: use one of "
                     f"{', '.join(poses_lib.WORLD_UPS)}.")
   return dict(s)
 
 
+def _settings_file(path: str) -> str | None:
+  """`path` if it is a settings file, None if absent; a DataError if it is something else."""
+  if not os.path.lexists(path):
+    return None
+  if not os.path.isfile(path):
+    raise DataError(f"{path} is not a file. Fix: make it a JSON file (or remove it).")
+  return path
+
+
 def read_defaults(source: str) -> dict:
   """The settings in SOURCE/dataset.json ({} when there is none)."""
-  path = os.path.join(source, DATASET_JSON)
-  return _read_json(path) if os.path.isfile(path) else {}
+  path = _settings_file(os.path.join(source, DATASET_JSON))
+  return _read_json(path) if path else {}
 
 
 def episode_settings(path: str, defaults: dict) -> dict:
@@ -116,7 +176,7 @@ def episode_settings(path: str, defaults: dict) -> dict:
   format's defaults."""
   s = dict(_check_settings(defaults, "dataset defaults"))
   ep_json = os.path.join(path, EPISODE_JSON)
-  if os.path.isfile(ep_json):
+  if _settings_file(ep_json):
     s.update(_read_json(ep_json))
   if "fps" not in s:
     raise DataError(f"episode {path}: no fps given. Fix: add \"fps\" to {ep_json} or to "
@@ -157,87 +217,142 @@ def _find_frames(path: str) -> tuple[str, str | list[str]]:
   for n in sorted(os.listdir(full)):
     if n.startswith("."):
       continue
-    (files if os.path.splitext(n)[1].lower() in IMAGE_EXTS else bad).append(n)
+    ok = (os.path.splitext(n)[1].lower() in IMAGE_EXTS
+          and os.path.isfile(os.path.join(full, n)))
+    (files if ok else bad).append(n)
   if bad:
-    raise DataError(f"{full} holds {bad[0]!r}, which is not a png/jpg/jpeg image. Fix: keep "
-                    "only the frame images there (other formats: convert them to png).")
+    raise DataError(f"{full} holds {_short(bad[0])}, which is not a png/jpg/jpeg image file. "
+                    "Fix: keep only the frame images there (other formats: convert them to "
+                    "png).")
   if not files:
     raise DataError(f"{full} holds no images. Fix: put one png/jpg image per frame there.")
+  _check_numeric_order(full, files)
   return "images", [os.path.join(full, n) for n in files]
+
+
+def _check_numeric_order(directory: str, names: list[str]) -> None:
+  """Frames are taken in plain name order; numbered names that are not zero-padded (2.png
+  after 10.png) would silently shuffle the frames against their poses, so they are refused."""
+  stems = [os.path.splitext(n)[0] for n in names]
+  if len({re.sub(r"\d+", "#", s) for s in stems}) != 1:
+    return  # not one numbered pattern (frame_#.png): nothing to compare
+  values = [tuple(int(d) for d in re.findall(r"\d+", s)) for s in stems]  # date_time: both
+  if not values[0]:
+    return
+  for a, b, x, y in zip(names, names[1:], values, values[1:]):
+    if y < x:
+      raise DataError(f"{directory}: {a!r} comes before {b!r} in name order (the order frames "
+                      "are read in) but its number is larger: the numbers are not zero-padded. "
+                      "Fix: zero-pad them (000009.png, 000010.png).")
 
 
 def _open_video(file: str):
   try:
     container = pyav().open(file)
   except Exception as e:  # av raises many FFmpeg error types
-    raise DataError(f"{file} cannot be opened as a video ({e}). Fix: re-export it (e.g. H.264 "
-                    "mp4) or give the frames as a directory of images.") from e
+    raise DataError(f"{file} cannot be opened as a video ({one_line(e)}). Fix: re-export it "
+                    "(e.g. H.264 mp4) or give the frames as a directory of images.") from None
   if not container.streams.video:
     container.close()
     raise DataError(f"{file} has no video stream. Fix: re-export the video.")
   return container
 
 
-def _count_video_frames(file: str) -> int:
-  """The number of frames (non-empty packets of the first video stream), without decoding."""
-  container = _open_video(file)
-  try:
-    stream = container.streams.video[0]
-    return sum(1 for p in container.demux(stream) if p.size > 0)
-  except Exception as e:
-    raise DataError(f"{file} cannot be read as a video ({e}). Fix: re-export it (e.g. H.264 "
-                    "mp4) or give the frames as a directory of images.") from e
-  finally:
-    container.close()
+def _fit(rgb: np.ndarray, height: int, width: int, where: str) -> np.ndarray:
+  """Centre-crop and resize (doom.resize_frame), refusing an image too small to crop."""
+  h, w = rgb.shape[:2]
+  crop = min(h, round(w * height / width)) if w * height <= h * width else min(
+      w, round(h * width / height))
+  if h < 1 or w < 1 or crop < 1:
+    raise DataError(f"{where}: the image is {w}x{h} pixels, too small to crop to the "
+                    f"{width}x{height} frame's aspect. Fix: export larger frames.")
+  return resize_frame(rgb, height, width)
 
 
-def _decode_video(file: str, height: int, width: int) -> np.ndarray:
+def _video_frames(file: str, height: int, width: int):
+  """Yields the video's frames, each fitted to height x width, one at a time."""
   container = _open_video(file)
+  i = 0
   try:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    frames = [resize_frame(f.to_ndarray(format="rgb24"), height, width)
-              for f in container.decode(stream)]
-  except Exception as e:
-    raise DataError(f"{file} cannot be decoded ({e}). Fix: re-export it (e.g. H.264 mp4) or "
-                    "give the frames as a directory of images.") from e
+    for frame in container.decode(stream):
+      rgb = frame.to_ndarray(format="rgb24")
+      yield _fit(rgb, height, width, f"{file} frame {i}")
+      i += 1
+  except DataError:
+    raise
+  except Exception as e:  # FFmpeg's decoding errors have many classes
+    raise DataError(f"{file}: frame {i} cannot be decoded ({one_line(e)}). Fix: re-export the "
+                    "video (e.g. H.264 mp4) or give the frames as a directory of images.") \
+        from None
   finally:
     container.close()
-  if not frames:
+  if i == 0:
     raise DataError(f"{file} holds no frames. Fix: re-export the video.")
-  return np.stack(frames)
 
 
-def _read_images(files: list[str], height: int, width: int) -> np.ndarray:
-  frames = []
-  for file in files:
+def _image_frames(files: list[str], height: int, width: int):
+  """Yields the images, each converted to RGB (data_pipeline/images.py) and fitted."""
+  for i, file in enumerate(files):
     try:
       with Image.open(file) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError ...
-      raise DataError(f"{file} cannot be read as an image ({e}). Fix: re-export it as png.") \
-          from e
-    frames.append(resize_frame(rgb, height, width))
-  return np.stack(frames)
+        rgb = to_rgb8(im)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb...
+      raise DataError(f"{file} (frame {i}) cannot be read as an image ({one_line(e)}). Fix: "
+                      "re-export it as png.") from None
+    yield _fit(rgb, height, width, f"{file} (frame {i})")
+
+
+def _frames(kind: str, src, height: int, width: int):
+  return _video_frames(src, height, width) if kind == "video" else _image_frames(
+      src, height, width)
 
 
 def _find_poses(path: str) -> str:
-  found = [n for n in POSE_FILES if os.path.isfile(os.path.join(path, n))]
+  found = [n for n in POSE_FILES if os.path.lexists(os.path.join(path, n))]
   if not found:
     raise DataError(f"episode {path}: no poses file. Fix: add poses.npy ([N, 4, 4] "
                     "camera-to-world matrices) or poses.txt (one row-major 4x4 matrix, 16 "
                     "numbers, per line).")
   if len(found) > 1:
     raise DataError(f"episode {path}: both poses.npy and poses.txt. Fix: keep only one.")
-  return os.path.join(path, found[0])
+  file = os.path.join(path, found[0])
+  if not os.path.isfile(file):
+    raise DataError(f"{file} is not a file. Fix: write the poses there.")
+  return file
 
 
 def _load_array(file: str) -> np.ndarray:
+  """A plain .npy array of real numbers; a DataError for anything else (an .npz archive, a
+  pickle, text, an object/string/bool/complex array, a damaged file)."""
+  fix = "Fix: save one array of float64 numbers with numpy.save."
   try:
-    return np.load(file, allow_pickle=False)
-  except (OSError, ValueError, EOFError) as e:
-    raise DataError(f"{file} cannot be read as a .npy array ({e}). Fix: save it with "
-                    "numpy.save.") from e
+    with open(file, "rb") as f:
+      magic = f.read(len(NPY_MAGIC))
+      if magic.startswith(ZIP_MAGIC):
+        raise DataError(f"{file} is an .npz archive (numpy.savez), not a .npy array. Fix: save "
+                        "the array itself with numpy.save (or load the archive and save the "
+                        "array it holds).")
+      if magic != NPY_MAGIC:
+        raise DataError(f"{file} is not a .npy file (no numpy header; a pickle or text file "
+                        f"named .npy?). {fix}")
+      f.seek(0)
+      version = np.lib.format.read_magic(f)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      _, _, dtype = read_header(f)
+      if dtype.kind not in "iuf":
+        raise DataError(f"{file} holds an array of dtype {dtype}, not real numbers (float or "
+                        f"integer). {fix}")
+      f.seek(0)
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.load(f, allow_pickle=False)
+  except DataError:
+    raise
+  except (OSError, ValueError, EOFError, TypeError) as e:  # damaged header or data
+    raise DataError(f"{file} cannot be read as a .npy array ({one_line(e)}). {fix}") from None
 
 
 def _unreal_hint(poses: np.ndarray) -> str:
@@ -251,52 +366,84 @@ def _unreal_hint(poses: np.ndarray) -> str:
   return ""
 
 
+def _load_text_poses(file: str) -> np.ndarray:
+  fix = "Fix: write one pose per line, 16 (or 12) whitespace-separated numbers, row-major."
+  try:
+    with open(file, "rb") as f:
+      text = f.read().decode("utf-8")
+  except (OSError, UnicodeDecodeError) as e:
+    raise DataError(f"{file} cannot be read as UTF-8 text ({one_line(e)}). {fix}") from None
+  rows = []
+  for num, line in enumerate(text.splitlines(), 1):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+      continue
+    fields = line.split()
+    if len(fields) not in (12, 16):
+      raise DataError(f"{file} line {num} has {len(fields)} numbers, expected 16 (or 12). {fix}")
+    try:
+      rows.append([float(x) for x in fields])
+    except ValueError:
+      bad = next(x for x in fields if not _parses(x))
+      raise DataError(f"{file} line {num}: {_short(bad)} is not a number. {fix}") from None
+  if not rows:
+    raise DataError(f"{file} holds no poses. {fix}")
+  widths = {len(r) for r in rows}
+  if len(widths) > 1:
+    raise DataError(f"{file} mixes lines of 12 and 16 numbers. {fix}")
+  arr = np.array(rows, np.float64)
+  return arr.reshape(len(rows), arr.shape[1] // 4, 4)
+
+
+def _parses(x: str) -> bool:
+  try:
+    float(x)
+    return True
+  except ValueError:
+    return False
+
+
 def load_poses(file: str, settings: dict) -> np.ndarray:
   """Poses [N, 4, 4] in our convention from poses.npy / poses.txt in `settings`' convention;
-  validated in the source convention first."""
-  if file.endswith(".txt"):
-    try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "empty input file": reported below
-        rows = np.loadtxt(file, dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as e:
-      raise DataError(f"{file} cannot be parsed ({e}). Fix: write one pose per line, 16 (or "
-                      "12) whitespace-separated numbers, row-major.") from e
-    if rows.shape[0] == 0 or rows.shape[1] not in (12, 16):
-      raise DataError(f"{file} has {rows.shape[0]} lines of {rows.shape[1]} numbers. Fix: "
-                      "write one pose per line, 16 (or 12) numbers, row-major.")
-    raw = rows.reshape(len(rows), rows.shape[1] // 4, 4)
-  else:
-    raw = _load_array(file)
-    if not np.issubdtype(raw.dtype, np.number) or np.issubdtype(raw.dtype, np.complexfloating):
-      raise DataError(f"{file} has dtype {raw.dtype}; expected real numbers. Fix: save float64 "
-                      "camera-to-world matrices.")
+  validated in the source convention first, then (positions within poses.MAX_TRANSLATION,
+  finite derived actions) once converted."""
+  raw = _load_text_poses(file) if file.endswith(".txt") else _load_array(file)
+  if raw.ndim >= 1 and len(raw) == 0:
+    raise DataError(f"{file} holds no poses (shape {raw.shape}). Fix: write one camera-to-world "
+                    "pose per frame.")
+  convention = settings["convention"]
   try:
-    checked = poses_lib.check_poses(raw, f"{file} (convention {settings['convention']!r}): pose")
+    checked = poses_lib.check_poses(raw, f"{file} (convention {convention!r}): pose",
+                                    max_translation=None)
   except poses_lib.PoseError as e:
-    raise DataError(f"{e}{_unreal_hint(raw)}") from e
+    raise DataError(f"{e}{_unreal_hint(raw)}") from None
+  units = float(settings["units_per_metre"])
+  where = f"{file} (converted to our convention, in metres with units_per_metre={units:g}): pose"
   try:
-    ours = poses_lib.to_ours(checked, settings["convention"], settings["world_up"],
-                             float(settings["units_per_metre"]))
-    return poses_lib.check_poses(ours, f"{file}: pose (converted to ours)")
+    with np.errstate(all="ignore"):  # overflow: the converted poses are checked just below
+      ours = poses_lib.to_ours(checked, convention, settings["world_up"], units)
+    ours = poses_lib.check_poses(ours, where)
+    poses_lib.checked_actions(ours, where)
   except poses_lib.PoseError as e:
-    raise DataError(f"{file}: {e}") from e
+    raise DataError(str(e)) from None
+  return ours
 
 
 def load_actions(file: str, num_frames: int) -> np.ndarray:
-  """actions.npy [N, 13], checked (shape, finite, non-negative)."""
+  """actions.npy [N, 13], checked (shape, real numbers, finite, non-negative, <= MAX_ACTION)."""
   actions = _load_array(file)
   d = poses_lib.ACTION_DIM
-  if actions.shape != (num_frames, d) or not np.issubdtype(actions.dtype, np.number):
+  if actions.shape != (num_frames, d):
     raise DataError(f"{file} has shape {list(actions.shape)} ({actions.dtype}), expected "
                     f"[{num_frames}, {d}] numbers (one 13-d action per frame). Fix: correct it, "
                     "or delete it to derive the actions from the poses.")
-  actions = actions.astype(np.float32)
+  with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+    actions = actions.astype(np.float32)
   finite = np.isfinite(actions).all(-1)
   if not finite.all():
     i = int(np.argmax(~finite))
-    raise DataError(f"{file}: action[{i}] is not finite ({actions[i].tolist()}). Fix: repair "
-                    "it, or delete the file to derive the actions from the poses.")
+    raise DataError(f"{file}: action[{i}] is not finite as float32 ({actions[i].tolist()}). "
+                    "Fix: repair it, or delete the file to derive the actions from the poses.")
   neg = (actions < 0).any(-1)
   if neg.any():
     i = int(np.argmax(neg))
@@ -304,6 +451,13 @@ def load_actions(file: str, num_frames: int) -> np.ndarray:
                     "actions are non-negative, one channel per direction. Fix: split signed "
                     "values into the +/- channels, or delete the file to derive the actions "
                     "from the poses.")
+  big = (actions > MAX_ACTION).any(-1)
+  if big.any():
+    i = int(np.argmax(big))
+    raise DataError(f"{file}: action[{i}] has a value over {MAX_ACTION:g} "
+                    f"({actions[i].tolist()}); RELIC actions are about 1 (translations, in "
+                    "units of the mean step) or radians per frame. Fix: repair it, or delete "
+                    "the file to derive the actions from the poses.")
   return actions
 
 
@@ -315,53 +469,55 @@ def _count_mismatch(path: str, what: str, n_frames: int, n_poses: int) -> DataEr
 # ------------------------------------------------------------------ episodes
 
 
-def check_episode(path: str, defaults: dict) -> int:
-  """The light check of an episode directory (settings, files, poses, actions, the frame count
-  from the video container or the image list) without decoding frames; returns the number of
-  frames."""
+def _load_episode(path: str, defaults: dict, height: int, width: int, keep: bool):
+  """Everything of the episode at `path`, checked: (settings, frames [N, H, W, 3] uint8 or, when
+  not `keep`, None (each frame is decoded, checked and dropped), poses, actions or None)."""
   _check_dir(path)
   settings = episode_settings(path, defaults)
-  kind, frames = _find_frames(path)
-  n = _count_video_frames(frames) if kind == "video" else len(frames)
-  poses_file = _find_poses(path)
-  poses = load_poses(poses_file, settings)
+  kind, frame_src = _find_frames(path)
+  poses = load_poses(_find_poses(path), settings)
+  frames, n = [], 0
+  for frame in _frames(kind, frame_src, height, width):
+    n += 1
+    if keep:
+      frames.append(frame)
+  what = (f"decoded from {frame_src}; a damaged or truncated video decodes fewer"
+          if kind == "video" else f"images in {FRAMES}/")
   if n != len(poses):
-    raise _count_mismatch(path, frames if kind == "video" else f"images in {FRAMES}/", n,
-                          len(poses))
+    raise _count_mismatch(path, what, n, len(poses))
   if n < 2:
-    raise DataError(f"episode {path}: {n} frame(s); an episode needs at least 2.")
+    raise DataError(f"episode {path}: {n} frame(s); an episode needs at least 2. Fix: give at "
+                    "least 2 frames and poses, or remove the episode directory.")
   actions_file = os.path.join(path, ACTIONS_FILE)
-  if os.path.isfile(actions_file):
-    load_actions(actions_file, n)
-  return n
+  actions = load_actions(actions_file, n) if os.path.lexists(actions_file) else None
+  return settings, (np.stack(frames) if keep else None), poses, actions
+
+
+def check_episode(path: str, defaults: dict, height: int = 64, width: int = 64) -> int:
+  """Validates the episode directory `path` completely (settings, files, poses, actions, and
+  every frame decoded, converted and fitted to height x width) without keeping its frames;
+  returns the number of frames."""
+  _, _, poses, _ = _load_episode(path, defaults, height, width, keep=False)
+  return len(poses)
 
 
 def read_episode(path: str, defaults: dict, height: int, width: int) -> Episode:
   """Reads the episode directory `path` (see the module docstring) into an Episode with frames
   resized to height x width and poses in our convention."""
-  _check_dir(path)
+  settings, frames, poses, actions = _load_episode(path, defaults, height, width, keep=True)
   name = os.path.basename(os.path.normpath(path))
-  settings = episode_settings(path, defaults)
-  kind, frame_src = _find_frames(path)
-  poses = load_poses(_find_poses(path), settings)
-  if kind == "video":
-    frames = _decode_video(frame_src, height, width)
-  else:
-    frames = _read_images(frame_src, height, width)
-  if len(frames) != len(poses):
-    raise _count_mismatch(path, frame_src if kind == "video" else f"images in {FRAMES}/",
-                          len(frames), len(poses))
-  actions_file = os.path.join(path, ACTIONS_FILE)
-  actions = load_actions(actions_file, len(frames)) if os.path.isfile(actions_file) else None
   return make_episode(name, frames, poses, settings["caption"], float(settings["fps"]),
                       source=f"ingest:{name}", map_name="", seed=-1, actions=actions)
 
 
 def list_episodes(source: str) -> list[str]:
   """The episode directories of `source`, sorted by name."""
+  if not os.path.exists(source):
+    raise DataError(f"source directory {source} does not exist. Fix: point --source at the "
+                    "directory holding one sub-directory per episode.")
   if not os.path.isdir(source):
-    raise DataError(f"source directory {source} does not exist. Fix: point it at the directory "
-                    "holding one sub-directory per episode.")
+    raise DataError(f"source {source} is a file, not a directory. Fix: point --source at the "
+                    "directory holding one sub-directory per episode.")
   names = sorted(n for n in os.listdir(source)
                  if not n.startswith(".") and os.path.isdir(os.path.join(source, n)))
   if not names:
@@ -370,35 +526,106 @@ def list_episodes(source: str) -> list[str]:
   return [os.path.join(source, n) for n in names]
 
 
-def fingerprint(source: str, episode_dirs: list[str]) -> str:
-  """sha256 over the relative names and sizes of dataset.json and every episode's files, and
-  the contents of the small ones (poses, actions, json; not frames). No timestamps, so a copied
-  source still resumes."""
-  h = hashlib.sha256()
+def _source_walk(source: str, episode_dirs: list[str]) -> list[str]:
   files = [os.path.join(source, DATASET_JSON)]
   for d in episode_dirs:
     for root, dirs, names in os.walk(d):
       dirs.sort()
       files.extend(os.path.join(root, n) for n in sorted(names))
-  for f in files:
-    if os.path.isfile(f):
-      rel = os.path.relpath(f, source).replace(os.sep, "/")
-      h.update(f"{rel}\t{os.path.getsize(f)}\n".encode())
-      if os.path.dirname(rel).count("/") == 0 and not os.path.basename(f).startswith("frames"):
-        with open(f, "rb") as fh:
-          h.update(hashlib.sha256(fh.read()).digest())
+  return [f for f in files if os.path.isfile(f)]
+
+
+def _small_file(rel: str) -> bool:
+  """Whether the fingerprint covers the file's contents: the files directly in an episode
+  directory (and dataset.json), but not the frames."""
+  return os.path.dirname(rel).count("/") == 0 and not os.path.basename(rel).startswith(FRAMES)
+
+
+def _file_digest(path: str) -> bytes:
+  try:
+    with open(path, "rb") as fh:
+      return hashlib.sha256(fh.read()).digest()
+  except OSError as e:
+    raise DataError(f"{path} cannot be read ({e.strerror}). Fix: make it readable, or move it "
+                    "out of the source directory.") from None
+
+
+def fingerprint(source: str, episode_dirs: list[str]) -> str:
+  """sha256 over the relative names and sizes of dataset.json and every episode's files, and
+  the contents of the small ones (poses, actions, json; not frames). No timestamps, so a copied
+  source still resumes."""
+  h = hashlib.sha256()
+  for f in _source_walk(source, episode_dirs):
+    rel = os.path.relpath(f, source).replace(os.sep, "/")
+    h.update(f"{rel}\t{os.path.getsize(f)}\n".encode())
+    if _small_file(rel):
+      h.update(_file_digest(f))
   return h.hexdigest()
+
+
+def source_files(source: str, episode_dirs: list[str]) -> dict[str, str]:
+  """What the fingerprint covers, by name, so that a changed source can be reported as the
+  files that changed (data_pipeline/writer.py): each small file's size and SHA-256, and per
+  directory inside an episode (frames/) its file count, total size and a hash of its names and
+  sizes. Kept per directory, not per frame, so the record stays small."""
+  out, dirs = {}, {}
+  for f in _source_walk(source, episode_dirs):
+    rel = os.path.relpath(f, source).replace(os.sep, "/")
+    size = os.path.getsize(f)
+    if _small_file(rel):
+      out[rel] = f"{size} bytes, sha256 {_file_digest(f).hex()[:12]}"
+    elif rel.count("/") == 1:  # frames.mp4
+      out[rel] = f"{size} bytes"
+    else:
+      top = "/".join(rel.split("/")[:2]) + "/"
+      dirs.setdefault(top, []).append((rel[len(top):], size))
+  for top, entries in dirs.items():
+    listing = hashlib.sha256("".join(f"{n}\t{s}\n" for n, s in entries).encode()).hexdigest()
+    out[top] = (f"{len(entries)} files, {sum(s for _, s in entries)} bytes, listing "
+                f"{listing[:12]}")
+  return out
+
+
+def _check_job(defaults: dict, height: int, width: int, path: str) -> int:
+  return check_episode(path, defaults, height, width)
 
 
 def _read_job(defaults: dict, height: int, width: int, job: list[str]) -> list[Episode]:
   return [read_episode(p, defaults, height, width) for p in job]
 
 
+def validate(dirs: list[str], defaults: dict, height: int, width: int, workers: int = 1,
+             progress: bool = True) -> list[int]:
+  """check_episode for every episode directory (in `workers` processes), in order; the first
+  problem (in episode order) is raised. Returns the frame counts."""
+  check = functools.partial(_check_job, defaults, height, width)
+  bar = tqdm(total=len(dirs), unit="episodes", desc="validating", dynamic_ncols=True) \
+      if progress else None
+  pool = None
+  try:
+    if workers <= 1 or len(dirs) <= 1:
+      results = map(check, dirs)
+    else:
+      pool = multiprocessing.get_context("spawn").Pool(min(workers, len(dirs)))
+      results = pool.imap(check, dirs)
+    counts = []
+    for n in results:
+      counts.append(n)
+      if bar is not None:
+        bar.update(1)
+    return counts
+  finally:
+    if pool is not None:
+      pool.terminate()
+    if bar is not None:
+      bar.close()
+
+
 def ingest(source: str, out_dir: str, height: int, width: int, codec: str = "jpeg",
            quality: int = 95, episodes_per_shard: int = 4, workers: int = 1,
            progress: bool = True) -> dict:
-  """Checks every episode of `source`, then writes them as shards to `out_dir` (resumable).
-  Returns the manifest plus this run's "timing"."""
+  """Validates every episode of `source` completely (every frame decoded), then writes them as
+  shards to `out_dir` (resumable). Returns the manifest plus this run's "timing"."""
   for key, v in (("height", height), ("width", width), ("episodes_per_shard",
                                                          episodes_per_shard)):
     if not (isinstance(v, (int, np.integer)) and v > 0):
@@ -408,10 +635,14 @@ def ingest(source: str, out_dir: str, height: int, width: int, codec: str = "jpe
                     f"{', '.join(shards_lib.CODECS)}.")
   if not 1 <= quality <= 100:
     raise DataError(f"jpeg quality {quality} is outside 1..100. Fix: use e.g. 95.")
+  src_abs, out_abs = os.path.realpath(source), os.path.realpath(out_dir)
+  if out_abs == src_abs or out_abs.startswith(src_abs + os.sep):
+    raise DataError(f"the dataset directory {out_dir} is inside the source directory {source} "
+                    "(it would be read as an episode next time). Fix: write the dataset "
+                    "elsewhere (another --workdir or config.data.dir).")
   dirs = list_episodes(source)
   defaults = read_defaults(source)
-  for d in dirs:  # everything that can be checked cheaply, before anything is written
-    check_episode(d, defaults)
+  validate(dirs, defaults, int(height), int(width), workers, progress)  # before any write
   config = {"source": "ingest", "source_dir": os.path.basename(os.path.abspath(source)),
             "height": int(height), "width": int(width), "codec": codec,
             "jpeg_quality": int(quality), "episodes_per_shard": int(episodes_per_shard),
@@ -420,7 +651,8 @@ def ingest(source: str, out_dir: str, height: int, width: int, codec: str = "jpe
   jobs = [dirs[i:i + episodes_per_shard] for i in range(0, len(dirs), episodes_per_shard)]
   return write_dataset(out_dir, config, jobs,
                        functools.partial(_read_job, defaults, int(height), int(width)),
-                       codec=codec, quality=int(quality), workers=workers, progress=progress)
+                       codec=codec, quality=int(quality), workers=workers, progress=progress,
+                       source_files=source_files(source, dirs))
 
 
 # ------------------------------------------------------------------ export

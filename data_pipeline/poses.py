@@ -31,6 +31,12 @@ action[t] is the motion *into* frame t (action[0] is "static"), in 13 non-negati
   12 static: 1 when the camera neither moved (|dP| <= STATIC_TRANSLATION m) nor turned
      (every angle <= STATIC_ROTATION rad) into this frame, else 0.
 Integrating the actions from the first pose gives back every pose (`integrate_actions`).
+
+Limits (`check_poses`, `checked_actions`): besides being finite and rigid, a pose in our
+convention has every coordinate of its camera centre within +-MAX_TRANSLATION (1e5 m,
+100 km): larger values are a unit or export mistake, and their differences (the actions, the
+network's pose input) overflow or lose all precision (a clip at 1e308 m made NaN batches).
+The actions derived from a pose sequence must be finite as well.
 """
 
 import numpy as np
@@ -44,6 +50,7 @@ STATIC_ROTATION = 1e-4     # radians per frame
 CONVENTIONS = ("ours", "opencv", "opengl", "unreal")
 WORLD_UPS = ("+z", "+y", "-y")
 ORTHONORMAL_TOL = 1e-3
+MAX_TRANSLATION = 1e5      # metres: the largest |x|, |y|, |z| of a camera centre (ours)
 
 
 class PoseError(ValueError):
@@ -104,9 +111,15 @@ def pose_from_yaw_pitch(position, yaw, pitch_up, roll=0.0) -> np.ndarray:
 # ------------------------------------------------------------------ validation
 
 
-def check_poses(poses, name: str = "poses") -> np.ndarray:
-  """Returns poses as float64 [N, 4, 4], or raises PoseError naming the first bad frame."""
+def check_poses(poses, name: str = "poses",
+                max_translation: float | None = MAX_TRANSLATION) -> np.ndarray:
+  """Returns poses as float64 [N, 4, 4], or raises PoseError naming the first bad frame.
+  `max_translation` bounds every coordinate of the camera centres (metres in our convention);
+  None skips that check (poses in another convention's units, checked again once converted)."""
   poses = np.asarray(poses)
+  if poses.dtype.kind not in "iuf":
+    raise PoseError(f"{name} has dtype {poses.dtype}; expected real numbers. Fix: write float64 "
+                    "camera-to-world matrices.")
   if poses.ndim != 3 or poses.shape[1:] not in ((4, 4), (3, 4)):
     raise PoseError(f"{name} has shape {poses.shape}; expected [N, 4, 4] (or [N, 3, 4]) "
                     "camera-to-world matrices. Fix: write one 4x4 matrix per frame.")
@@ -125,9 +138,10 @@ def check_poses(poses, name: str = "poses") -> np.ndarray:
     raise PoseError(f"{name}[{i}] has last row {poses[i, 3].tolist()}, not [0, 0, 0, 1]. "
                     "Fix: write rigid camera-to-world matrices.")
   r = poses[:, :3, :3]
-  err = np.abs(np.swapaxes(r, 1, 2) @ r - np.eye(3)).max((1, 2))
-  det = np.linalg.det(r)
-  bad = (err > ORTHONORMAL_TOL) | (np.abs(det - 1) > ORTHONORMAL_TOL)
+  with np.errstate(all="ignore"):  # huge entries overflow to inf: refused below, by frame
+    err = np.abs(np.swapaxes(r, 1, 2) @ r - np.eye(3)).max((1, 2))
+    det = np.linalg.det(r)
+  bad = ~((err <= ORTHONORMAL_TOL) & (np.abs(det - 1) <= ORTHONORMAL_TOL))  # NaN: bad
   if bad.any():
     i = int(np.argmax(bad))
     raise PoseError(f"{name}[{i}]: the rotation is not orthonormal with determinant +1 "
@@ -135,7 +149,31 @@ def check_poses(poses, name: str = "poses") -> np.ndarray:
                     f"{ORTHONORMAL_TOL}). Fix: write pure rotations (no scale or shear) in the "
                     "pose convention you declared; a determinant of -1 usually means the wrong "
                     "convention.")
+  if max_translation is not None:
+    far = np.abs(poses[:, :3, 3]).max(-1) > max_translation
+    if far.any():
+      i = int(np.argmax(far))
+      raise PoseError(f"{name}[{i}] has its camera centre at {poses[i, :3, 3].tolist()} m, "
+                      f"beyond the limit of +-{max_translation:g} m per coordinate (larger "
+                      "values are a unit mistake and overflow the actions). Fix: give positions "
+                      "in the declared units (units_per_metre converts them to metres) or "
+                      "repair that frame's pose.")
   return poses
+
+
+def checked_actions(poses, name: str = "poses") -> tuple[np.ndarray, float]:
+  """`actions_from_poses(poses)`, refused (PoseError naming the first frame) when an action is
+  not finite: the training batches would hold NaN."""
+  with np.errstate(all="ignore"):  # overflow is reported below, with the frame
+    actions, scale = actions_from_poses(poses)
+  bad = ~np.isfinite(actions).all(-1)
+  if bad.any() or not np.isfinite(scale):
+    i = int(np.argmax(bad))
+    raise PoseError(f"{name}[{i}]: the action derived from the motion into this frame is not "
+                    f"finite ({actions[i].tolist()}, translation scale {scale:g}). Fix: repair "
+                    "the poses around that frame (finite positions within "
+                    f"+-{MAX_TRANSLATION:g} m, rigid rotations).")
+  return actions, scale
 
 
 # ------------------------------------------------------------------ conventions
@@ -218,7 +256,7 @@ def actions_from_poses(poses, scale: float | None = None) -> tuple[np.ndarray, f
   poses = np.asarray(poses, np.float64)
   n = len(poses)
   actions = np.zeros((n, ACTION_DIM), np.float32)
-  actions[0, 12] = 1.0
+  actions[:1, 12] = 1.0
   if n < 2:
     return actions, 1.0 if scale is None else float(scale)
   dp, ang = relative_motion(poses)

@@ -28,6 +28,11 @@ class CheckpointError(RuntimeError):
   """A checkpoint cannot be used with this run; the message says why and what to do."""
 
 
+class CheckpointWriteError(CheckpointError):
+  """Writing a checkpoint failed (disk full, directory gone, no permission): the run stops at
+  once; Orbax's background threads may still be failing, so the CLI exits without waiting."""
+
+
 def param_shapes(params) -> dict[str, list[int]]:
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
@@ -67,6 +72,34 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
       + "Fix: use the config that wrote it, or a fresh --workdir.")
 
 
+def check_model(run_dir: str, model_cfg: dict) -> None:
+  """Refuses a run directory whose latest checkpoint was written by another model (its
+  recorded model config differs from model_cfg beyond the layout-only fields): what a
+  finished run that is skipped, not restored, still has to check."""
+  step = latest_step(run_dir)
+  if step is None:
+    return
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), 1, async_save=False)
+  try:
+    where = os.path.join(ckpt.directory, str(step))
+    try:
+      meta = ckpt._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"{where}: cannot read the checkpoint metadata ({e}). Fix: delete "
+                            "this step directory to fall back to an older one, or use a fresh "
+                            "--workdir.") from None
+  finally:
+    ckpt.close()
+  fm, em = meta.get("model", {}), json.loads(json.dumps(model_cfg))
+  fields = sorted(k for k in set(fm) | set(em)
+                  if fm.get(k) != em.get(k) and k not in ("scan_layers", "remat_policy"))
+  if fields:
+    diff = "; ".join(f"model.{k}: checkpoint {fm.get(k)!r}, config {em.get(k)!r}"
+                     for k in fields[:6])
+    raise CheckpointError(f"{where} was written by a different model ({diff}). Fix: use the "
+                          "config that wrote it, or a fresh --workdir.")
+
+
 def has_checkpoint(run_dir: str) -> bool:
   """Whether a run directory (a stage's workdir) holds at least one saved step."""
   d = os.path.join(run_dir, "checkpoints")
@@ -101,9 +134,35 @@ class Checkpointer:
     return list(self._mngr.all_steps())
 
   def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    """Saves step (in the background when async); a failed write, this one's or the previous
+    background one's, is a CheckpointError: one line, naming the directory and the latest
+    complete step, and the run stops there."""
+    if self._saving is not None:
+      self.wait()  # the previous background write's failure is that step's, not this one's
+    self._saving = step
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # OSError, tensorstore's ValueError, orbax's own: all one failure
+      raise self._write_failed(step, e) from None
+
+  def _write_failed(self, step: int, e: Exception) -> CheckpointError:
+    self._failed = True
+    cause = " ".join(str(e).split())
+    if len(cause) > 300:
+      cause = cause[:300] + " ..."
+    try:
+      done = [s for s in self._mngr.all_steps() if s != step]
+    except Exception:  # noqa: BLE001 (the directory itself may be gone)
+      done = []
+    latest = max(done) if done else None
+    return CheckpointWriteError(
+        f"writing the checkpoint of step {step} to {self.directory} failed "
+        f"({type(e).__name__}: {cause}). Fix: check that the disk has space and that the "
+        "directory exists and is writable, then rerun the same command: it resumes from "
+        + (f"step {latest}, the latest complete checkpoint." if latest is not None else
+           "the start (no complete checkpoint)."))
 
   def _check_meta(self, step: int, expected_meta: dict) -> str:
     """Reads step's metadata and refuses a checkpoint of another model -> the step's path."""
@@ -142,12 +201,36 @@ class Checkpointer:
                             "Fix: delete this step directory to fall back to an older one.") from e
     return out["state"][key]
 
+  _failed = False
+  _saving = None  # the step of the last save started
+
+  def check(self) -> None:
+    """Raises the failure of a finished background write (does not wait): the loop calls it
+    after every step, so a run stops within a step of the disk failing, not at its next
+    checkpoint."""
+    try:
+      self._mngr.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._write_failed(self._saving, e) from None
+
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # a background write failed
+      raise self._write_failed(self._saving, e) from None
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    """Waits for a background write and closes; after a failed write (already reported) it
+    only closes, so the one error is the one the run stops with."""
+    try:
+      if not self._failed:
+        self.wait()
+    finally:
+      try:
+        self._mngr.close()
+      except Exception:  # noqa: BLE001 (closing after a failure: the failure was reported)
+        if not self._failed:
+          raise
 
 
 def load_latest_params(run_dir: str, key: str, target, model_config: dict, fix: str):

@@ -3,9 +3,11 @@
 them (below, and in `relic --help`).
 """
 
+import contextlib
 import difflib
 import importlib.util
 import json
+import logging as py_logging
 import os
 import sys
 import textwrap
@@ -17,7 +19,7 @@ from ml_collections import config_flags
 from data_pipeline.episode import DataError
 from relic_jax import pipeline, stages
 from relic_jax.bench import aot
-from relic_jax.checkpoint import CheckpointError
+from relic_jax.checkpoint import CheckpointError, CheckpointWriteError
 from relic_jax.config import ConfigError, validate
 from relic_jax.evaluation.pose_estimation import PoseEstimatorError
 from relic_jax.inference.scripts import ScriptError
@@ -37,6 +39,7 @@ from relic_jax.assets import AssetsError
 from relic_jax.weights import SafetensorsError, UMT5ImportError, WanImportError
 from relic_jax.weights.export import ExportError
 from relic_jax.weights.pretrained import PretrainedError
+from relic_jax.workdir import WorkdirError, locked
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).",
@@ -47,6 +50,9 @@ flags.DEFINE_string("source", None, "import-wan: a diffusers WanTransformer3DMod
                     "of external episodes.")
 flags.DEFINE_string("out", None, "import-wan: where to write the imported params; data "
                     "preview: where to write the MP4 and PNG (default <dataset>/preview).")
+flags.DEFINE_string("data", None, "pipeline, data: `ingest:DIR` trains on your own episodes "
+                    "(the ingest format, docs/data.md) instead of ViZDoom; sets "
+                    "config.data.ingest=DIR.")
 flags.DEFINE_string("until", None, "pipeline: stop after this stage (e.g. train_teacher, as "
                     "`make assets` does).")
 flags.DEFINE_string("episode", None, "data preview: the episode's name (default: the first).")
@@ -73,7 +79,7 @@ USER_ERRORS = (ConfigError, CheckpointError, SafetensorsError, WanImportError, U
                DataError, PretrainedError, AssetsError, ExportError,
                ScriptError, ActionError, CacheCapacityError, DistillError, ODEInitError,
                CurriculumError, PipelineError, PoseEstimatorError, VAECurriculumError,
-               TextEncoderError)
+               TextEncoderError, WorkdirError)
 
 
 def _pipeline(cfg, workdir, until=None):
@@ -216,12 +222,25 @@ def main(argv, registry=REGISTRY):
       cause = " ".join(str(e.__cause__ or e).split())
     _fail(f"cannot load --config={path}: {cause}. Fix: pass an existing experiment file, e.g. "
           "--config=experiments/tiny.py")
+  if FLAGS.data is not None:
+    kind, _, source = FLAGS.data.partition(":")
+    if name not in ("pipeline", "data") or sub not in (None, "generate"):
+      _fail(f"--data is for `relic pipeline` and `relic data`, not `relic {name}"
+            f"{' ' + sub if sub else ''}`. Fix: drop it (or use --source for `relic data "
+            "ingest`).")
+    if kind != "ingest" or not source:
+      _fail(f"--data={FLAGS.data}: expected ingest:DIR (a directory of your episodes in the "
+            "ingest format, docs/data.md). Fix: e.g. --data=ingest:episodes/")
+    cfg.data.ingest = source
   if stage.workdir is WorkdirUse.REQUIRED and not FLAGS.workdir:
     _fail(f"stage '{name}' needs --workdir=DIR (where checkpoints and logs go)")
   if stage.workdir is WorkdirUse.DATASET and not (FLAGS.workdir or cfg.data.dir):
     _fail(f"stage '{name}' needs --workdir=DIR (the dataset goes to DIR/data) or "
           "--config.data.dir=DIR")
   full = f"{name} {sub}" if sub else name
+  if FLAGS.workdir and os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    _fail(f"--workdir={FLAGS.workdir} is a file, not a directory. Fix: pass a directory (a new "
+          "one is created for the stages that write).")
   for flag in run.flags:
     if not FLAGS[flag].value:
       _fail(f"stage '{full}' needs --{flag}=...")
@@ -233,12 +252,32 @@ def main(argv, registry=REGISTRY):
     maybe_initialize_distributed(cfg.distributed)  # before anything asks for the devices
     # the mesh against the actual devices, and the batch/params against the mesh
     validate(cfg, num_devices=jax.device_count(), num_processes=jax.process_count())
-    run_cfg = stages.derived_config(run, cfg, FLAGS.workdir, f"[relic] {full}")
-    run.body(run_cfg, FLAGS.workdir, **{f: FLAGS[f].value for f in run.flags + run.options})
+    with _lock(run, cfg, full):
+      run_cfg = stages.derived_config(run, cfg, FLAGS.workdir, f"[relic] {full}")
+      run.body(run_cfg, FLAGS.workdir, **{f: FLAGS[f].value for f in run.flags + run.options})
+  except CheckpointWriteError as e:
+    # Orbax's writer threads may keep failing (and logging) while the interpreter shuts down:
+    # the one message, then out, as a kill would (a run resumes from its last checkpoint)
+    print(f"relic: error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
   except USER_ERRORS as e:
     _fail(str(e))
   except NonFiniteError as e:
     _fail(str(e), code=3)
+  except OSError as e:  # the disk, not the program: full, removed, read-only, permissions
+    where = f" ({e.filename})" if e.filename else ""
+    _fail(f"{type(e).__name__}: {e.strerror or e}{where}. Fix: check that the disk has space "
+          "and the paths exist and are writable, then rerun the same command (it resumes).")
+
+
+def _lock(stage, cfg, command: str):
+  """The workdir's lock for a stage that writes a run (its process 0 holds it); the dataset's
+  directory for `relic data` given only config.data.dir. Other stages: no lock."""
+  root = FLAGS.workdir or (cfg.data.dir if stage.workdir is stages.WorkdirUse.DATASET else None)
+  if not stage.locks or not root or jax.process_index() != 0:
+    return contextlib.nullcontext()
+  return locked(root, command)
 
 
 def _config_path(argv):
@@ -265,6 +304,33 @@ def _load_config_file(argv):
     return (module.get_config(arg) if arg else module.get_config()), file
   except Exception:  # the flag parser reports an unloadable file itself
     return None, file
+
+
+def _config_file_error(argv) -> str | None:
+  """Why the experiment file named by --config cannot be loaded (None: it loads, so an override
+  failed): a syntax error, an exception in get_config, no get_config, not a config."""
+  path = _config_path(argv)
+  if not path:
+    return None
+  file, _, arg = path.partition(":")
+  fix = ("Fix: correct the file, or start from one of experiments/*.py (a module whose "
+         "get_config() returns relic_jax.config.get_base_config() with changes).")
+  try:
+    spec = importlib.util.spec_from_file_location("relic_cli_config", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      return f"cannot load --config={path}: the file defines no get_config(). {fix}"
+    cfg = module.get_config(arg) if arg else module.get_config()
+  except SyntaxError as e:
+    return f"cannot load --config={path}: syntax error at line {e.lineno} ({e.msg}). {fix}"
+  except Exception as e:  # noqa: BLE001 (whatever the experiment's own code raises)
+    cause = " ".join(str(e).split())[:300]
+    return f"cannot load --config={path}: get_config() raised {type(e).__name__}: {cause}. {fix}"
+  if not hasattr(cfg, "keys"):
+    return (f"cannot load --config={path}: get_config() returned a {type(cfg).__name__}, not a "
+            f"config. {fix}")
+  return None
 
 
 def _bad_override_message(argv, error) -> str:
@@ -298,12 +364,22 @@ def _parse_flags(argv):
   except flags.Error as e:
     _fail(f"{e}. Usage: relic <stage> --config=experiments/<name>.py --workdir=DIR "
           "[--config.a.b=value ...]")
-  except (AttributeError, KeyError, TypeError) as e:  # config_flags: override of a missing field
-    _fail(_bad_override_message(argv, e))
+  except Exception as e:  # noqa: BLE001 (config_flags runs the experiment file, then overrides)
+    _fail(_config_file_error(argv) or _bad_override_message(argv, e))
+
+
+class _OrbaxFailures:
+  """Drops Orbax's own error logs (a failed background write logs a traceback per handler,
+  hundreds of lines): the failure reaches the run as one CheckpointError, whose message the
+  command prints (relic_jax/checkpoint.py)."""
+
+  def filter(self, record) -> bool:
+    return not (record.levelno >= 40 and "orbax" in (record.pathname or ""))
 
 
 def run():
   logging.set_verbosity(logging.WARNING)
+  py_logging.getLogger("absl").addFilter(_OrbaxFailures())
   main_module = sys.modules["__main__"]
   if not main_module.__doc__:  # the `relic` script: absl's --help prints the stages from here
     main_module.__doc__ = __doc__

@@ -33,7 +33,11 @@ from collections.abc import Callable, Mapping
 import jax
 import ml_collections
 
+from data_pipeline import clips as clips_lib
 from data_pipeline import generate as datagen
+from data_pipeline import poses as poses_lib
+from data_pipeline import shards as shards_lib
+from data_pipeline.episode import DataError
 from data_pipeline import ingest as ingest_lib
 from data_pipeline import preview as preview_lib
 from data_pipeline.latent_cache import CACHE_META
@@ -41,6 +45,7 @@ from data_pipeline.loader import CachedLatents, make_train_iterator
 from relic_jax import assets as assets_lib
 from relic_jax import checkpoint as ckpt_lib
 from relic_jax.config.choices import DataSource
+from relic_jax.config import derive
 from relic_jax.config.derive import flatten_config
 from relic_jax.evaluation import evaluate as evaluate_lib
 from relic_jax.evaluation import pose_estimation
@@ -88,6 +93,8 @@ class Stage:
   options: tuple[str, ...] = ()               # flags it may take, passed to the body
   subcommands: tuple["Stage", ...] = ()       # `relic <name> <sub>`: records of their own
   takes_config: bool = True                   # False: `relic <name> ARG` (body(argv))
+  locks: bool = False                         # holds the workdir's lock while it runs (the
+                                              # stages that write a run: workdir.locked)
 
   def subcommand(self, name: str) -> "Stage | None":
     return next((s for s in self.subcommands if s.name == name), None)
@@ -120,9 +127,63 @@ def has_latent_cache(cfg, workdir) -> bool:
 
 
 def latent_cache_config(cfg, workdir):
-  """`Stage.derive` of the DiT stages: `dit_config(cfg)` in a workdir that holds a latent
-  cache, cfg as given elsewhere (see the module docstring)."""
+  """`Stage.derive` of the DiT stages: `dataset_config`, then `dit_config` in a workdir that
+  holds a latent cache (cfg as given elsewhere; see the module docstring)."""
+  cfg = dataset_config(cfg, workdir)
   return dit_config(cfg) if has_latent_cache(cfg, workdir) else cfg
+
+
+def dataset_config(cfg, workdir):
+  """`Stage.derive` of every stage that reads the run's dataset, for an ingested one (its
+  manifest says source "ingest"): the settings the data decides, not the config.
+
+    generate.fps           the episodes' frame rate (the model generates at the rate it was
+                           trained on); episodes at different rates are refused
+    generate.action_scale  the training episodes' mean camera displacement per frame
+                           (metres; the loader normalises each clip's actions by its own): the
+                           unit the generated actions and the evaluation's truth are
+                           integrated with (kept when the cameras only turn)
+
+  and a clip no training episode is long enough for is refused (its fix: shorter clips or
+  longer episodes). A generated (ViZDoom) dataset, whose rate and scale the config's defaults
+  describe, or no dataset yet, leaves cfg as it is."""
+  try:
+    data_dir = Workdir.of(cfg, workdir).data
+  except ValueError:
+    return cfg
+  if not os.path.exists(os.path.join(data_dir, shards_lib.MANIFEST)):
+    return cfg
+  manifest = shards_lib.read_manifest(data_dir)
+  if manifest.get("config", {}).get("source") != "ingest":
+    return cfg
+  entries = [e for _, e in shards_lib.episode_entries(manifest)]
+  rates = sorted({float(e["fps"]) for e in entries})
+  if len(rates) > 1:
+    shown = ", ".join(f"{r:g}" for r in rates)
+    raise DataError(
+        f"{data_dir}: the ingested episodes have different frame rates ({shown} fps); a model "
+        "generates at one rate. Fix: resample the videos to one rate before "
+        "ingesting (e.g. ffmpeg -r), with their poses, or ingest each rate into its own dataset.")
+  train = clips_lib.split_episodes(len(entries), "train", cfg.data.heldout_episodes, data_dir)
+  frames = [int(entries[i]["num_frames"]) for i in train]
+  need = 1 + 4 * (derive.cache_frames(cfg) - 1)
+  if not any(n >= need for n in frames):
+    raise DataError(
+        f"{data_dir}: the longest training episode has {max(frames)} frames, but the longest "
+        f"clip the stages read has {need} ({derive.cache_frames(cfg)} latent frames: "
+        "data.latent_frames, train.horizon_curriculum, ode_init.blocks, "
+        "distill.rollout_curriculum). Fix: record longer episodes, or shorten those settings.")
+  # metres per frame over every training frame pair (a dataset written before the manifest
+  # recorded it: the episodes' action_scale, their own mean where the camera moves)
+  moved = sum(float(entries[i].get("translation_per_frame", entries[i]["action_scale"]))
+              * (frames[k] - 1) for k, i in enumerate(train))
+  scale = moved / sum(n - 1 for n in frames)
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    out.generate.fps = rates[0]
+    if scale > poses_lib.STATIC_TRANSLATION:  # a camera that only turns: the config's unit
+      out.generate.action_scale = scale
+  return out
 
 
 def changed_fields(before, after) -> dict:
@@ -147,7 +208,10 @@ def derived_config(stage: "Stage", cfg, workdir, head: str):
 # ------------------------------------------------------------------------------- bodies
 
 def data(cfg, workdir):
-  """`relic data`: generate the ViZDoom episode dataset in config.data.dir or <workdir>/data."""
+  """`relic data`: generate the ViZDoom episode dataset in config.data.dir or <workdir>/data,
+  or ingest config.data.ingest's episodes when it is set."""
+  if cfg.data.ingest:
+    return data_ingest(cfg, workdir, cfg.data.ingest)
   out = datagen.dataset_dir(cfg, workdir)
   t0 = time.time()
   m = datagen.generate(cfg, out, progress=cfg.train.progress_bar)
@@ -404,38 +468,39 @@ def info(cfg, workdir):
 
 _DATA_HELP = "generate the ViZDoom episode dataset (config.data.gen) into <workdir>/data"
 _STAGES = (
-    Stage("data", _DATA_HELP, data, dirs=("data",), inputs=("seed", "data.gen"),
+    Stage("data", _DATA_HELP, data, dirs=("data",), inputs=("seed", "data.gen", "data.ingest"),
           produces="episode shards in config.data.dir or <workdir>/data", pipeline_step=1,
-          workdir=WorkdirUse.DATASET,
+          workdir=WorkdirUse.DATASET, locks=True,
           subcommands=(
-              Stage("generate", _DATA_HELP, data),
+              Stage("generate", _DATA_HELP, data, locks=True),
               Stage("ingest", "convert external episodes (--source=DIR, see the README) into "
-                    "the same shards", data_ingest, flags=("source",)),
+                    "the same shards", data_ingest, flags=("source",), locks=True),
               Stage("preview", "an MP4 and a top-down trajectory PNG of an episode "
                     "(--episode, --out)", data_preview, options=("out", "episode")))),
     Stage("train_vae", "the causal video VAE on the dataset's clips, then held-out PSNR/SSIM",
           train_vae, dirs=("vae", "vae_tiny"), inputs=("vae",), pipeline_step=3,
+          derive=dataset_config,
           produces="<workdir>/vae (+ vae_tiny): checkpoints, held-out PSNR/SSIM, a video",
-          workdir=WorkdirUse.REQUIRED),
+          workdir=WorkdirUse.REQUIRED, locks=True),
     Stage("encode", "the trained VAE encodes every training clip, at the longest horizon a "
           "stage reads, into the latent cache", encode,
-          dirs=("latents",), inputs=("data",), pipeline_step=4,
+          dirs=("latents",), inputs=("data",), pipeline_step=4, derive=dataset_config,
           produces="the latent cache in config.data.latent_dir or <workdir>/latents",
-          workdir=WorkdirUse.REQUIRED),
+          workdir=WorkdirUse.REQUIRED, locks=True),
     Stage("train_teacher", "flow-matching training of the (bidirectional) DiT", train_teacher,
           dirs=("teacher",), inputs=("model", "train", "mesh"), derive=latent_cache_config,
-          pipeline_step=5, workdir=WorkdirUse.REQUIRED,
+          pipeline_step=5, workdir=WorkdirUse.REQUIRED, locks=True,
           produces="<workdir>/teacher: checkpoints, TensorBoard logs, final_metrics.json"),
     # the student trains with its memory and few-step sampler: changing them retrains it
     Stage("ode_init", "the block-causal student regresses the teacher's ODE trajectories "
           "(hybrid forcing)", ode_init, dirs=("ode_init",),
           inputs=("ode_init", "memory", "generate"), derive=latent_cache_config, pipeline_step=6,
           produces="<workdir>/ode_init: trajectories and the student's checkpoints",
-          workdir=WorkdirUse.REQUIRED),
+          workdir=WorkdirUse.REQUIRED, locks=True),
     Stage("distill", "self-forcing DMD distillation of the student (critic, replayed "
           "back-prop)", distill, dirs=("distill",), inputs=("distill",), derive=latent_cache_config,
           pipeline_step=7, produces="<workdir>/distill: checkpoints, metrics.jsonl",
-          workdir=WorkdirUse.REQUIRED),
+          workdir=WorkdirUse.REQUIRED, locks=True),
     Stage("info", "print the resolved config, mesh and parameter count; trains nothing", info),
     Stage("import-wan", "convert a diffusers Wan 2.1 T2V transformer (--source) to params "
           "(--out)", import_wan, flags=("source", "out"), produces="an Orbax params checkpoint"),
@@ -462,20 +527,21 @@ _STAGES = (
           workdir=WorkdirUse.REQUIRED),
     # the pose estimator's inputs: its split, the frames' size and its motion normalisers
     Stage("pose_estimator", "train the pose estimator behind the action-following metrics on "
-          "real frames", pose_estimator, dirs=("pose_estimator",),
+          "real frames", pose_estimator, dirs=("pose_estimator",), derive=dataset_config,
           inputs=("evaluate.pose_estimator", "data.heldout_episodes", "data.latent_height",
                   "data.latent_width", "data.spatial_stride", "generate.action_scale",
                   "generate.fps"),
-          pipeline_step=2, produces="<workdir>/pose_estimator", workdir=WorkdirUse.REQUIRED),
+          pipeline_step=2, produces="<workdir>/pose_estimator", workdir=WorkdirUse.REQUIRED,
+          locks=True),
     Stage("evaluate", "action following, spatial memory, stability and speed on held-out maps, "
           "against window-only, full-history and copy-last-frame baselines", evaluate,
           dirs=("evaluate", "results"),
           inputs=("evaluate", "memory.max_frames", "memory.overflow", "generate.decoder"),
-          derive=latent_cache_config, pipeline_step=8, workdir=WorkdirUse.REQUIRED,
+          derive=latent_cache_config, pipeline_step=8, workdir=WorkdirUse.REQUIRED, locks=True,
           produces="<workdir>/results: metrics.json, metrics.md, videos, plots"),
     Stage("pipeline", "every pipeline stage in order (or up to --until=STAGE), skipping what "
           "is done and resuming what was cut", None, dirs=("pipeline",), options=("until",),
-          workdir=WorkdirUse.REQUIRED,
+          workdir=WorkdirUse.REQUIRED, locks=True,
           produces="every stage's outputs; <workdir>/pipeline: a done-marker per stage"),
     Stage("compile", "the --stage's step (teacher, ode_init, distill, stream) compiled ahead "
           "of time for a TPU or GPU --topology on this host: peak memory per device against HBM, "

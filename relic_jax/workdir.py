@@ -13,11 +13,18 @@
   <root>/generate        `relic generate`'s videos
   <root>/pipeline        the pipeline's done-markers, one <stage>.json per finished stage
 
-Nothing here touches the disk; a stage creates what it writes.
+Nothing in `Workdir` touches the disk; a stage creates what it writes. `locked(root, command)`
+is the lock a stage that writes a run holds on its workdir (`relic` takes it for them).
 """
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import json
 import os
+import socket
+import time
 
 import ml_collections
 
@@ -88,3 +95,111 @@ for _name in PLACES:
     setattr(Workdir, _name, property(lambda self, name=_name: self._under(name),
                                      doc=f"<root>/{_name}"))
 del _name
+
+
+# ------------------------------------------------------------------------------ the lock
+
+LOCK_FILE = ".relic.lock"
+
+
+class WorkdirError(ValueError):
+  """A workdir that cannot be used: not a directory, not writable, or in use by another run."""
+
+
+def check_writable(path: str, what: str = "--workdir", keep: bool = True) -> bool:
+  """Refuses a path that is a file or cannot be written, before anything is written; creates
+  the directory when it does not exist (keep=False: only to try, then removes it again) ->
+  whether it created it."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f"{what}={path} is a file, not a directory. Fix: pass a directory (a "
+                       "new one is created).")
+  created = not os.path.exists(path)
+  new = []  # the directories this call creates, deepest first
+  d = os.path.abspath(path)
+  while not os.path.exists(d):
+    new.append(d)
+    d = os.path.dirname(d)
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".relic-write-test-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+    if not keep:
+      _remove(new)
+  except OSError as e:
+    _remove(new)
+    raise WorkdirError(f"{what}={path} cannot be written ({e.strerror or e}). Fix: pass a "
+                       "directory you can write to (check its permissions, that its file "
+                       "system is not read-only or full).") from e
+  return created
+
+
+def _remove(dirs: list[str]) -> None:
+  for d in dirs:
+    with contextlib.suppress(OSError):
+      os.rmdir(d)
+
+
+def _holder(fd: int) -> dict:
+  try:
+    raw = os.pread(fd, 4096, 0)
+    return json.loads(raw) if raw.strip() else {}
+  except (OSError, ValueError):
+    return {}
+
+
+def _describe(h: dict) -> str:
+  since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"])) if "since" in h else "?"
+  return (f"`relic {h.get('command', '?')}` (pid {h.get('pid', '?')} on "
+          f"{h.get('host', '?')}, since {since})")
+
+
+@contextlib.contextmanager
+def locked(root: str, command: str):
+  """Holds an exclusive lock on the workdir `root` while a run writes it: a second run in the
+  same workdir is refused naming the first. The lock is an flock on <root>/.relic.lock, which
+  the kernel releases when its process dies, so a lock left by a killed run is taken over (and
+  said so); the file names the holder. A workdir this call created is removed again when the
+  run leaves it empty (a refused run writes nothing)."""
+  new = []
+  d = os.path.abspath(root)
+  while not os.path.exists(d):
+    new.append(d)
+    d = os.path.dirname(d)
+  check_writable(root)
+  path = os.path.join(root, LOCK_FILE)
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      held = _holder(fd)
+      os.close(fd)
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise WorkdirError(f"cannot lock {path} ({e.strerror}). Fix: use a workdir on a file "
+                           "system with file locks.") from e
+      raise WorkdirError(f"--workdir={root} is in use by {_describe(held)}. Fix: wait for that "
+                         "run to finish (or stop it), or use another --workdir.") from None
+    try:  # the file may have been removed by the holder we waited on: lock the new one
+      same = os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+  stale = _holder(fd)
+  if stale:
+    print(f"[relic] {root}: took over the lock of {_describe(stale)}, which is no longer "
+          "running", flush=True)
+  me = {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
+        "since": time.time()}
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, json.dumps(me).encode(), 0)
+  try:
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      os.unlink(path)
+    os.close(fd)
+    _remove(new)  # what this call created, when the run left it empty

@@ -48,3 +48,31 @@ def run_cli(*args, env=None, timeout=600):
   e.update(env or {})
   return subprocess.run([sys.executable, "-m", "relic_jax.cli", *args], cwd=REPO, env=e,
                         capture_output=True, text=True, timeout=timeout)
+
+
+
+class CliForker:
+  """`relic ARGS` for many commands in a row, each in a fork of one process that imported
+  relic_jax.cli once (tests/cli_forker.py): a command costs what it does, not an interpreter
+  and a JAX import. `run(*args, cwd=None, env=None, prelude=None) -> CompletedProcess-like`
+  (prelude: Python the child runs first, e.g. to inject a fault)."""
+
+  def __init__(self, env=None):
+    e = dict(os.environ)
+    e.pop("XLA_FLAGS", None)
+    e.update(env or {})
+    self.proc = subprocess.Popen([sys.executable, "-m", "tests.cli_forker"], cwd=REPO, env=e,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def run(self, *args, cwd=None, env=None, prelude=None):
+    import json  # noqa: PLC0415
+    import types  # noqa: PLC0415
+    self.proc.stdin.write(json.dumps({"argv": list(args), "cwd": cwd or REPO,
+                                      "env": env or {}, "prelude": prelude}) + "\n")
+    self.proc.stdin.flush()
+    r = json.loads(self.proc.stdout.readline())
+    return types.SimpleNamespace(returncode=r["code"], stdout=r["stdout"], stderr=r["stderr"])
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait(30)

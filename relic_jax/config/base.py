@@ -146,6 +146,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Episode datasets (`relic data`): where they live ("" = <workdir>/data) and how clips of
   # 1 + 4 (latent_frames - 1) video frames are cut from them (data_pipeline/loader.py).
   d.dir = ""
+  # Your own posed episodes instead of ViZDoom: a source directory in the ingest format
+  # (data_pipeline/ingest.py; `relic pipeline --data=ingest:DIR` sets it). `relic data` (and
+  # the pipeline's data stage) then ingests it, and every later stage takes the frame rate and
+  # action scale from the ingested dataset (stages.dataset_config). "" = generate ViZDoom.
+  d.ingest = ""
   d.clip_stride = 4          # video frames between the starts of consecutive clips
   # The latent cache (`relic encode`) holds clips of derive.cache_frames(cfg) latent frames (the
   # longest horizon any stage reads; shorter ones read prefixes), started every
@@ -290,13 +295,22 @@ def get_base_config() -> ml_collections.ConfigDict:
   ds.log_every = 5
 
   # ---------------------------------------------------------------- evaluate
-  # `relic evaluate` (relic_jax/evaluation/evaluate.py): on held-out maps, the data source
-  # renders the truth for each scripted action sequence; the student generates from the
-  # truth's frame 0, caption and actions, once per method: "relic" (the configured memory),
-  # "window" (no memory), "window_sink" (the window and frame 0 only: what keeping the input
-  # image alone gives), "full" (full history), "copy_last" (frame 0 repeated). Scripts are
-  # built-in names or files (relic_jax/inference/scripts.py).
+  # `relic evaluate` (relic_jax/evaluation/evaluate.py): the truth is either rendered (on
+  # held-out maps, the data source renders each scripted action sequence) or recorded (the
+  # held-out episodes of the dataset); the student generates from the truth's frame 0, caption
+  # and actions, once per method: "relic" (the configured memory), "window" (no memory),
+  # "window_sink" (the window and frame 0 only: what keeping the input image alone gives),
+  # "full" (full history), "copy_last" (frame 0 repeated). Scripts are built-in names or files
+  # (relic_jax/inference/scripts.py).
   ev = c.evaluate = ml_collections.ConfigDict()
+  # Where the truth comes from (relic_jax/evaluation/recorded.py): "doom" (the scripts below
+  # on the maps below), "recorded" (the dataset's last data.heldout_episodes episodes, as
+  # recorded: only the revisits they happen to hold), or "auto": recorded when the dataset was
+  # ingested (`relic data ingest`), doom otherwise.
+  ev.truth = "auto"
+  # recorded truth only: seconds of each held-out episode evaluated at most, from its frame 0,
+  # cut to whole blocks (40 s: as long as the longest default script)
+  ev.max_seconds = 40.0
   # every default script has late revisits (views first seen after frame 0, revisited more
   # than a window later): relic_jax/inference/scripts.py; 84 s of video per map in all
   ev.scripts = ("look_around", "room_visit", "tour_20s", "tour_40s")

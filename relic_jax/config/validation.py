@@ -31,14 +31,24 @@ def _choice(cfg, field, choice: type[Choice], prefix=None):
           f"use one of {', '.join(map(repr, valid))}")
 
 
+# Documented upper limits of magnitudes no run means (docs/usage.md "Errors"): past them a
+# value is a typo (1e30 for 1e-3) that would train on NaN or integrate the camera to infinity.
+LIMITS = {"train.lr": 1.0, "generate.fps": 240.0, "generate.action_scale": 10.0,
+          "generate.shift": 100.0}
+
+
 def _positive(cfg, field, allow_zero=False, prefix=None):
   value = _get(cfg, field)
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-      value >= 0 if allow_zero else value > 0)
+  name = f"{prefix}.{field}" if prefix else field
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+      value) and (value >= 0 if allow_zero else value > 0)
   if not ok:
-    _fail(f"{prefix}.{field}" if prefix else field, value,
-          "must be a " + ("non-negative" if allow_zero else "positive") + " number",
+    _fail(name, value,
+          "must be a finite " + ("non-negative" if allow_zero else "positive") + " number",
           "set a value " + (">= 0" if allow_zero else "> 0"))
+  if name in LIMITS and value > LIMITS[name]:
+    _fail(name, value, f"is above the limit {LIMITS[name]:g} (relic_jax/config/validation.py "
+          "LIMITS)", f"use a value <= {LIMITS[name]:g}")
 
 
 def _get(cfg, dotted):
@@ -285,8 +295,7 @@ def validate_generation(cfg: ml_collections.ConfigDict) -> None:
     _fail("generate.timesteps", steps, "must be decreasing values in (0, 1000]",
           "use e.g. (1000, 750, 500, 250)")
   for f in ("shift", "action_scale", "fps"):
-    if not gen[f] > 0:
-      _fail(f"generate.{f}", gen[f], "must be positive", "set a positive number")
+    _positive(gen, f, prefix="generate")
   _choice(gen, "decoder", Decoder, prefix="generate")
 
 
@@ -374,6 +383,41 @@ def validate_student(cfg: ml_collections.ConfigDict) -> None:
           "-> 20 s shape ((2, a), (4, b), (8, c)), or use memory.mode='window'")
 
 
+def validate_vae_arch(v: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
+  """The VAE's architecture fields (relic_jax/models/vae.py) and its strides against the
+  data's (d: config.data)."""
+  for f in ("base_dim", "z_dim", "num_res_blocks"):
+    if not _is_int(v[f]) or v[f] <= 0:
+      _fail(f"vae.{f}", v[f], "must be a positive integer", "use e.g. Wan's "
+            f"{ {'base_dim': 96, 'z_dim': 16, 'num_res_blocks': 2}[f]}")
+  mult = v.dim_mult
+  if (isinstance(mult, (str, bytes)) or not isinstance(mult, (tuple, list)) or not mult
+      or not all(_is_int(x) and x > 0 for x in mult)):
+    _fail("vae.dim_mult", mult, "must be a non-empty tuple of positive integers (one channel "
+          "multiplier per resolution level)", "use e.g. Wan's (1, 2, 4, 4)")
+  if 2 ** (len(mult) - 1) != d.spatial_stride:
+    _fail("vae.dim_mult", tuple(mult), f"has {len(mult)} levels, a spatial stride of "
+          f"{2 ** (len(mult) - 1)}, but data.spatial_stride={d.spatial_stride}",
+          f"use {int(math.log2(d.spatial_stride)) + 1} levels, e.g. Wan's (1, 2, 4, 4) for "
+          "a stride of 8, or change data.spatial_stride")
+  down = v.temporal_downsample
+  if (isinstance(down, (str, bytes)) or not isinstance(down, (tuple, list))
+      or len(down) != len(mult) - 1 or not all(isinstance(x, bool) for x in down)):
+    _fail("vae.temporal_downsample", down, f"must be {len(mult) - 1} booleans, one per "
+          f"downsampling level of vae.dim_mult={tuple(mult)}", "use e.g. (False, True, True) "
+          "with dim_mult (1, 2, 4, 4)")
+  for f in ("kl_weight", "tiny_steps"):
+    _positive(v, f, allow_zero=True, prefix="vae")
+  vt = v.train
+  for f in ("steps", "batch_size", "checkpoint_every", "log_every"):
+    _positive(vt, f, prefix="vae.train")
+  for f in ("lr", "warmup_steps", "ema_decay"):
+    _positive(vt, f, allow_zero=True, prefix="vae.train")
+  if vt.lr > LIMITS["train.lr"]:
+    _fail("vae.train.lr", vt.lr, f"is above the limit {LIMITS['train.lr']:g}",
+          f"use a value <= {LIMITS['train.lr']:g}")
+
+
 def validate_vae_init(v: ml_collections.ConfigDict) -> None:
   """vae.init_from / vae.finetune_steps / vae.clip_curriculum / vae.eval_latent_frames."""
   cur = v.get("clip_curriculum", ())
@@ -410,6 +454,9 @@ def validate_data(d: ml_collections.ConfigDict) -> None:
     _fail("data.palindrome_prob", d.palindrome_prob, "is a probability",
           "use a value in [0, 1] (0 turns the augmentation off)")
   _choice(d, "crop", Crop, prefix="data")
+  if not isinstance(d.get("ingest", ""), str):
+    _fail("data.ingest", d.ingest, "must be a directory path (a string)",
+          "set it to the source directory of your episodes, or '' for ViZDoom")
   g = d.gen
   for f in ("num_episodes", "episodes_per_shard", "frames_per_episode", "height", "width",
             "tics_per_frame"):
@@ -517,6 +564,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
           f"first block of {m.first_block_frames}",
           "choose latent_frames = first_block_frames + a multiple of block_frames")
   validate_data(cfg.data)
+  validate_vae_arch(cfg.vae, cfg.data)
   validate_vae_init(cfg.vae)
   validate_generation(cfg)
   if cfg.data.source == DataSource.LATENTS:
@@ -544,6 +592,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   _choice(cfg, "train.schedule", LRSchedule)
   _choice(cfg, "train.timestep_sampling", TimestepSampling)
   _choice(cfg, "evaluate.pose_estimator.kind", PoseEstimatorKind)
+  truths = ("auto", "doom", "recorded")  # evaluation/recorded.py TRUTHS
+  if _get(cfg, "evaluate.truth") not in truths:
+    _fail("evaluate.truth", cfg.evaluate.truth, "unknown value",
+          f"use one of {', '.join(map(repr, truths))}")
+  _positive(cfg, "evaluate.max_seconds")
   _positive(cfg, "train.timestep_shift")
   if cfg.train.clean_first_frame and cfg.data.latent_frames < 2:
     _fail("data.latent_frames", cfg.data.latent_frames,

@@ -1,10 +1,21 @@
 """`relic evaluate`: action following, spatial memory, stability and speed of the student.
 
-For each case (a script of config.evaluate.scripts on a held-out map, from a seeded random
-open spot):
-  1. the truth: ViZDoom renders the scripted camera (data_pipeline.doom.render_actions); the
-     actions the model is given are those of the poses the engine really took
-     (poses.actions_from_poses at config.generate.action_scale);
+The truth comes from one of two places (config.evaluate.truth, evaluation/recorded.py):
+"doom" renders scripted cameras on held-out maps; "recorded" takes the held-out episodes of
+the run's dataset as they were recorded (the default "auto": recorded for an ingested dataset,
+Doom otherwise). What needs a renderer: only the choice of the camera paths. With one, the
+scripts are designed to revisit views (every default script has late revisits); recorded
+episodes give only the revisits they happen to hold, and an episode without any has no memory
+metrics (absent, '-' in the tables; the notes name it). Everything else, action following,
+memory at the revisits there are, stability and speed, is computed the same way on both.
+
+For each case (Doom: a script of config.evaluate.scripts on a held-out map, from a seeded
+random open spot; recorded: a held-out episode from its frame 0, cut to whole blocks and to
+config.evaluate.max_seconds):
+  1. the truth: ViZDoom renders the scripted camera (data_pipeline.doom.render_actions), or the
+     episode's frames and poses are read from the dataset's shards; frames at the model's size;
+     the actions the model is given are those of the true poses (poses.actions_from_poses at
+     config.generate.action_scale) either way;
   2. each method of config.evaluate.methods generates the video from the truth's frame 0,
      caption and actions: "relic" (the configured memory), "window" (memory.mode='window', no
      memory), "window_sink" (the window plus frame 0 kept forever, nothing else), "full"
@@ -13,10 +24,10 @@ open spot):
   3. metrics against the truth:
      * action following: the pose estimator (evaluation/pose_estimation.py, fitted on real
        frames) estimates the camera path of the generated video every `stride` frames; RPE
-       (translation in metres, only on scripts with a translation; rotation in degrees)
-       against the true path after Sim(3) alignment (evaluation/trajectory.py). The
-       estimator's own error is its RPE on the true frames (the "truth" row), and a static
-       camera's RPE is the "static" row;
+       (translation in metres, only on cases whose actions translate: scripts.translates;
+       rotation in degrees) against the true path after Sim(3) alignment
+       (evaluation/trajectory.py). The estimator's own error is its RPE on the true frames (the
+       "truth" row), and a static camera's RPE is the "static" row;
      * spatial memory (evaluation/revisits.py): PSNR / SSIM of generated frames against the
        true frames at revisits beyond the uncompressed window (data_pipeline.preview.
        find_revisits with a minimum gap of (memory.window + model.block_frames) latent frames,
@@ -25,15 +36,17 @@ open spot):
        of each revisit frame against the generated frame it revisits, where the generated
        video also left that view;
      * stability: PSNR against the truth per second, and per-second image statistics (mean,
-       contrast, sharpness), on the scripts of 20 s and longer;
+       contrast, sharpness), on the cases of 20 s and longer;
      * speed: per-block latency (median over the blocks after the first, which compiles) and
        frames per second.
 Generated videos are cached in <workdir>/evaluate/<method>/<case>.npz with the stage their
-weights came from, so an interrupted evaluation resumes (and a changed student regenerates).
-Results: <workdir>/results/metrics.json (method -> metrics, and "_meta": where the student's
-weights come from), metrics.md (that, the averages and one table per script), details.json
-(per case, per script and per second), videos/*.mp4 (relic | window_sink | window | truth)
-and plots/*.png. A student that is not distilled is warned about on stderr and in metrics.md.
+weights came from (and, for recorded cases, which truth they are of), so an interrupted
+evaluation resumes (and a changed student or dataset regenerates). Results:
+<workdir>/results/metrics.json (method -> metrics, and "_meta": where the student's weights
+come from and the truth's kind), metrics.md (that, the averages and one table per script, or
+per recorded episode), details.json (per case, per script or episode, and per second),
+videos/*.mp4 (relic | window_sink | window | truth) and plots/*.png. A student that is not
+distilled is warned about on stderr and in metrics.md.
 """
 
 import dataclasses
@@ -55,6 +68,7 @@ from relic_jax.config.choices import MemoryMode
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.evaluation import figures
 from relic_jax.evaluation import metrics as img_metrics
+from relic_jax.evaluation import recorded as recorded_lib
 from relic_jax.evaluation import report
 from relic_jax.evaluation import revisits as revisits_lib
 from relic_jax.evaluation import trajectory
@@ -72,15 +86,18 @@ from relic_jax.workdir import Workdir
 MODES = {"relic": None, "window": MemoryMode.WINDOW.value,
          "window_sink": MemoryMode.WINDOW_SINK.value, "full": MemoryMode.FULL.value}
 METHODS = (*MODES, "copy_last")
-LONG_SCRIPT_S = 20.0  # scripts at least this long get the per-second stability curves
+LONG_SCRIPT_S = 20.0  # cases at least this long get the per-second stability curves
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
+  """A Doom case: a script on a held-out map from a seeded start."""
   name: str
   script: str
   map_path: str
   seed: int
+
+  truth_id = ""  # the rendered truth is a function of the name: nothing more to check
 
 
 def cases(cfg) -> list[Case]:
@@ -107,6 +124,32 @@ def _to_model_size(frames: np.ndarray, h: int, w: int) -> np.ndarray:
       (w, h), Image.Resampling.BILINEAR)) for f in frames])
 
 
+def _truth_of(cfg, frames, poses, caption: str) -> dict:
+  """The truth of a case from its frames and poses: frames at the model's size, poses, the
+  model's actions [N, 13] (those of the true poses at config.generate.action_scale, as the
+  generator reads them) and the caption."""
+  h = cfg.data.latent_height * cfg.data.spatial_stride
+  w = cfg.data.latent_width * cfg.data.spatial_stride
+  actions, _ = poses_lib.actions_from_poses(poses, cfg.generate.action_scale)
+  return {"frames": _to_model_size(frames, h, w), "poses": poses, "actions": actions,
+          "caption": caption}
+
+
+def recorded_truth(cfg, workdir: str, case: recorded_lib.RecordedCase) -> dict:
+  """The true video of a recorded case: its frames from the dataset (at the model's size), its
+  recorded poses, the model's actions from them and its caption (see _truth_of). Not cached:
+  the shards are the cache."""
+  frames, poses = recorded_lib.read(cfg, Workdir.of(cfg, workdir).data, case)
+  return _truth_of(cfg, frames, poses, case.caption)
+
+
+def truth_of_case(cfg, workdir: str, case) -> dict:
+  """The truth of a Doom or a recorded case."""
+  if isinstance(case, recorded_lib.RecordedCase):
+    return recorded_truth(cfg, workdir, case)
+  return render_truth(cfg, workdir, case)
+
+
 def render_truth(cfg, workdir: str, case: Case) -> dict:
   """The true video of a case (cached in <workdir>/evaluate/truth): frames at the model's size,
   poses, the model's actions [N, 13] and the caption."""
@@ -119,14 +162,10 @@ def render_truth(cfg, workdir: str, case: Case) -> dict:
   script = scripts_lib.to_blocks(script, fpb).reshape(-1, script.shape[-1])  # whole blocks
   ep = doom.render_actions(case.map_path, case.seed, script, cfg.generate.action_scale,
                            doom.GenConfig.from_config(cfg.data.gen), name=case.name)
-  h = cfg.data.latent_height * cfg.data.spatial_stride
-  w = cfg.data.latent_width * cfg.data.spatial_stride
-  actions, _ = poses_lib.actions_from_poses(ep.poses, cfg.generate.action_scale)
-  truth = {"frames": _to_model_size(ep.frames, h, w), "poses": ep.poses, "actions": actions,
-           "script_actions": script, "caption": np.asarray(ep.caption)}
+  truth = _truth_of(cfg, ep.frames, ep.poses, ep.caption) | {"script_actions": script}
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  write_npz_atomic(path, **truth)
-  return truth | {"caption": ep.caption}
+  write_npz_atomic(path, **truth | {"caption": np.asarray(ep.caption)})
+  return truth
 
 
 # ------------------------------------------------------------------ generation
@@ -312,15 +351,47 @@ def _figures(cfg, workdir: str, results_dir: str, truth: dict, videos: dict) -> 
 # ------------------------------------------------------------------ the stage
 
 
-def _cached_video(path: str, weights_from: str):
-  """(video, times) of a cached generation, or None when absent or made by another stage's
-  weights (it is then generated again)."""
+def _cached_video(path: str, weights_from: str, truth_id: str = "", frames=None):
+  """(video, times) of a cached generation, or None when absent, made by another stage's
+  weights, of another truth (`truth_id`: a recorded case's, "" for Doom's, whose truth its
+  name fixes; caches from before it count as "") or of another shape than the truth's
+  `frames` (it is then generated again)."""
   if not os.path.exists(path):
     return None
   with np.load(path) as z:
     if "weights_from" in z.files and str(z["weights_from"]) != weights_from:
       return None
+    if (str(z["truth_id"]) if "truth_id" in z.files else "") != truth_id:
+      return None
+    if frames is not None and z["video"].shape != frames.shape:
+      return None
     return z["video"], z["times"]
+
+
+def cases_of(cfg, workdir: str) -> tuple[str, list]:
+  """(the truth's kind, "doom" or "recorded"; its cases), every case checked before anything
+  is generated."""
+  kind = recorded_lib.truth_kind(cfg, workdir)
+  if kind == "recorded":
+    return kind, recorded_lib.cases(cfg, Workdir.of(cfg, workdir).data)
+  return kind, cases(cfg)
+
+
+def _describe(case) -> dict:
+  """What a case is, in details.json; "group": the table it is averaged into (metrics.md), its
+  script, or its recorded episode (no script groups recorded episodes: one table each)."""
+  if isinstance(case, recorded_lib.RecordedCase):
+    return {"group": case.name, "episode": case.name, "recorded_frames": case.recorded_frames,
+            "caption": case.caption}
+  return {"group": case.script, "script": case.script, "map": case.map_path, "seed": case.seed}
+
+
+def _figure_case(kind: str, all_cases, late_counts: dict):
+  """The case of results/look_away.gif and frames.png: Doom's look_around, or the recorded
+  episode with the most late revisit frames (the first on a tie)."""
+  if kind == "recorded":
+    return max(all_cases, key=lambda c: late_counts[c.name])
+  return next((c for c in all_cases if c.script == "look_around"), all_cases[0])
 
 
 def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
@@ -333,34 +404,40 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
     raise DataError(f"config.evaluate.methods has unknown {unknown}. Fix: choose from "
                     f"{', '.join(METHODS)}.")
   wd = Workdir.of(cfg, workdir)
+  kind, all_cases = cases_of(cfg, workdir)
   estimator = load_pose_estimator(wd.pose_estimator)
   generating = [m for m in methods if m in MODES]
   weights_from = student_stage(cfg, workdir) if generating else None
   warning = fallback_warning(weights_from) if weights_from else None
   if warning:
     print(f"\n{'!' * 78}\n[relic] WARNING: {warning}\n{'!' * 78}\n", file=sys.stderr)
-  all_cases = cases(cfg)
   t0 = time.time()
   truths = {}
   for case in tqdm(all_cases, desc="truth", disable=not progress):
-    truths[case.name] = render_truth(cfg, workdir, case)
+    truths[case.name] = truth_of_case(cfg, workdir, case)
   bf = cfg.model.block_frames
   longest = max(len(t["frames"]) for t in truths.values())
   gens = None
   min_gap = 4 * (cfg.memory.window + bf)
-  details = {"cases": {}, "min_gap_frames": min_gap}
+  details = {"cases": {}, "min_gap_frames": min_gap, "truth": kind}
   videos_written = []
   bar = tqdm(total=len(all_cases) * len(methods), desc="evaluate", disable=not progress)
-  fig_case = next((c for c in all_cases if c.script == "look_around"), all_cases[0])
-  for ci, case in enumerate(all_cases):
+  found = {}
+  for case in all_cases:
     truth = truths[case.name]
     revisits = find_revisits(truth["poses"], min_gap_frames=min_gap,
                              max_distance=ev.revisit_distance, max_angle_deg=ev.revisit_angle_deg)
-    late = revisits_lib.late_revisits(truth["poses"], revisits, ev.revisit_distance,
-                                      ev.revisit_angle_deg)
-    translates = scripts_lib.translates(truth["script_actions"])
-    entry = {"script": case.script, "map": case.map_path, "seed": case.seed,
-             "frames": int(len(truth["frames"])), "revisit_frames": int((revisits >= 0).sum()),
+    found[case.name] = (revisits, revisits_lib.late_revisits(
+        truth["poses"], revisits, ev.revisit_distance, ev.revisit_angle_deg))
+  fig_case = _figure_case(kind, all_cases,
+                          {c: int((late >= 0).sum()) for c, (_, late) in found.items()})
+  for ci, case in enumerate(all_cases):
+    truth = truths[case.name]
+    revisits, late = found[case.name]
+    # Doom: whether the script moves the camera's centre; recorded: whether the actions do
+    translates = scripts_lib.translates(truth.get("script_actions", truth["actions"]))
+    entry = {**_describe(case), "frames": int(len(truth["frames"])),
+             "revisit_frames": int((revisits >= 0).sum()),
              "late_revisit_frames": int((late >= 0).sum()), "translates": translates,
              "methods": {}}
     ref = truth["poses"][::estimator.stride]
@@ -371,7 +448,8 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
     videos = {}
     for method in methods:
       path = os.path.join(wd.evaluate, method, f"{case.name}.npz")
-      cached = _cached_video(path, weights_from if method in MODES else "none")
+      made_by = weights_from if method in MODES else "none"
+      cached = _cached_video(path, made_by, case.truth_id, truth["frames"])
       if cached is not None:
         video, times = cached
       else:
@@ -379,8 +457,8 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
           gens = _Generators(cfg, workdir, 1 + bf * ((longest - 1) // (4 * bf)))
         video, times = generate_case(gens, method, truth, seed=cfg.seed + ci)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_npz_atomic(path, video=video, times=times,
-                         weights_from=np.asarray(weights_from if method in MODES else "none"))
+        write_npz_atomic(path, video=video, times=times, weights_from=np.asarray(made_by),
+                         truth_id=np.asarray(case.truth_id))
       videos[method] = video
       entry["methods"][method] = case_metrics(cfg, truth, video, times, estimator, revisits,
                                               translates)
@@ -392,35 +470,67 @@ def evaluate(cfg, workdir: str, progress: bool = True) -> dict:
     details["cases"][case.name] = entry
   bar.close()
   summary = summarise(details["cases"].values())
-  by_script = {}
+  by_group = {}
   for e in details["cases"].values():
-    by_script.setdefault(e["script"], []).append(e)
-  details["scripts"] = {script: summarise(es) for script, es in by_script.items()}
+    by_group.setdefault(e["group"], []).append(e)
+  groups = {group: summarise(es) for group, es in by_group.items()}
+  details["episodes" if kind == "recorded" else "scripts"] = groups
   meta = {"weights_from": weights_from, "distilled": bool(weights_from) and warning is None,
-          "warning": warning}
+          "warning": warning, "truth": kind}
   results = wd.results
   os.makedirs(results, exist_ok=True)
   details.update({"_meta": meta, "seconds": time.time() - t0, "pose_estimator": estimator.meta,
                   "memory": cfg.memory.to_dict()})
+  notes = _recorded_notes(cfg, details, min_gap) if kind == "recorded" else _notes(
+      cfg, all_cases, min_gap)
   write_json_atomic(os.path.join(results, "details.json"), details)
   write_json_atomic(os.path.join(results, "metrics.json"), {**summary, "_meta": meta})
-  write_bytes_atomic(os.path.join(results, "metrics.md"),
-                     report.markdown(summary, details["scripts"], meta, _notes(cfg, all_cases,
-                                                                               min_gap)).encode())
+  write_bytes_atomic(os.path.join(results, "metrics.md"), report.markdown(
+      summary, groups, meta, notes, group="episode" if kind == "recorded" else "script").encode())
   plots = report.plots(results, details, {m: summary[m] for m in methods})
   return {"metrics": {**summary, "_meta": meta}, "results": results, "videos": videos_written,
           "plots": plots, "seconds": time.time() - t0}
 
 
+def _revisit_rule(cfg, min_gap: int) -> str:
+  ev = cfg.evaluate
+  return (f"A revisit is a frame at least {min_gap} frames (the window and a block) after a "
+          f"frame within {ev.revisit_distance} m and {ev.revisit_angle_deg} deg of its pose, "
+          "the camera having left that pose in between; a late revisit one whose earlier view "
+          "is not frame 0's (by the same rule). Consistency (the revisit against the generated "
+          "earlier view) counts only where the generated video also left that view (copy_last "
+          "never does). ")
+
+
+_ROWS_NOTE = ("per stride of the pose estimator; 'truth' is the pose estimator on the true "
+              "frames (its own error), 'static' a camera that never moves.\n")
+
+
 def _notes(cfg, all_cases, min_gap: int) -> str:
   ev = cfg.evaluate
   return (f"{len(all_cases)} cases ({', '.join(ev.scripts)} on "
-          f"{', '.join(sorted({c.map_path for c in all_cases}))}). A revisit is a frame at least "
-          f"{min_gap} frames (the window and a block) after a frame within "
-          f"{ev.revisit_distance} m and {ev.revisit_angle_deg} deg of its pose, the camera "
-          "having left that pose in between; a late revisit one whose earlier view is not frame "
-          "0's (by the same rule). Consistency (the revisit against the generated earlier view) "
-          "counts only where the generated video also left that view (copy_last never does). "
-          "PSNR in dB; rpe_trans in metres (scripts with translation only), rpe_rot in degrees, "
-          "per stride of the pose estimator; 'truth' is the pose estimator on the true frames "
-          "(its own error), 'static' a camera that never moves.\n")
+          f"{', '.join(sorted({c.map_path for c in all_cases}))}). " + _revisit_rule(cfg, min_gap)
+          + "PSNR in dB; rpe_trans in metres (scripts with translation only), rpe_rot in "
+          "degrees, " + _ROWS_NOTE)
+
+
+def _recorded_notes(cfg, details: dict, min_gap: int) -> str:
+  cases_ = details["cases"]
+  without = [name for name, e in cases_.items() if not e["revisit_frames"]]
+  no_late = [name for name, e in cases_.items() if e["revisit_frames"] and
+             not e["late_revisit_frames"]]
+  lengths = sorted({e["frames"] for e in cases_.values()})
+  plural = "s" if len(cases_) != 1 else ""
+  out = (f"{len(cases_)} recorded case{plural}: the held-out episodes of the dataset (the last "
+         f"{cfg.data.heldout_episodes}), each from its frame 0 for "
+         f"{' / '.join(str(n) for n in lengths)} frames (whole blocks, at most "
+         f"evaluate.max_seconds = {cfg.evaluate.max_seconds:g} s), as recorded: the revisits are "
+         "those the recorded camera happens to make, not designed ones. One table per episode "
+         "below (no script groups them). " + _revisit_rule(cfg, min_gap))
+  if without:
+    out += ("Episodes without any revisit have no memory metrics (revisit_*, late_*, "
+            f"consistency_*: '-') and are left out of their averages: {', '.join(without)}. ")
+  if no_late:
+    out += f"Episodes without late revisits (no late_* metrics): {', '.join(no_late)}. "
+  return out + ("PSNR in dB; rpe_trans in metres (episodes whose actions translate), rpe_rot "
+                "in degrees, " + _ROWS_NOTE)

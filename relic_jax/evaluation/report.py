@@ -63,27 +63,29 @@ def markdown_table(summary: dict, per_script: bool = False) -> str:
   return "\n".join(lines) + "\n"
 
 
-def markdown(summary: dict, scripts: dict, meta: dict, notes: str) -> str:
+def markdown(summary: dict, groups: dict, meta: dict, notes: str, group: str = "script") -> str:
   """The whole metrics.md: where the student's weights come from (a loud warning when they are
-  not distilled), the averages over all cases, the notes, then one table per script."""
+  not distilled), the averages over all cases, the notes, then one table per group of cases
+  (`group`: "script" for the Doom truth, "episode" for recorded episodes)."""
   out = ["# Evaluation\n"]
   if meta.get("warning"):
     out.append(f"> **WARNING: {meta['warning']}**\n")
   out.append(f"Student weights: `{meta.get('weights_from')}`"
              f"{' (distilled)' if meta.get('distilled') else ''}.\n")
-  out.append("## All scripts (mean over cases)\n")
+  out.append(f"## All {group}s (mean over cases)\n")
   out.append(markdown_table(summary))
   out.append(notes)
-  for script, table in scripts.items():
-    out.append(f"## {script}\n")
+  for name, table in groups.items():
+    out.append(f"## {name}\n" if group == "script" else f"## {group} {name}\n")
     out.append(markdown_table(table, per_script=True))
   return "\n".join(out)
 
 
 def plots(results_dir: str, details: dict, summary: dict) -> list[str]:
-  """<results_dir>/plots: stability_psnr.png (per-second PSNR of the longest script, averaged
-  over its cases) and metrics.png (a bar panel per METRICS row marked `plot` that has a value).
-  Returns the paths written."""
+  """<results_dir>/plots: stability_psnr.png (per-second PSNR of the longest case's group, its
+  script or recorded episode, averaged over its cases; only when it has cases of 20 s or more,
+  which have the curves) and metrics.png (a bar panel per METRICS row marked `plot` that has a
+  value). Returns the paths written."""
   # matplotlib: a heavy optional dependency (slow to import), imported when a report is drawn
   import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
@@ -101,18 +103,21 @@ def plots(results_dir: str, details: dict, summary: dict) -> list[str]:
     paths.append(path)
 
   longest = max(details["cases"].values(), key=lambda c: c["frames"], default=None)
-  if longest is not None:
-    script = longest["script"]
+  group = longest["group"] if longest is not None else None
+  curves = {}  # method -> the mean per-second PSNR over the group's cases that have one
+  for method in summary:
+    per_case = [c["methods"][method]["psnr_per_second"] for c in details["cases"].values()
+                if c["group"] == group and "psnr_per_second" in c["methods"].get(method, {})]
+    if per_case:
+      n = min(len(c) for c in per_case)
+      curves[method] = np.mean([c[:n] for c in per_case], 0)
+  if curves:  # only cases of LONG_SCRIPT_S and more have the curves: no empty plot
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for method in summary:
-      curves = [c["methods"][method]["psnr_per_second"] for c in details["cases"].values()
-                if c["script"] == script and "psnr_per_second" in c["methods"].get(method, {})]
-      if curves:
-        n = min(len(c) for c in curves)
-        ax.plot(np.arange(n) + 0.5, np.mean([c[:n] for c in curves], 0), label=method)
+    for method, curve in curves.items():
+      ax.plot(np.arange(len(curve)) + 0.5, curve, label=method)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("PSNR vs truth (dB)")
-    ax.set_title(f"stability: {script}")
+    ax.set_title(f"stability: {group}")
     ax.legend()
     ax.grid(alpha=0.3)
     save(fig, "stability_psnr.png")

@@ -22,13 +22,15 @@ from PIL import Image
 from data_pipeline import loader
 from data_pipeline.episode import DataError
 from data_pipeline.generate import dataset_dir
+from data_pipeline.images import to_rgb8
 from data_pipeline.preview import frame_captions, write_video
+from data_pipeline.shards import one_line
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.inference import scripts as scripts_lib
 from relic_jax.inference.loading import load_decoder, load_dit
 from relic_jax.inference.session import Session
 from relic_jax.io_utils import write_json_atomic
-from relic_jax.workdir import Workdir
+from relic_jax.workdir import Workdir, check_writable
 
 
 def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -44,10 +46,11 @@ def start_image(cfg, workdir: str, image_path: str | None):
   w = cfg.data.latent_width * cfg.data.spatial_stride
   if image_path:
     try:
-      img = np.asarray(Image.open(image_path).convert("RGB"))
-    except OSError as e:
-      raise DataError(f"--image={image_path}: cannot read it as an image ({e}). Fix: pass a "
-                      "PNG or JPEG file.") from None
+      with Image.open(image_path) as im:
+        img = to_rgb8(im)  # every mode by its range: a 16-bit PNG is not clipped to white
+    except Exception as e:  # PIL raises OSError, ValueError, DecompressionBombError, ...
+      raise DataError(f"--image={image_path}: cannot read it as an image ({one_line(e)}). "
+                      "Fix: pass a PNG or JPEG file.") from None
     caption = None
   else:
     src = loader.make_clip_source(cfg, dataset_dir(cfg, workdir), split="heldout")
@@ -59,10 +62,19 @@ def start_image(cfg, workdir: str, image_path: str | None):
 def generate(cfg, workdir: str, script: str, image_path: str | None = None,
              text: str | None = None, out_dir: str | None = None, seed: int = 0) -> dict:
   cfg = with_teacher_rope(cfg)  # the DiT runs with the final teacher's RoPE (YaRN)
+  # every input given is checked, and the output directory is tried, before anything is
+  # loaded or generated: a bad one costs nothing and a generated video is never lost to a
+  # bad --out (the default start image, from the run's dataset, after the model it needs)
   actions = scripts_lib.load(script, cfg.generate.fps)
+  if image_path:
+    image, caption = start_image(cfg, workdir, image_path)
+  what = "--out" if out_dir else "the output directory <workdir>/generate"
+  out_dir = out_dir or Workdir(root=workdir).generate
+  check_writable(out_dir, what, keep=False)
   params, source = load_dit(cfg, workdir)
   decoder = load_decoder(cfg, workdir)
-  image, caption = start_image(cfg, workdir, image_path)
+  if not image_path:
+    image, caption = start_image(cfg, workdir, None)
   text = text if text is not None else (caption or "")
   if cfg.model.text_encoder == "none":
     # the model reads embeddings made elsewhere (the synthetic source's), which this command
@@ -88,7 +100,6 @@ def generate(cfg, workdir: str, script: str, image_path: str | None = None,
   video = np.concatenate(frames)[:1 + len(actions)]
   all_actions = np.concatenate([np.eye(13, dtype=np.float32)[12:13], actions])
   name = os.path.splitext(os.path.basename(script))[0]
-  out_dir = out_dir or Workdir(root=workdir).generate
   os.makedirs(out_dir, exist_ok=True)
   caps = frame_captions(all_actions, -np.ones(len(video), int), cfg.generate.fps, threshold=0.0)
   path = write_video(os.path.join(out_dir, f"{name}.mp4"), video, cfg.generate.fps, caps)

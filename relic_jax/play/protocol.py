@@ -25,6 +25,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from data_pipeline.images import to_rgb8
 from relic_jax.play.controls import ALL_KEYS, MAX_SPEED
 
 MODES = ("relic", "window", "full")
@@ -56,7 +57,8 @@ def _field(msg: dict, name: str, kind, what: str):
 
 
 def decode_image(data: str) -> np.ndarray:
-  """A base64 PNG/JPEG -> uint8 [H, W, 3]; ProtocolError for anything else or too large."""
+  """A base64 PNG/JPEG -> uint8 [H, W, 3] (every mode scaled by its range, 16-bit too:
+  data_pipeline/images.py); ProtocolError for anything else or too large."""
   if len(data) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
     raise ProtocolError(f"the image is over {MAX_UPLOAD_BYTES // 2**20} MiB")
   try:
@@ -70,9 +72,7 @@ def decode_image(data: str) -> np.ndarray:
     w, h = img.size  # read from the header, before any pixel is decoded
     if w * h > MAX_IMAGE_PIXELS:
       raise ProtocolError(f"the image is {w}x{h}, over {MAX_IMAGE_PIXELS:,} pixels")
-    if img.mode.startswith("I;16"):
-      img = Image.fromarray((np.asarray(img, np.uint16) >> 8).astype(np.uint8))
-    return np.asarray(img.convert("RGB"))
+    return to_rgb8(img)
   except ProtocolError:
     raise
   except Image.DecompressionBombError:

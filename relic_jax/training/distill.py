@@ -369,14 +369,15 @@ def distill(cfg: ml_collections.ConfigDict, workdir: str, iterator=None, teacher
   validate_distill(cfg)
   cfg = with_teacher_rope(cfg)  # the student runs with the final teacher's RoPE (YaRN)
   out = stage_workdir(workdir)
-  loop.prepare_run(cfg, out)
   mesh, rules = mesh_lib.make_mesh(cfg.mesh), mesh_lib.rules(cfg.mesh)
   check_batch_split(cfg.distill, mesh)
   source = "given"
   if teacher is None:
     teacher, gen_init, source = load_teacher_and_init(cfg, workdir)
+  config = loop.prepare_run(cfg, out)  # (after the inputs: a refused run writes nothing)
   stage = DistillStage(cfg, out, mesh, rules, teacher, teacher if gen_init is None else gen_init,
                        source)
+  stage.config = config
   if iterator is None:
     iterator = train_iterator(data_config(cfg), workdir)
   return loop.run(stage, iterator, hooks)

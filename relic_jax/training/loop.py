@@ -81,6 +81,9 @@ class Stage:
   step_flops: float | None = None  # model FLOPs of one step: throughput and MFU are logged
   step_tokens: int = 0
   peak_flops: float | None = None
+  # The run's config, written to <workdir>/config.json once the latest checkpoint accepted it
+  # (so a run refused on restore leaves the config that wrote the checkpoint in place).
+  config: dict | None = None
   # Compile the step (and so report it) even when a resumed run has no step left to take.
   compile_when_done: bool = False
 
@@ -131,12 +134,12 @@ class Stage:
     raise NotImplementedError
 
 
-def prepare_run(cfg: ml_collections.ConfigDict, workdir: str) -> None:
-  """Joins the multi-host run when configured, creates workdir and writes its config.json."""
+def prepare_run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Joins the multi-host run when configured and creates workdir -> the config as JSON, for
+  the stage's `config` (`run` writes it to config.json once the checkpoint accepted it)."""
   mesh_lib.maybe_initialize_distributed(cfg.distributed)
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    write_json_atomic(os.path.join(workdir, "config.json"), json.loads(cfg.to_json()))
+  return json.loads(cfg.to_json())
 
 
 class MetricsWriter:
@@ -191,6 +194,8 @@ def run(stage: Stage, iterator: Any, hooks: Iterable[Hook] = ()) -> dict:
       iterator.set_state(data_state)
       logging.info("restored step %d from %s", latest, ckpt.directory)
     start = int(jax.device_get(state.step))
+    if is_main and stage.config is not None:
+      write_json_atomic(os.path.join(stage.workdir, "config.json"), stage.config)
 
     compiled: dict[Hashable, Any] = {}
     stats: dict[Hashable, dict] = {}
@@ -259,6 +264,7 @@ def run(stage: Stage, iterator: Any, hooks: Iterable[Hook] = ()) -> dict:
       batch = mesh_lib.global_batch(stage.mesh, stage.rules, stage.batch(kind, next(iterator)))
       state, metrics = fn(state, *stage.constants, batch)
       window_steps += 1
+      ckpt.check()  # a background checkpoint write that failed stops the run here
       if pending is not None:
         log(pending[0], read(*pending))
       pending = (step + 1, metrics)

@@ -148,10 +148,11 @@ def phase_dirs(cfg: ml_collections.ConfigDict, workdir: str) -> list[str]:
           for i, (frames, _) in enumerate(ph)]
 
 
-def _check_plan(teacher_dir: str, plan: list[dict]) -> None:
+def _check_plan(teacher_dir: str, plan: list[dict]) -> bool:
   """Refuses to continue a teacher trained with another curriculum: its last phase shares
   <workdir>/teacher with ours and would silently resume from the wrong run. Only the last
-  phase's steps may change (training it longer, as train.steps may grow on resume)."""
+  phase's steps may change (training it longer, as train.steps may grow on resume). Carries
+  the recorded progress ("done", "final_loss") into `plan` -> whether a record exists."""
   path = os.path.join(teacher_dir, CURRICULUM_FILE)
   fix = (f"Fix: set config.train.horizon_curriculum back to the recorded phases, or train in a "
          f"fresh --workdir (or delete {teacher_dir}).")
@@ -161,7 +162,7 @@ def _check_plan(teacher_dir: str, plan: list[dict]) -> None:
           f"{teacher_dir} holds a teacher trained without a horizon curriculum, but "
           f"config.train.horizon_curriculum has {len(plan)} phases whose last would resume "
           f"from it. {fix}")
-    return
+    return False
   with open(path) as f:
     old = json.load(f)["phases"]
 
@@ -176,6 +177,11 @@ def _check_plan(teacher_dir: str, plan: list[dict]) -> None:
     raise CurriculumError(
         f"{path} records the phases (latent_frames, steps, yarn_factor) {desc(old)}, but this "
         f"config asks for {desc(plan)}. {fix}")
+  for new, recorded in zip(plan, old):
+    for key in ("done", "final_loss"):
+      if key in recorded:
+        new[key] = recorded[key]
+  return True
 
 
 def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
@@ -198,7 +204,7 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
   plan = [{"latent_frames": frames, "steps": steps, "yarn_factor": f,
            "dir": os.path.relpath(d, teacher_dir), "done": False}
           for (frames, steps), f, d in zip(ph, factors, dirs)]
-  _check_plan(teacher_dir, plan)
+  recorded = _check_plan(teacher_dir, plan)
   is_main = jax.process_index() == 0
 
   def record():
@@ -208,7 +214,8 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
                         {"phases": plan, "yarn_original_frames": cfg.model.yarn_original_frames,
                          "yarn_auto": bool(cfg.train.yarn_auto)})
 
-  record()
+  if not recorded:  # a record is rewritten only once a phase has run (a refused run writes
+    record()        # nothing)
   final: dict = {}
   for i, run_dir in enumerate(dirs):
     pcfg = phase_config(cfg, i)
@@ -216,6 +223,8 @@ def train_teacher(cfg: ml_collections.ConfigDict, workdir: str,
     where = (f"phase {i + 1}/{len(dirs)} ({ph[i][0]} latent frames, {ph[i][1]} steps, "
              f"yarn_factor {factors[i]:.4g}) in {run_dir}")
     if latest is not None and latest >= ph[i][1]:
+      # skipped, not restored: its checkpoint must still be this model's
+      ckpt_lib.check_model(run_dir, TeacherTask(pcfg).model_config)
       if is_main:
         print(f"[relic] teacher {where}: already done (step {latest}), skipped", flush=True)
       metrics_path = os.path.join(run_dir, "final_metrics.json")

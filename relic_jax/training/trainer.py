@@ -205,10 +205,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, task: Task,
   Returns the final metrics, also written to workdir/final_metrics.json.
   """
   validate(cfg)
-  loop.prepare_run(cfg, workdir)
+  config = loop.prepare_run(cfg, workdir)
   if iterator is None:
     iterator = make_train_iterator(cfg)
-  return loop.run(TaskStage(cfg, workdir, task, init_params), iterator, hooks)
+  stage = TaskStage(cfg, workdir, task, init_params)
+  stage.config = config
+  return loop.run(stage, iterator, hooks)
 
 
 def save_initial_state(cfg: ml_collections.ConfigDict, workdir: str, task: Task) -> None:
