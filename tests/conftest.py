@@ -44,3 +44,14 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def relic():
+  """`relic(*args, cwd=None, env=None, prelude=None)`: the `relic` command run in a fork of one
+  process per test module that imported it once (tests/cli_forker.py), for tests that run it
+  many times (the error tables)."""
+  from tests.helpers import CliForker  # noqa: PLC0415 (only the modules that use it pay)
+  forker = CliForker()
+  yield forker.run
+  forker.close()

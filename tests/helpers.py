@@ -1,8 +1,10 @@
 """Shared test helpers: tiny configs, random inputs and fully random (non-zero) params."""
 
+import json
 import os
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -65,8 +67,6 @@ class CliForker:
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
   def run(self, *args, cwd=None, env=None, prelude=None):
-    import json  # noqa: PLC0415
-    import types  # noqa: PLC0415
     self.proc.stdin.write(json.dumps({"argv": list(args), "cwd": cwd or REPO,
                                       "env": env or {}, "prelude": prelude}) + "\n")
     self.proc.stdin.flush()
@@ -76,3 +76,4 @@ class CliForker:
   def close(self):
     self.proc.stdin.close()
     self.proc.wait(30)
+

@@ -22,16 +22,8 @@ import pytest
 from PIL import Image
 
 from relic_jax.workdir import LOCK_FILE, locked
-from tests.helpers import CliForker
 
 TINY = "--config=experiments/tiny.py"
-
-
-@pytest.fixture(scope="module")
-def relic():
-  forker = CliForker()
-  yield forker.run
-  forker.close()
 
 
 def _tree(root) -> list[str]:

@@ -15,17 +15,10 @@ from data_pipeline import clips as clips_lib
 from data_pipeline import shards as shards_lib
 from relic_jax import stages
 from tests import procedural
-from tests.helpers import CliForker, tiny_config
+from tests.helpers import tiny_config
 from tests.test_pipeline import ROOT, _config, _env
 
 TINY = "--config=experiments/tiny.py"
-
-
-@pytest.fixture(scope="module")
-def relic():
-  forker = CliForker()
-  yield forker.run
-  forker.close()
 
 
 def _ingested(tmp_path, relic, fps=8.0, frames=100, episodes=3, extra=()):
