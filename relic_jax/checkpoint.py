@@ -50,11 +50,7 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
   a, b = found.get("param_shapes", {}), expected["param_shapes"]
   if a == b:
     return
-  # The checkpoint's copy went through JSON (tuples became lists); compare like with like.
-  fm, em = found.get("model", {}), json.loads(json.dumps(expected["model"]))
-  fields = sorted(k for k in set(fm) | set(em)
-                  if fm.get(k) != em.get(k) and k not in ("scan_layers", "remat_policy"))
-  diff = "; ".join(f"model.{k}: checkpoint {fm.get(k)!r}, config {em.get(k)!r}" for k in fields)
+  diff = model_differences(found.get("model", {}), expected["model"])
   missing = sorted(set(b) - set(a))
   unexpected = sorted(set(a) - set(b))
   shape = [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
@@ -72,6 +68,17 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
       + "Fix: use the config that wrote it, or a fresh --workdir.")
 
 
+def model_differences(found: dict, expected: dict) -> str:
+  """The model config fields a checkpoint (found) and a config (expected) disagree on, beyond
+  the layout-only ones, as "model.k: checkpoint a, config b; ..." ("" when none)."""
+  # The checkpoint's copy went through JSON (tuples became lists); compare like with like.
+  expected = json.loads(json.dumps(expected))
+  fields = sorted(k for k in set(found) | set(expected)
+                  if found.get(k) != expected.get(k) and k not in ("scan_layers", "remat_policy"))
+  return "; ".join(f"model.{k}: checkpoint {found.get(k)!r}, config {expected.get(k)!r}"
+                   for k in fields)
+
+
 def check_model(run_dir: str, model_cfg: dict) -> None:
   """Refuses a run directory whose latest checkpoint was written by another model (its
   recorded model config differs from model_cfg beyond the layout-only fields): what a
@@ -81,21 +88,11 @@ def check_model(run_dir: str, model_cfg: dict) -> None:
     return
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), 1, async_save=False)
   try:
-    where = os.path.join(ckpt.directory, str(step))
-    try:
-      meta = ckpt._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # noqa: BLE001
-      raise CheckpointError(f"{where}: cannot read the checkpoint metadata ({e}). Fix: delete "
-                            "this step directory to fall back to an older one, or use a fresh "
-                            "--workdir.") from None
+    where, meta = ckpt.read_meta(step)
   finally:
     ckpt.close()
-  fm, em = meta.get("model", {}), json.loads(json.dumps(model_cfg))
-  fields = sorted(k for k in set(fm) | set(em)
-                  if fm.get(k) != em.get(k) and k not in ("scan_layers", "remat_policy"))
-  if fields:
-    diff = "; ".join(f"model.{k}: checkpoint {fm.get(k)!r}, config {em.get(k)!r}"
-                     for k in fields[:6])
+  diff = model_differences(meta.get("model", {}), model_cfg)
+  if diff:
     raise CheckpointError(f"{where} was written by a different model ({diff}). Fix: use the "
                           "config that wrote it, or a fresh --workdir.")
 
@@ -164,8 +161,8 @@ class Checkpointer:
         + (f"step {latest}, the latest complete checkpoint." if latest is not None else
            "the start (no complete checkpoint)."))
 
-  def _check_meta(self, step: int, expected_meta: dict) -> str:
-    """Reads step's metadata and refuses a checkpoint of another model -> the step's path."""
+  def read_meta(self, step: int) -> tuple[str, dict]:
+    """(the step's path, its metadata); a CheckpointError when it cannot be read."""
     where = os.path.join(self.directory, str(step))
     try:
       meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -173,6 +170,11 @@ class Checkpointer:
       raise CheckpointError(f"{where}: cannot read the checkpoint metadata ({e}). Fix: delete "
                             "this step directory to fall back to an older one, or use a fresh "
                             "--workdir.") from e
+    return where, meta
+
+  def _check_meta(self, step: int, expected_meta: dict) -> str:
+    """Reads step's metadata and refuses a checkpoint of another model -> the step's path."""
+    where, meta = self.read_meta(step)
     check_compatible(meta, expected_meta, where)
     return where
 
