@@ -643,7 +643,7 @@ def ingest(source: str, out_dir: str, height: int, width: int, codec: str = "jpe
   dirs = list_episodes(source)
   defaults = read_defaults(source)
   validate(dirs, defaults, int(height), int(width), workers, progress)  # before any write
-  config = {"source": "ingest", "source_dir": os.path.basename(os.path.abspath(source)),
+  config = {"source": shards_lib.INGESTED, "source_dir": os.path.basename(os.path.abspath(source)),
             "height": int(height), "width": int(width), "codec": codec,
             "jpeg_quality": int(quality), "episodes_per_shard": int(episodes_per_shard),
             "episodes": [os.path.basename(d) for d in dirs],

@@ -43,6 +43,12 @@ CODECS = {Codec.JPEG: 1, Codec.PNG: 2}  # the codec's id in a record header
 _HEADER = struct.Struct("<4sIiiB16d13d")  # magic, crc, episode, frame, codec, pose, action
 MANIFEST = "manifest.json"
 STATE = "dataset_config.json"  # written by data_pipeline/writer.py
+INGESTED = "ingest"  # the config "source" of a dataset `relic data ingest` wrote
+
+
+def is_ingested(manifest: dict) -> bool:
+  """Whether a dataset's manifest is that of ingested episodes (not generated ViZDoom)."""
+  return manifest.get("config", {}).get("source") == INGESTED
 _REWRITES = "it checks every shard's SHA-256 and rewrites the damaged or missing ones"
 _GENERIC_FIX = ("Fix: re-run the command that made this dataset with the same --config and "
                 "--workdir (`relic data`, or `relic data ingest --source=DIR` for ingested "
@@ -77,7 +83,7 @@ def repair_fix(config: dict | None, effect: str = _REWRITES) -> str:
   (`effect` says what the re-run repairs)."""
   if not isinstance(config, dict):
     return _GENERIC_FIX.replace(_REWRITES, effect)
-  if config.get("source") == "ingest":
+  if config.get("source") == INGESTED:
     src = config.get("source_dir") or "DIR"
     command = (f"`relic data ingest --source=<path to {src}>` (the source directory it was "
                "ingested from)")

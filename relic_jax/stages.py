@@ -154,7 +154,7 @@ def dataset_config(cfg, workdir):
   if not os.path.exists(os.path.join(data_dir, shards_lib.MANIFEST)):
     return cfg
   manifest = shards_lib.read_manifest(data_dir)
-  if manifest.get("config", {}).get("source") != "ingest":
+  if not shards_lib.is_ingested(manifest):
     return cfg
   entries = [e for _, e in shards_lib.episode_entries(manifest)]
   rates = sorted({float(e["fps"]) for e in entries})

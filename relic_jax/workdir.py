@@ -114,11 +114,7 @@ def check_writable(path: str, what: str = "--workdir", keep: bool = True) -> boo
     raise WorkdirError(f"{what}={path} is a file, not a directory. Fix: pass a directory (a "
                        "new one is created).")
   created = not os.path.exists(path)
-  new = []  # the directories this call creates, deepest first
-  d = os.path.abspath(path)
-  while not os.path.exists(d):
-    new.append(d)
-    d = os.path.dirname(d)
+  new = _missing(path)
   try:
     os.makedirs(path, exist_ok=True)
     probe = os.path.join(path, f".relic-write-test-{os.getpid()}")
@@ -133,6 +129,15 @@ def check_writable(path: str, what: str = "--workdir", keep: bool = True) -> boo
                        "directory you can write to (check its permissions, that its file "
                        "system is not read-only or full).") from e
   return created
+
+
+def _missing(path: str) -> list[str]:
+  """The directories that creating `path` would create, deepest first."""
+  out, d = [], os.path.abspath(path)
+  while not os.path.exists(d):
+    out.append(d)
+    d = os.path.dirname(d)
+  return out
 
 
 def _remove(dirs: list[str]) -> None:
@@ -162,11 +167,7 @@ def locked(root: str, command: str):
   the kernel releases when its process dies, so a lock left by a killed run is taken over (and
   said so); the file names the holder. A workdir this call created is removed again when the
   run leaves it empty (a refused run writes nothing)."""
-  new = []
-  d = os.path.abspath(root)
-  while not os.path.exists(d):
-    new.append(d)
-    d = os.path.dirname(d)
+  new = _missing(root)
   check_writable(root)
   path = os.path.join(root, LOCK_FILE)
   while True:

@@ -34,7 +34,6 @@ from data_pipeline.episode import DataError
 from relic_jax.workdir import Workdir
 
 TRUTHS = ("auto", "doom", "recorded")  # config.evaluate.truth (validated in config/validation)
-INGESTED = "ingest"  # the source an ingested dataset's manifest names (data_pipeline/ingest.py)
 FPS_TOLERANCE = 1e-6  # relative: a rate written as 17.5 or 35 / 2
 
 
@@ -67,8 +66,7 @@ def truth_kind(cfg: ml_collections.ConfigDict, workdir: str | None) -> str:
   data_dir = Workdir.of(cfg, workdir).data
   if not os.path.exists(os.path.join(data_dir, shards_lib.MANIFEST)):
     return "doom"
-  source = shards_lib.read_manifest(data_dir).get("config", {}).get("source")
-  return "recorded" if source == INGESTED else "doom"
+  return "recorded" if shards_lib.is_ingested(shards_lib.read_manifest(data_dir)) else "doom"
 
 
 def case_frames(recorded: int, cfg: ml_collections.ConfigDict) -> int:
