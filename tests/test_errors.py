@@ -298,5 +298,5 @@ def test_an_unwritable_workdir_is_refused_before_anything(tmp_path, monkeypatch)
   with pytest.raises(workdir_lib.WorkdirError, match=r"--workdir=.*/new/wd cannot be written "
                      r"\(Permission denied\)\. Fix: pass a directory you can write to"):
     with workdir_lib.locked(wd, "train_teacher"):
-      pass
+      raise AssertionError("the run started in a workdir it cannot write")
   assert os.listdir(tmp_path) == []  # the directories it tried are gone again
