@@ -70,8 +70,10 @@ from data_pipeline.doom import resize_frame
 from data_pipeline.episode import DataError, Episode, make_episode
 from data_pipeline.images import to_rgb8
 from data_pipeline.preview import pyav
-from data_pipeline.shards import one_line
 from data_pipeline.writer import write_dataset
+from relic_jax.io_utils import one_line, short_repr
+
+_short = functools.partial(short_repr, limit=60)  # a value quoted in a message
 
 DATASET_JSON = "dataset.json"
 EPISODE_JSON = "episode.json"
@@ -112,11 +114,6 @@ def _is_number(v) -> bool:
     return math.isfinite(float(v))
   except OverflowError:  # an int beyond float's range
     return False
-
-
-def _short(v, limit: int = 60) -> str:
-  text = repr(v)
-  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_settings(s: dict, where: str) -> dict:

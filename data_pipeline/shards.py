@@ -35,7 +35,7 @@ from PIL import Image
 
 from data_pipeline.episode import DataError, Episode
 from relic_jax.config.choices import Codec
-from relic_jax.io_utils import sha256_file, write_json_atomic
+from relic_jax.io_utils import one_line, sha256_file, write_json_atomic
 
 FORMAT = "relic_jax.episodes/1"
 MAGIC = b"RLF1"
@@ -53,13 +53,6 @@ _REWRITES = "it checks every shard's SHA-256 and rewrites the damaged or missing
 _GENERIC_FIX = ("Fix: re-run the command that made this dataset with the same --config and "
                 "--workdir (`relic data`, or `relic data ingest --source=DIR` for ingested "
                 f"episodes); {_REWRITES}.")
-
-
-def one_line(error: BaseException, limit: int = 300) -> str:
-  """An exception's text on one line (library messages may span several), at most `limit`
-  characters: for embedding in a one-line DataError."""
-  text = " ".join(str(error).split()) or type(error).__name__
-  return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def read_json_object(path: str, fix: str) -> dict:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from data_pipeline import shards as shards_lib
 from data_pipeline.episode import DataError, Episode
+from relic_jax.io_utils import short_repr as _short
 from relic_jax.io_utils import write_json_atomic
 
 STATE = shards_lib.STATE
@@ -35,11 +36,6 @@ MAX_LISTED = 4  # names listed per kind of change; the rest are counted
 def config_hash(config: dict) -> str:
   blob = json.dumps({"format": shards_lib.FORMAT, "config": config}, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _short(value, limit: int = 80) -> str:
-  text = repr(value)
-  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _differences(a, b, prefix="") -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from relic_jax.io_utils import one_line
 
 FORMAT_VERSION = 1
 
@@ -146,9 +147,7 @@ class Checkpointer:
 
   def _write_failed(self, step: int, e: Exception) -> CheckpointError:
     self._failed = True
-    cause = " ".join(str(e).split())
-    if len(cause) > 300:
-      cause = cause[:300] + " ..."
+    cause = one_line(e)
     try:
       done = [s for s in self._mngr.all_steps() if s != step]
     except Exception:  # noqa: BLE001 (the directory itself may be gone)

@@ -25,6 +25,7 @@ from relic_jax.evaluation.pose_estimation import PoseEstimatorError
 from relic_jax.inference.scripts import ScriptError
 from relic_jax.inference.text import TextEncoderError
 from relic_jax.inference.streaming import ActionError
+from relic_jax.io_utils import one_line
 from relic_jax.memory.kv_cache import CacheCapacityError
 from relic_jax.parallel.mesh import maybe_initialize_distributed
 from relic_jax.pipeline import PipelineError
@@ -325,7 +326,7 @@ def _config_file_error(argv) -> str | None:
   except SyntaxError as e:
     return f"cannot load --config={path}: syntax error at line {e.lineno} ({e.msg}). {fix}"
   except Exception as e:  # noqa: BLE001 (whatever the experiment's own code raises)
-    cause = " ".join(str(e).split())[:300]
+    cause = one_line(e)
     return f"cannot load --config={path}: get_config() raised {type(e).__name__}: {cause}. {fix}"
   if not hasattr(cfg, "keys"):
     return (f"cannot load --config={path}: get_config() returned a {type(cfg).__name__}, not a "

@@ -1,5 +1,6 @@
 """Atomic file writes (no JAX): a reader sees the old file or the complete new one, never a
-partial one, and a killed writer leaves only a `*.tmp-<pid>` file behind."""
+partial one, and a killed writer leaves only a `*.tmp-<pid>` file behind. Also the two helpers
+one-line error messages quote with (`one_line`, `short_repr`)."""
 
 import hashlib
 import io
@@ -8,6 +9,19 @@ import os
 from typing import Any
 
 import numpy as np
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+  """An exception's text on one line (library messages may span several), at most `limit`
+  characters: for embedding in a one-line error message."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def short_repr(value, limit: int = 80) -> str:
+  """repr(value), cut at `limit` characters: a value quoted in a one-line message."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

@@ -24,12 +24,11 @@ from data_pipeline.episode import DataError
 from data_pipeline.generate import dataset_dir
 from data_pipeline.images import to_rgb8
 from data_pipeline.preview import frame_captions, write_video
-from data_pipeline.shards import one_line
 from relic_jax.config.derive import with_teacher_rope
 from relic_jax.inference import scripts as scripts_lib
 from relic_jax.inference.loading import load_decoder, load_dit
 from relic_jax.inference.session import Session
-from relic_jax.io_utils import write_json_atomic
+from relic_jax.io_utils import one_line, write_json_atomic
 from relic_jax.workdir import Workdir, check_writable
 
 
